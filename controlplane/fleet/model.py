@@ -1,0 +1,124 @@
+"""Observed-state dataclasses: what an agent reports about one model-server replica.
+
+A replica is one model-server endpoint (address:port) on a GPU node. Its record lists the
+models it has (with version and state), the GPUs it runs on, and its current load.
+These types are plain, immutable data: no I/O, no protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class ModelState(enum.StrEnum):
+    """Lifecycle of one model version on one replica."""
+
+    LOADING = "loading"
+    """Weights are being loaded; the replica cannot serve this model yet."""
+    WARMING = "warming"
+    """Loaded, still compiling graphs / filling caches: serves, but slowly. Ramped in."""
+    READY = "ready"
+    """Serving at full speed."""
+    UNLOADING = "unloading"
+    """Being removed: drained (no new requests) until it disappears."""
+
+
+class ServerKind(enum.StrEnum):
+    """Model-server software behind a replica."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TGI = "tgi"
+    TRITON = "triton"
+    TRTLLM = "trtllm"
+    OLLAMA = "ollama"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model version present on a replica."""
+
+    name: str
+    version: str
+    state: ModelState
+
+
+@dataclass(frozen=True, slots=True)
+class GpuStats:
+    """One GPU's telemetry as read by the agent (NVML or simulated)."""
+
+    index: int
+    uuid: str = ""
+    util_gpu: float = 0.0
+    """GPU utilization, 0..1."""
+    util_mem: float = 0.0
+    """Memory-controller utilization, 0..1."""
+    mem_used_bytes: int = 0
+    mem_total_bytes: int = 0
+    temperature_c: float = 0.0
+    power_w: float = 0.0
+    power_limit_w: float = 0.0
+    throttled: bool = False
+    """Thermal or power clock-event reasons are active (lowers the weight)."""
+    faulty: bool = False
+    """XID critical error, new uncorrectable ECC error or remapped-row failure."""
+    fault_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    """Model-server load, as the server itself reports it."""
+
+    queue_waiting: float = 0.0
+    """Requests waiting to be scheduled."""
+    running: float = 0.0
+    """Requests being decoded now."""
+    kv_cache_usage: float = 0.0
+    """KV-cache use, 0..1."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRecord:
+    """Everything one agent publishes about one replica (one model-server endpoint)."""
+
+    replica_id: str
+    """Unique, stable id: ``<node>/<server-name>``."""
+    node: str
+    region: str
+    zone: str
+    address: str
+    port: int
+    server_kind: ServerKind
+    models: tuple[ModelInfo, ...]
+    load: LoadStats = field(default_factory=LoadStats)
+    gpus: tuple[GpuStats, ...] = ()
+    timestamp: float = 0.0
+    """Agent wall clock (seconds since the epoch) when the record was written."""
+    speed: float = 1.0
+    """Relative throughput of this replica's hardware (1.0 = reference GPU); optional."""
+    draining: bool = False
+    """The operator or the agent asked that this replica take no new requests."""
+
+    def model(self, name: str, version: str) -> ModelInfo | None:
+        for m in self.models:
+            if m.name == name and m.version == version:
+                return m
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedReplica:
+    """A replica record as the control plane holds it, with its expiry on our own clock.
+
+    ``expires_at`` is the control plane's wall clock at read time plus the key's remaining
+    TTL, so freshness never depends on the agent's clock.
+    """
+
+    record: ReplicaRecord
+    expires_at: float
+
+
+FleetView = Mapping[str, ObservedReplica]
+"""All replicas the control plane knows, by replica id."""
