@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Procs, RedisServer, redis_server
+from tests.support import Procs, RedisServer, kill_leftovers, redis_server
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,3 +37,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    n = kill_leftovers()
+    if n:
+        print(f"\nkilled {n} process(es) that tests left running")

@@ -27,7 +27,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "") -> None:
+def wait_until(
+    pred: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
     while time.monotonic() < deadline:
@@ -49,6 +51,20 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     wait_until(up, timeout, what=f"port {port}")
 
 
+_ALL: list[Proc] = []
+"""Every process any test started: killed at session end whatever happened."""
+
+
+def kill_leftovers() -> int:
+    n = 0
+    for p in _ALL:
+        if p.alive():
+            p.kill()
+            n += 1
+    _ALL.clear()
+    return n
+
+
 @dataclass
 class Proc:
     name: str
@@ -67,6 +83,7 @@ class Proc:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         fh.close()
+        _ALL.append(self)
         return self
 
     @property
@@ -142,8 +159,19 @@ class RedisServer:
     def start(self) -> None:
         self.proc = Proc(
             "redis",
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
             self.tmp / "redis.log",
         ).start()
         wait_port(self.port)

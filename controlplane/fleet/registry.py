@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from controlplane.fleet import schema
 from controlplane.fleet.codec import encode_record
@@ -24,7 +27,10 @@ def connect(url: str) -> aioredis.Redis:
         socket_connect_timeout=1.0,
         socket_timeout=2.0,
         health_check_interval=0,
-        retry_on_timeout=False,
+        # One immediate retry on a fresh connection: after a Redis restart the pooled
+        # connections are dead, and the first command on each must not fail the caller.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
     )
 
 
@@ -84,13 +90,14 @@ class RedisRegistry:
         try:
             await pubsub.subscribe(schema.EVENTS_CHANNEL)
             while True:
+                # A dropped connection raises here. (No PING on the pub/sub connection:
+                # redis-py then ignores cancellation.) A half-open connection is caught
+                # by the watcher's periodic resync on the command connection.
                 msg = await pubsub.get_message(timeout=1.0)
                 if msg is None:
-                    # Raises if the connection is gone, so the watcher notices.
-                    await pubsub.ping()
                     continue
                 data = msg.get("data")
                 if isinstance(data, str):
                     yield data
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -57,7 +57,7 @@ def decode_entry(entry: RawEntry) -> ReplicaRecord:
 class MemoryRegistry:
     """In-memory registry with TTLs on an injected clock; implements both Protocols."""
 
-    def __init__(self, clock: "Clock") -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._data: dict[str, tuple[str, float]] = {}
         self._queues: list[asyncio.Queue[str]] = []

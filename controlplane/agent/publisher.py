@@ -1,0 +1,269 @@
+"""The agent's loops: probe each model server; publish its record on change and on a beat.
+
+Each replica has two tasks that share only the latest probe: ``probe`` (every poll
+interval) and ``publish`` (at once on a meaningful change, at most 20 times a second, and
+every interval anyway, which refreshes the record's TTL). A registry outage never stops
+probing: publishing retries with a capped backoff and the newest state wins.
+``Agent.run`` starts every task in one place, names them, logs a crash, and on stop
+cancels the probes, then the publishers, then removes the records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.agent.adapter import UNREACHABLE, ModelServerAdapter, Probe
+from controlplane.agent.gpu import GpuSource
+from controlplane.fleet.model import GpuStats, LoadStats, ReplicaRecord, ServerKind
+from controlplane.fleet.store import RegistryWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A replica's identity: every record field that does not come from a probe."""
+
+    replica_id: str
+    node: str
+    region: str
+    zone: str
+    address: str
+    port: int
+    kind: ServerKind
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How often the agent looks and writes."""
+
+    interval_s: float = 1.0
+    """Publish at least this often, changed or not (refreshes the TTL)."""
+    ttl_s: float = 3.0
+    """Lifetime of a record in the registry if the agent stops refreshing it."""
+    poll_interval_s: float = 0.25
+    """Probe each model server this often."""
+    min_gap_s: float = 0.05
+    """Least time between two publishes of one replica (at most 20/s)."""
+    retry_max_s: float = 2.0
+    """Cap of the backoff between publish attempts while the registry is down."""
+    shutdown_s: float = 2.0
+    """At shutdown, give up removing records after this long."""
+
+
+def build_record(
+    target: Target, probe: Probe, gpus: tuple[GpuStats, ...], now: float
+) -> ReplicaRecord:
+    return ReplicaRecord(
+        replica_id=target.replica_id,
+        node=target.node,
+        region=target.region,
+        zone=target.zone,
+        address=target.address,
+        port=target.port,
+        server_kind=target.kind,
+        models=probe.models,
+        load=probe.load,
+        gpus=gpus,
+        timestamp=now,
+    )
+
+
+def load_changed(a: LoadStats, b: LoadStats) -> bool:
+    """A load change worth publishing at once (small jitter waits for the next beat)."""
+
+    def counts(x: float, y: float) -> bool:
+        return abs(x - y) >= max(2.0, 0.2 * max(x, y))
+
+    return (
+        counts(a.queue_waiting, b.queue_waiting)
+        or counts(a.running, b.running)
+        or abs(a.kv_cache_usage - b.kv_cache_usage) >= 0.05
+    )
+
+
+def worth_publishing(
+    last: tuple[Probe, tuple[GpuStats, ...]] | None, now: tuple[Probe, tuple[GpuStats, ...]]
+) -> bool:
+    """Models, their states, reachability, GPU faults or load changed meaningfully."""
+    if last is None:
+        return True
+    (p0, g0), (p1, g1) = last, now
+    return (
+        p0.reachable != p1.reachable
+        or p0.models != p1.models
+        or _gpu_flags(g0) != _gpu_flags(g1)
+        or load_changed(p0.load, p1.load)
+    )
+
+
+def _gpu_flags(gpus: tuple[GpuStats, ...]) -> tuple[tuple[int, bool, bool], ...]:
+    return tuple((g.index, g.faulty, g.throttled) for g in gpus)
+
+
+class RegistryHealth:
+    """Shared by all publishers of an agent, so an outage is logged once, and its end."""
+
+    def __init__(self) -> None:
+        self.down = False
+
+    def failed(self, err: BaseException) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("registry unavailable (%s: %s); retrying", type(err).__name__, err)
+
+    def ok(self) -> None:
+        if self.down:
+            self.down = False
+            log.info("registry reachable again")
+
+
+class ReplicaPublisher:
+    """Keeps one replica's record in the registry in step with its model server."""
+
+    def __init__(
+        self,
+        target: Target,
+        adapter: ModelServerAdapter,
+        gpus: GpuSource,
+        registry: RegistryWriter,
+        timing: Timing,
+        health: RegistryHealth | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.target = target
+        self._adapter = adapter
+        self._gpus = gpus
+        self._registry = registry
+        self._timing = timing
+        self._health = health or RegistryHealth()
+        self._clock = clock
+        self._latest: tuple[Probe, tuple[GpuStats, ...]] | None = None
+        self._published: tuple[Probe, tuple[GpuStats, ...]] | None = None
+        self._changed = asyncio.Event()
+        self.publishes = 0
+        """Successful publishes so far (for tests and the agent's own logs)."""
+
+    async def probe_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        failing = False
+        while True:
+            started = loop.time()
+            try:
+                probe, gpus = await self._adapter.probe(), self._gpus.read()
+                failing = False
+            except Exception:  # a bug in an adapter or GPU source: publish no models
+                if not failing:
+                    log.exception("probe of %s failed", self.target.replica_id)
+                failing = True
+                probe, gpus = UNREACHABLE, ()
+            self._latest = (probe, gpus)
+            if worth_publishing(self._published, self._latest):
+                self._changed.set()
+            await asyncio.sleep(max(0.0, started + self._timing.poll_interval_s - loop.time()))
+
+    async def publish_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        t = self._timing
+        next_beat = loop.time()
+        backoff = 0.0
+        while True:
+            wait = next_beat - loop.time()
+            if self._latest is None:
+                await self._changed.wait()
+            elif wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), wait)
+            self._changed.clear()
+            latest = self._latest
+            assert latest is not None
+            rec = build_record(self.target, latest[0], latest[1], self._clock())
+            try:
+                await self._registry.publish(rec, t.ttl_s)
+            except Exception as e:  # registry down or slow: keep the loop alive
+                self._health.failed(e)
+                backoff = min(t.retry_max_s, max(0.1, backoff * 2))
+                await asyncio.sleep(backoff)
+                next_beat = loop.time()
+                continue
+            self._health.ok()
+            backoff = 0.0
+            self._published = latest
+            self.publishes += 1
+            next_beat = loop.time() + t.interval_s
+            await asyncio.sleep(t.min_gap_s)
+
+    async def remove(self) -> None:
+        await self._registry.remove(self.target.replica_id)
+
+
+class Agent:
+    """All replica publishers of one node, run and stopped together."""
+
+    def __init__(self, publishers: Sequence[ReplicaPublisher], timing: Timing) -> None:
+        self.publishers = list(publishers)
+        self._timing = timing
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set (0) or a loop dies (1); records are removed either way."""
+        probes = [_spawn(f"probe {p.target.replica_id}", p.probe_loop()) for p in self.publishers]
+        pubs = [_spawn(f"publish {p.target.replica_id}", p.publish_loop()) for p in self.publishers]
+        stopper = asyncio.create_task(stop.wait(), name="agent stop")
+        crashed = False
+        try:
+            done, _ = await asyncio.wait(
+                [stopper, *probes, *pubs], return_when=asyncio.FIRST_COMPLETED
+            )
+            crashed = stopper not in done
+        finally:
+            # Order matters: no new probe, then no publish that could land after the removal.
+            await _cancel(probes)
+            await _cancel(pubs)
+            await _cancel([stopper])
+            await self._remove_all()
+        return 1 if crashed else 0
+
+    async def _remove_all(self) -> None:
+        ids = [p.target.replica_id for p in self.publishers]
+        try:
+            async with asyncio.timeout(self._timing.shutdown_s):
+                results = await asyncio.gather(
+                    *(p.remove() for p in self.publishers), return_exceptions=True
+                )
+        except TimeoutError:
+            log.warning("removing records %s timed out; they expire by TTL", ids)
+            return
+        for rid, res in zip(ids, results, strict=True):
+            if isinstance(res, BaseException):
+                log.warning("could not remove %s (%s); it expires by TTL", rid, res)
+            else:
+                log.info("removed %s", rid)
+
+
+def _spawn(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro, name=name)
+    task.add_done_callback(_report_end)
+    return task
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    err = task.exception()
+    if err is not None:
+        log.error("task %r crashed", task.get_name(), exc_info=err)
+    else:
+        log.error("task %r ended by itself", task.get_name())
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    # gather(return_exceptions) so one task's error does not hide the others' cleanup.
+    await asyncio.gather(*tasks, return_exceptions=True)

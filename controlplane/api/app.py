@@ -1,0 +1,128 @@
+"""The FastAPI application of ``aixds serve --api``.
+
+Read endpoints are open; there are no write endpoints yet except the test-only switch,
+which exists only when the server runs with ``--test-hooks``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
+
+from controlplane.fleet.codec import encode_record
+from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.reconcile import Reconciler
+
+
+@dataclass
+class ApiContext:
+    """What the API reads. ``xds_status`` returns the ADS server's per-stream status."""
+
+    watcher: FleetWatcher
+    reconciler: Reconciler
+    registry: CollectorRegistry
+    xds_status: Callable[[], dict[str, Any]]
+    test_hooks: TestHooks | None = None
+
+
+class TestHooks:
+    """Test-only switches, enabled by ``aixds serve --test-hooks``."""
+
+    def __init__(self) -> None:
+        self.invalid_xds = False
+
+
+class InvalidXds(BaseModel):
+    enabled: bool
+
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="aixds",
+        description="Envoy xDS control plane for AI inference fleets",
+        version="0.1.0",
+    )
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "redis_connected": ctx.watcher.connected,
+            "fleet_synced": ctx.watcher.synced_once,
+            "replicas": len(ctx.watcher.view),
+            "node_groups": len(ctx.reconciler.groups),
+        }
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/fleet")
+    def fleet() -> dict[str, Any]:
+        import json
+
+        now = time.time()
+        return {
+            "replicas": [
+                {
+                    **json.loads(encode_record(o.record)),
+                    "expires_in_s": round(o.expires_at - now, 3),
+                }
+                for _, o in sorted(ctx.watcher.view.items())
+            ]
+        }
+
+    @app.get("/v1/groups")
+    def groups() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, st in sorted(ctx.reconciler.groups.items()):
+            out[name] = {
+                "node": {"role": st.node.role, "region": st.node.region, "zone": st.node.zone},
+                "versions": dict(st.snapshot.versions),
+                "published_at": st.at,
+                "clusters": {
+                    c.name: [
+                        {
+                            "replica": e.replica_id,
+                            "address": f"{e.address}:{e.port}",
+                            "weight": e.weight,
+                            "health": e.health.value,
+                            "priority": e.priority,
+                            "region": e.region,
+                            "zone": e.zone,
+                        }
+                        for e in c.endpoints
+                    ]
+                    for c in st.plan.clusters
+                },
+                "routes": {
+                    m.model: {w.cluster: w.weight for w in m.clusters}
+                    for rc in st.plan.route_configs
+                    for m in rc.models
+                },
+            }
+        return {"groups": out}
+
+    @app.get("/v1/xds")
+    def xds() -> dict[str, Any]:
+        return ctx.xds_status()
+
+    if ctx.test_hooks is not None:
+        hooks = ctx.test_hooks
+
+        @app.post("/v1/test/invalid-xds")
+        def invalid_xds(body: InvalidXds) -> dict[str, bool]:
+            if hooks is None:  # pragma: no cover - route exists only with hooks
+                raise HTTPException(404)
+            hooks.invalid_xds = body.enabled
+            ctx.reconciler.trigger()
+            return {"enabled": hooks.invalid_xds}
+
+    return app

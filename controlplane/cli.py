@@ -1,0 +1,147 @@
+"""The ``aixds`` command: argument parsing only, one function per command.
+
+Each command's module is imported only when that command runs, so ``aixds --help`` is fast
+and one command's dependencies never break another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EPILOG = {
+    "serve": (
+        "example:\n  aixds serve --redis redis://127.0.0.1:6379/0"
+        " --xds 127.0.0.1:18000 --api 127.0.0.1:18080"
+    ),
+    "agent": (
+        "example:\n  aixds agent --redis redis://127.0.0.1:6379/0 --node gpu-1"
+        " --region us --zone us-a \\\n      --server vllm=http://127.0.0.1:8001"
+    ),
+    "envoy": (
+        "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
+        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901"
+    ),
+    "fake-llm": "example:\n  aixds fake-llm --listen 127.0.0.1:8001 --model llama --version v1",
+    "demo": "example:\n  aixds demo            # Ctrl-C stops every process it started",
+    "status": "example:\n  aixds status --api http://127.0.0.1:18080",
+}
+
+
+def host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _serve_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    p.add_argument("--xds", type=host_port, default=("127.0.0.1", 18000), help="ADS gRPC HOST:PORT")
+    p.add_argument("--api", type=host_port, default=("127.0.0.1", 18080), help="HTTP API HOST:PORT")
+    p.add_argument("--config", type=Path, help="fleet.yaml (region distances, session header)")
+    p.add_argument("--coalesce-ms", type=float, default=2.0, help="change coalescing window")
+    p.add_argument("--resync", type=float, default=5.0, help="full registry resync period, s")
+    p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from controlplane.runtime.serve import serve
+    from controlplane.settings import ConfigError, ServeSettings
+
+    s = ServeSettings(
+        redis_url=args.redis,
+        xds_host=args.xds[0],
+        xds_port=args.xds[1],
+        api_host=args.api[0],
+        api_port=args.api[1],
+        config=args.config,
+        coalesce_ms=args.coalesce_ms,
+        resync_s=args.resync,
+        test_hooks=args.test_hooks,
+    )
+    try:
+        return asyncio.run(serve(s))
+    except ConfigError as e:
+        print(f"aixds serve: {e}", file=sys.stderr)
+        return 2
+
+
+def _status_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", default="http://127.0.0.1:18080", help="control-plane API URL")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from controlplane.status import print_status
+
+    return print_status(args.api)
+
+
+def _delegate(
+    module: str,
+) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    def configure(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).configure_parser(p)
+
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module).run(args))
+
+    return configure, run
+
+
+COMMANDS: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {
+    "serve": ("run the control plane (xDS server, reconcile loop, API)", _serve_parser, cmd_serve),
+    "agent": (
+        "run a node agent publishing replica state to Redis",
+        *_delegate("controlplane.agent.main"),
+    ),
+    "envoy": ("render the Envoy bootstrap and run Envoy", *_delegate("controlplane.proxy.runner")),
+    "fake-llm": (
+        "run a fake vLLM-compatible model server",
+        *_delegate("controlplane.sim.fake_llm"),
+    ),
+    "demo": ("run the whole local fleet with live table", *_delegate("controlplane.demo")),
+    "status": ("show node groups, endpoints and xDS state", _status_parser, cmd_status),
+}
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aixds", description="Envoy xDS control plane for AI inference fleets"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Configure only the chosen sub-command's parser (imports its module), list the others.
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (help_text, configure, _) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == chosen:
+            configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _, _, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130

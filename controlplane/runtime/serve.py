@@ -1,0 +1,137 @@
+"""``aixds serve``: wire registry, fleet watcher, reconcile loop, ADS server and API.
+
+All loops are started in ``serve()`` through one ``Supervisor`` and stopped in reverse
+order; the xDS server gets a bounded grace so open streams cannot hold shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from controlplane.api.app import ApiContext, TestHooks, create_app
+from controlplane.decide import EnvoyNode
+from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
+from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
+from controlplane.runtime.supervisor import Supervisor
+from controlplane.runtime.testhooks import invalid_cluster_hook
+from controlplane.settings import ServeSettings, load_fleet_config
+from controlplane.xds.ads import start_xds_server, stop_xds_server, tune_gc
+from controlplane.xds.cache import NodeInfo, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve()`` owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def envoy_node(info: NodeInfo) -> EnvoyNode:
+    md = info.metadata
+    addr = str(md.get("listen_address", "127.0.0.1"))
+    try:
+        port = int(md.get("listen_port", 10000))
+    except (TypeError, ValueError):
+        port = 10000
+    return EnvoyNode(
+        role=info.role, region=info.region, zone=info.zone, listen_address=addr, listen_port=port
+    )
+
+
+def node_group(info: NodeInfo) -> str:
+    """Envoys that get the same plan: same role, region and listen address."""
+    n = envoy_node(info)
+    return f"{n.role}/{n.region}/{n.listen_address}:{n.listen_port}"
+
+
+async def serve(s: ServeSettings) -> int:
+    fleet_cfg = load_fleet_config(s.config)
+    base_intent = fleet_cfg.base_intent()
+    registry = CollectorRegistry()
+    client = connect(s.redis_url)
+    reader = RedisRegistry(client)
+    cache = SnapshotCache(group_of=node_group)
+
+    reconciler: Reconciler | None = None
+
+    def on_change() -> None:
+        if reconciler is not None:
+            reconciler.trigger()
+
+    watcher = FleetWatcher(
+        reader,
+        FleetMetrics(registry),
+        on_change,
+        resync_interval_s=s.resync_s,
+        recovery_grace_s=s.recovery_grace_s,
+    )
+    reconciler = Reconciler(
+        watcher,
+        lambda: base_intent,
+        cache,
+        ReconcileMetrics(registry),
+        coalesce_s=s.coalesce_ms / 1000.0,
+    )
+    rec = reconciler
+    cache.on_new_group = lambda group, info: rec.add_group(group, envoy_node(info))
+
+    hooks = TestHooks() if s.test_hooks else None
+    if hooks is not None:
+        reconciler.resource_hook = invalid_cluster_hook(hooks)
+
+    tune_gc()
+    xds_server, ads = await start_xds_server(cache, s.xds_host, s.xds_port, registry=registry)
+
+    def xds_status() -> dict[str, Any]:
+        return ads.status()
+
+    app = create_app(ApiContext(watcher, reconciler, registry, xds_status, hooks))
+    api = _Uvicorn(
+        uvicorn.Config(
+            app,
+            host=s.api_host,
+            port=s.api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    sup = Supervisor()
+    sup.spawn("fleet-watch", watcher.run)
+    sup.spawn("reconcile", reconciler.run)
+    sup.spawn("api", api.serve)
+    log.info(
+        "aixds serve: xDS on %s:%d, API on %s:%d, Redis %s",
+        s.xds_host,
+        s.xds_port,
+        s.api_host,
+        s.api_port,
+        s.redis_url,
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        api.should_exit = True
+        await sup.stop()
+        await stop_xds_server(xds_server, s.xds_grace_s, ads)
+        await client.aclose()
+    return 0

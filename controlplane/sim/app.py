@@ -1,0 +1,292 @@
+"""The fake vLLM server as an ASGI app: OpenAI endpoints, health, metrics and control.
+
+``FakeLLM(config).app`` is a plain ASGI app: serve it with uvicorn (see ``fake_llm``) or
+call it in-process through ``httpx.ASGITransport``. Every response carries
+``x-replica: <replica_id>`` so a test can count which replica served it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controlplane.sim import openai_format as fmt
+from controlplane.sim.control import ControlError, parse_control
+from controlplane.sim.engine import Engine, Finish, Knobs, Overloaded, Seq
+from controlplane.sim.metrics import CONTENT_TYPE, ServerMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class FakeLLMConfig:
+    """How one fake server starts. Knobs marked *runtime* may change via ``/control``."""
+
+    models: tuple[str, ...]
+    """Served model names; the first is the default and labels the metrics."""
+    replica_id: str = ""
+    """Sent as the ``x-replica`` header of every response; must be set for ``FakeLLM``
+    (``FakeLLMServer`` fills in ``host:port`` when empty)."""
+    version: str = "default"
+    """Reported as ``aixds_version`` in ``/v1/models`` (*runtime*)."""
+    max_running: int = 8
+    """Sequences decoded at once (*runtime*)."""
+    max_queue: int = 1000
+    """Waiting requests beyond which it answers 503 (*runtime*)."""
+    ttft_ms: float = 30.0
+    """Time to first token at speed 1 (*runtime*)."""
+    tpot_ms: float = 10.0
+    """Time per output token at speed 1 (*runtime*)."""
+    speed: float = 1.0
+    """Throughput factor; 2.0 = twice as fast (*runtime*)."""
+    default_tokens: int = 16
+    """Output length when a request has no ``max_tokens``."""
+    kv_capacity_tokens: int = 65536
+    """KV-cache size in tokens (*runtime*)."""
+    max_model_len: int = 32768
+    """Largest prompt + output a request may ask for (400 beyond)."""
+    error_rate: float = 0.0
+    """Fraction of requests answered 500 (*runtime*)."""
+    load_time_s: float = 0.0
+    """Simulated cold start: health 503 and no models listed for this long."""
+    seed: int | None = None
+    """Seed of the fault-injection random source (None: unpredictable)."""
+
+
+class FakeLLM:
+    """One simulated model server: engine, metrics, fault switches, and its ASGI app."""
+
+    def __init__(self, config: FakeLLMConfig) -> None:
+        if not config.models:
+            raise ValueError("a fake server needs at least one model name")
+        if not config.replica_id:
+            raise ValueError("a fake server needs a replica_id (its x-replica header)")
+        self.config = config
+        self.knobs = Knobs(
+            max_running=config.max_running,
+            max_queue=config.max_queue,
+            ttft_ms=config.ttft_ms,
+            tpot_ms=config.tpot_ms,
+            speed=config.speed,
+            kv_capacity_tokens=config.kv_capacity_tokens,
+        )
+        self.metrics = ServerMetrics(config.models[0])
+        self.engine = Engine(self.knobs, on_finish=self.metrics.on_finish)
+        self.metrics.watch(self.engine)
+        self.error_rate = config.error_rate
+        self.version = config.version
+        self._ready_at = time.monotonic() + config.load_time_s
+        self._rng = random.Random(config.seed)
+        self._created = int(time.time())
+        self._models = frozenset(config.models)
+        routes = [
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/v1/models", self._list_models, methods=["GET"]),
+            Route("/health", self._health, methods=["GET"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
+            Route("/control", self._control, methods=["GET", "POST"]),
+        ]
+        self.app: ASGIApp = _ReplicaHeader(Starlette(routes=routes), config.replica_id)
+
+    @property
+    def loading(self) -> bool:
+        return time.monotonic() < self._ready_at
+
+    def state(self) -> dict[str, Any]:
+        """The current switches and load, as ``GET /control`` shows them."""
+        k = self.knobs
+        return {
+            "replica_id": self.config.replica_id,
+            "models": list(self.config.models),
+            "version": self.version,
+            "loading": self.loading,
+            "error_rate": self.error_rate,
+            "speed": k.speed,
+            "stall": k.stall,
+            "max_running": k.max_running,
+            "max_queue": k.max_queue,
+            "ttft_ms": k.ttft_ms,
+            "tpot_ms": k.tpot_ms,
+            "kv_capacity_tokens": k.kv_capacity_tokens,
+            "running": self.engine.running,
+            "waiting": self.engine.waiting,
+            "kv_cache_usage": self.engine.kv_usage,
+        }
+
+    def apply(self, changes: dict[str, Any]) -> None:
+        """Apply checked changes (see ``control.parse_control``)."""
+        for name, value in changes.items():
+            if name == "error_rate":
+                self.error_rate = value
+            elif name == "version":
+                self.version = value
+            elif name == "load_time":
+                self._ready_at = time.monotonic() + value
+                if value > 0:
+                    self.engine.abort_all()
+            else:
+                setattr(self.knobs, name, value)
+        self.engine.poke()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- endpoints ----------------------------------------------------------------------
+    async def _chat(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    async def _completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request: Request, *, chat: bool) -> Response:
+        if self.loading:
+            self.metrics.rejected.labels("loading").inc()
+            return _error(503, "the model is still loading", "ServiceUnavailableError")
+        try:
+            req = fmt.parse_request(
+                await request.body(),
+                chat=chat,
+                default_tokens=self.config.default_tokens,
+                max_model_len=self.config.max_model_len,
+            )
+        except fmt.BadRequest as e:
+            return _error(400, str(e), "BadRequestError")
+        model = req.model or self.config.models[0]
+        if model not in self._models:
+            return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        if self.error_rate > 0 and self._rng.random() < self.error_rate:
+            self.metrics.rejected.labels("injected_error").inc()
+            return _error(500, "injected fault (--error-rate)", "InternalServerError")
+        try:
+            seq = self.engine.submit(req.prompt_tokens, req.max_tokens)
+        except Overloaded as e:
+            self.metrics.rejected.labels("overloaded").inc()
+            return _error(503, f"server overloaded: {e}", "ServiceUnavailableError")
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        if req.stream:
+            return StreamingResponse(
+                self._stream(seq, req, rid, model, created), media_type="text/event-stream"
+            )
+        try:
+            await _finished_or_gone(seq, request.receive)
+        finally:
+            self.engine.abort(seq)  # no-op when it finished; frees the slot when not
+        if seq.finish is not Finish.LENGTH:
+            return _error(503, "request aborted: the model is reloading", "ServiceUnavailableError")
+        return JSONResponse(fmt.completion_body(req, rid, model, created, seq.generated, "length"))
+
+    async def _stream(
+        self, seq: Seq, req: fmt.GenRequest, rid: str, model: str, created: int
+    ) -> AsyncIterator[bytes]:
+        w = fmt.ChunkWriter(req, rid, model, created)
+        sent = 0
+        try:
+            while True:
+                n = await seq.wait_beyond(sent)
+                if seq.finish is Finish.ABORT:
+                    return  # the connection just ends, as when a real server restarts
+                out = [w.role()] if sent == 0 and req.chat else []
+                out += [
+                    w.token(i, "length" if i + 1 == req.max_tokens else None)
+                    for i in range(sent, n)
+                ]
+                sent = n
+                if seq.done:
+                    if req.include_usage:
+                        out.append(w.usage(sent))
+                    out.append(fmt.DONE)
+                    yield b"".join(out)
+                    return
+                yield b"".join(out)
+        finally:
+            self.engine.abort(seq)
+
+    async def _list_models(self, request: Request) -> Response:
+        data: list[dict[str, Any]] = (
+            []
+            if self.loading
+            else [
+                {
+                    "id": m,
+                    "object": "model",
+                    "created": self._created,
+                    "owned_by": "vllm",
+                    "root": m,
+                    "parent": None,
+                    "max_model_len": self.config.max_model_len,
+                    "permission": [],
+                    "aixds_version": self.version,
+                }
+                for m in self.config.models
+            ]
+        )
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _health(self, request: Request) -> Response:
+        return Response(status_code=503 if self.loading else 200)
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def _control(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                changes = parse_control(json.loads(await request.body()))
+            except ValueError as e:  # ControlError and JSONDecodeError
+                kind = "BadRequestError"
+                msg = str(e) if isinstance(e, ControlError) else f"body is not JSON: {e}"
+                return _error(400, msg, kind)
+            self.apply(changes)
+        return JSONResponse(self.state())
+
+
+def _error(status: int, message: str, type_: str) -> JSONResponse:
+    return JSONResponse(fmt.error_body(message, type_, status), status_code=status)
+
+
+async def _finished_or_gone(seq: Seq, receive: Receive) -> None:
+    """Wait until the sequence ends or the client hangs up (then vLLM aborts it too)."""
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    done = asyncio.ensure_future(seq.wait_done())
+    hangup = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait((done, hangup), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        done.cancel()
+        hangup.cancel()
+
+
+class _ReplicaHeader:
+    """ASGI middleware: add ``x-replica`` to every HTTP response, errors included."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self._app = app
+        self._header = (b"x-replica", replica_id.encode("latin-1"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self._header]
+            await send(message)
+
+        await self._app(scope, receive, send_with_header)

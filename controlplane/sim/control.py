@@ -1,0 +1,74 @@
+"""The fake server's runtime switches (``POST /control``): what may change, and checks.
+
+A control document is a JSON object such as ``{"error_rate": 0.3, "speed": 0.5,
+"stall": true}``. It is checked as a whole before anything changes, so a bad document
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+class ControlError(ValueError):
+    """A control document that names an unknown switch or gives a bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Switch:
+    kind: type
+    lo: float = -math.inf
+    hi: float = math.inf
+    doc: str = ""
+
+
+SWITCHES: dict[str, _Switch] = {
+    "error_rate": _Switch(float, 0.0, 1.0, "fraction of requests answered 500"),
+    "speed": _Switch(float, 0.001, 1000.0, "throughput factor (2.0 = twice as fast)"),
+    "stall": _Switch(bool, doc="true: no request makes progress (a hung GPU)"),
+    "max_running": _Switch(int, 1, 100_000, "sequences decoded at once"),
+    "max_queue": _Switch(int, 0, 10_000_000, "waiting requests beyond which it answers 503"),
+    "ttft_ms": _Switch(float, 0.0, 600_000.0, "time to first token at speed 1"),
+    "tpot_ms": _Switch(float, 0.01, 60_000.0, "time per output token at speed 1"),
+    "kv_capacity_tokens": _Switch(int, 1, 10**9, "KV-cache size in tokens"),
+    "load_time": _Switch(
+        float,
+        0.0,
+        3600.0,
+        "start a (re)load now, for this many seconds: health 503, in-flight requests aborted",
+    ),
+    "version": _Switch(str, doc="the version /v1/models reports (aixds_version)"),
+}
+
+
+def parse_control(doc: Any) -> dict[str, Any]:
+    """Check a control document; return the changes (name -> value) it asks for."""
+    if not isinstance(doc, dict):
+        raise ControlError("control body must be a JSON object")
+    unknown = sorted(set(doc) - set(SWITCHES))
+    if unknown:
+        raise ControlError(f"unknown switch(es) {unknown}; known: {sorted(SWITCHES)}")
+    return {name: _check(name, SWITCHES[name], v) for name, v in doc.items()}
+
+
+def _check(name: str, sw: _Switch, v: Any) -> Any:
+    def bad(why: str) -> ControlError:
+        return ControlError(f"{name!r} {why}")
+
+    if sw.kind is bool:
+        if not isinstance(v, bool):
+            raise bad("must be true or false")
+        return v
+    if sw.kind is str:
+        if not isinstance(v, str) or not v or len(v) > 128:
+            raise bad("must be a non-empty string of at most 128 characters")
+        return v
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise bad("must be a number")
+    if sw.kind is int and not isinstance(v, int):
+        raise bad("must be an integer")
+    if not math.isfinite(v) or not sw.lo <= v <= sw.hi:
+        raise bad(f"must be in [{sw.lo}, {sw.hi}]")
+    return sw.kind(v)

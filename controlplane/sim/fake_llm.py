@@ -1,0 +1,344 @@
+"""``aixds fake-llm``: a fake vLLM server on a real socket, from the CLI or in-process.
+
+``configure_parser`` / ``run`` are the CLI command (``run`` blocks until SIGINT/SIGTERM,
+then returns 0). ``FakeLLMServer`` serves a ``FakeLLM`` in the caller's event loop, for
+tests: ``async with FakeLLMServer(FakeLLMConfig(models=("m",))) as srv: srv.url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from types import TracebackType
+
+import uvicorn
+
+from controlplane.sim.app import FakeLLM, FakeLLMConfig
+
+log = logging.getLogger(__name__)
+
+EXAMPLES = """\
+examples:
+  aixds fake-llm --listen 127.0.0.1:8001 --model llama-3-8b --version v1
+  aixds fake-llm --listen 127.0.0.1:8002 --model llama-3-8b --max-running 4 --speed 0.5
+  aixds fake-llm --listen 127.0.0.1:8003 --model qwen --error-rate 0.1 --load-time 5
+
+runtime control (no restart):
+  curl -XPOST localhost:8001/control -d '{"error_rate": 0.3, "speed": 0.5, "stall": true}'
+"""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` -> (host, port); port 0 picks a free one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+class FakeLLMServer:
+    """One ``FakeLLM`` served by uvicorn on its own socket, in the running event loop.
+
+    ``config.replica_id`` may be empty: it then becomes ``host:port`` once bound (useful
+    with port 0). Stop it with ``stop()`` or by leaving ``async with``.
+    """
+
+    def __init__(self, config: FakeLLMConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._config = config
+        self.host = host
+        self.port = port
+        self.llm: FakeLLM | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        self._sock = _bind(self.host, self.port)
+        self.port = int(self._sock.getsockname()[1])
+        config = self._config
+        if not config.replica_id:
+            config = replace(config, replica_id=f"{self.host}:{self.port}")
+        self.llm = FakeLLM(config)
+        uv = uvicorn.Config(
+            self.llm.app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            timeout_keep_alive=30,
+        )
+        self._server = _Server(uv)
+        self._task = asyncio.create_task(
+            self._server.serve(sockets=[self._sock]), name=f"fake-llm {config.replica_id}"
+        )
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # raises what stopped it
+                raise RuntimeError("fake-llm server exited during startup")
+            await asyncio.sleep(0.005)
+
+    async def wait(self) -> None:
+        """Until the server stops by itself (it normally does not)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def stop(self) -> None:
+        if self.llm is not None:
+            self.llm.close()  # abort in-flight requests, as a real server's restart does
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sock is not None:
+            self._sock.close()
+        self._server = self._task = self._sock = None
+
+    async def __aenter__(self) -> FakeLLMServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the caller owns signals (and exit code)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listener's proto says TCP; without it every response waits ~40 ms on delayed ACKs.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+# -- CLI ----------------------------------------------------------------------------------
+def _positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _non_negative_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = float(s)
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def _non_negative_float(s: str) -> float:
+    v = float(s)
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def _fraction(s: str) -> float:
+    v = float(s)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    """Add ``aixds fake-llm``'s flags to ``p``."""
+    d = FakeLLMConfig(models=("m",))
+    if p.epilog is None:
+        p.epilog = EXAMPLES
+        p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument(
+        "--listen",
+        required=True,
+        metavar="HOST:PORT",
+        help="address to bind (only this one); port 0 picks a free port",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        metavar="NAME",
+        help="served model name; repeat to serve aliases (the first labels metrics)",
+    )
+    p.add_argument(
+        "--version",
+        default=d.version,
+        help="model version reported as aixds_version in /v1/models (default: %(default)s)",
+    )
+    p.add_argument(
+        "--replica-id",
+        default="",
+        help="value of the x-replica response header (default: HOST:PORT)",
+    )
+    cap = p.add_argument_group("capacity")
+    cap.add_argument(
+        "--max-running",
+        type=_positive_int,
+        default=d.max_running,
+        help="sequences decoded at once (%(default)s)",
+    )
+    cap.add_argument(
+        "--max-queue",
+        type=_non_negative_int,
+        default=d.max_queue,
+        help="waiting requests beyond which it answers 503 (%(default)s)",
+    )
+    cap.add_argument(
+        "--ttft-ms",
+        type=_non_negative_float,
+        default=d.ttft_ms,
+        help="time to first token at speed 1 (%(default)s)",
+    )
+    cap.add_argument(
+        "--tpot-ms",
+        type=_positive_float,
+        default=d.tpot_ms,
+        help="time per output token at speed 1 (%(default)s)",
+    )
+    cap.add_argument(
+        "--speed",
+        type=_positive_float,
+        default=d.speed,
+        help="throughput factor, 2.0 = twice as fast (%(default)s)",
+    )
+    cap.add_argument(
+        "--default-tokens",
+        type=_positive_int,
+        default=d.default_tokens,
+        help="output tokens when a request sets no max_tokens (%(default)s)",
+    )
+    cap.add_argument(
+        "--kv-capacity-tokens",
+        type=_positive_int,
+        default=d.kv_capacity_tokens,
+        help="KV-cache size in tokens (%(default)s)",
+    )
+    cap.add_argument(
+        "--max-model-len",
+        type=_positive_int,
+        default=d.max_model_len,
+        help="largest prompt + output per request (%(default)s)",
+    )
+    faults = p.add_argument_group("faults")
+    faults.add_argument(
+        "--error-rate",
+        type=_fraction,
+        default=d.error_rate,
+        help="fraction of requests answered 500 (%(default)s)",
+    )
+    faults.add_argument(
+        "--load-time",
+        type=_non_negative_float,
+        default=d.load_time_s,
+        metavar="S",
+        help="simulated cold start: health 503 for S seconds",
+    )
+    faults.add_argument(
+        "--seed", type=int, default=None, help="seed of the fault-injection random source"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[FakeLLMConfig, str, int]:
+    """The server config and the address to bind; raises ``ValueError`` on a bad --listen."""
+    host, port = parse_listen(args.listen)
+    config = FakeLLMConfig(
+        models=tuple(dict.fromkeys(args.model)),
+        replica_id=args.replica_id,
+        version=args.version,
+        max_running=args.max_running,
+        max_queue=args.max_queue,
+        ttft_ms=args.ttft_ms,
+        tpot_ms=args.tpot_ms,
+        speed=args.speed,
+        default_tokens=args.default_tokens,
+        kv_capacity_tokens=args.kv_capacity_tokens,
+        max_model_len=args.max_model_len,
+        error_rate=args.error_rate,
+        load_time_s=args.load_time,
+        seed=args.seed,
+    )
+    return config, host, port
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; 0 then, 2 for bad arguments, 1 if it cannot bind."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config, host, port = config_from_args(args)
+    except ValueError as e:
+        print(f"aixds fake-llm: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(_serve(FakeLLMServer(config, host, port)))
+
+
+async def _serve(server: FakeLLMServer) -> int:
+    try:
+        await server.start()
+    except OSError as e:
+        print(f"aixds fake-llm: cannot listen on {server.host}:{server.port}: {e}", file=sys.stderr)
+        return 1
+    assert server.llm is not None
+    log.info(
+        "fake-llm %s serving %s on %s",
+        server.llm.config.replica_id,
+        ",".join(server.llm.config.models),
+        server.url,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopped = asyncio.create_task(stop.wait(), name="fake-llm signal")
+    ended = asyncio.create_task(server.wait(), name="fake-llm serve")
+    try:
+        await asyncio.wait((stopped, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await server.stop()
+        ended.cancel()
+    log.info("fake-llm stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="aixds fake-llm", description=__doc__)
+    configure_parser(_parser)
+    raise SystemExit(run(_parser.parse_args()))

@@ -1,0 +1,120 @@
+"""Prometheus metrics of the fake server, under vLLM's own names and labels.
+
+Gauges and counters are read from the engine when scraped (no cost per request); the
+latency histograms are observed when a sequence ends. Each server has its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from controlplane.sim.engine import Engine, Finish, Seq
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENGINE_INDEX = "0"
+"""vLLM V1 labels every series with its engine index; one engine here."""
+
+# vLLM's bucket bounds, in seconds.
+# fmt: off
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_LATENCY_BUCKETS = (0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+                    30.0, 40.0, 50.0, 60.0, 120.0)
+# fmt: on
+
+
+class _EngineCollector(Collector):
+    def __init__(self, engine: Engine, model: str) -> None:
+        self._engine = engine
+        self._labels = [ENGINE_INDEX, model]
+
+    def collect(self) -> Iterable[Metric]:
+        e, lv = self._engine, self._labels
+        names = ["engine", "model_name"]
+        for name, doc, value in (
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                e.running,
+            ),
+            ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", e.waiting),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=names)
+            g.add_metric(lv, float(value))
+            yield g
+        for name, doc, total in (
+            ("vllm:prompt_tokens", "Number of prefill tokens processed.", e.totals.prompt_tokens),
+            (
+                "vllm:generation_tokens",
+                "Number of generation tokens processed.",
+                e.totals.generation_tokens,
+            ),
+        ):
+            c = CounterMetricFamily(name, doc, labels=names)
+            c.add_metric(lv, float(total))
+            yield c
+        ok = CounterMetricFamily(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            labels=[*names, "finished_reason"],
+        )
+        ok.add_metric([*lv, Finish.LENGTH.value], float(e.totals.finished[Finish.LENGTH]))
+        yield ok
+
+
+class ServerMetrics:
+    """The registry of one fake server, plus the hooks that feed it."""
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        self._model = model
+        labels = ("engine", "model_name")
+        self._ttft = Histogram(
+            "vllm:time_to_first_token_seconds",
+            "Histogram of time to first token in seconds.",
+            labels,
+            registry=self.registry,
+            buckets=_TTFT_BUCKETS,
+        ).labels(ENGINE_INDEX, model)
+        self._e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            labels,
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        ).labels(ENGINE_INDEX, model)
+        self._queue = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            labels,
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        ).labels(ENGINE_INDEX, model)
+        self.rejected = Counter(
+            "aixds_fake_rejected",
+            "Requests the fake server refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        """Not a vLLM metric: ``overloaded``, ``injected_error``, ``loading``."""
+
+    def watch(self, engine: Engine) -> None:
+        """Report this engine's gauges and counters (once, after building both)."""
+        self.registry.register(_EngineCollector(engine, self._model))
+
+    def on_finish(self, seq: Seq) -> None:
+        if seq.finish is not Finish.LENGTH or seq.finished_at is None:
+            return
+        self._e2e.observe(seq.finished_at - seq.arrived)
+        if seq.started is not None:
+            self._queue.observe(seq.started - seq.arrived)
+        if seq.first_token_at is not None:
+            self._ttft.observe(seq.first_token_at - seq.arrived)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

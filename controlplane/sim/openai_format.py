@@ -1,0 +1,214 @@
+"""OpenAI/vLLM wire format for the fake server: request parsing and response bodies.
+
+Pure functions, no I/O. Bodies follow what vLLM's OpenAI-compatible server sends:
+``chat.completion`` / ``text_completion`` objects, SSE chunks (``data: {...}``, then
+``data: [DONE]``), and errors as ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+_WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
+TOKENS = tuple(" " + w for w in _WORDS.split())
+"""The fake output: token ``i`` is ``TOKENS[i % len(TOKENS)]``."""
+DONE = b"data: [DONE]\n\n"
+
+
+class BadRequest(ValueError):
+    """The request body is not a valid completion request (answered with 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenRequest:
+    """What the fake server needs from a completion request."""
+
+    chat: bool
+    model: str | None
+    max_tokens: int
+    prompt_tokens: int
+    stream: bool = False
+    include_usage: bool = False
+
+
+def parse_request(
+    body: bytes, *, chat: bool, default_tokens: int, max_model_len: int
+) -> GenRequest:
+    """Parse and check a ``/v1/chat/completions`` or ``/v1/completions`` body."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = doc.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string")
+    prompt_tokens = _chat_tokens(doc.get("messages")) if chat else _prompt_tokens(doc.get("prompt"))
+    limit = doc.get("max_completion_tokens") if chat else None
+    if limit is None:
+        limit = doc.get("max_tokens")
+    if limit is None:
+        limit = default_tokens
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise BadRequest("'max_tokens' must be a positive integer")
+    if prompt_tokens + limit > max_model_len:
+        raise BadRequest(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_tokens + limit} tokens ({prompt_tokens} in the messages, "
+            f"{limit} in the completion)."
+        )
+    n = doc.get("n", 1)
+    if n != 1:
+        raise BadRequest("the fake server supports only n=1")
+    stream = doc.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean")
+    opts = doc.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise BadRequest("'stream_options' must be an object")
+    return GenRequest(
+        chat=chat,
+        model=model,
+        max_tokens=limit,
+        prompt_tokens=prompt_tokens,
+        stream=stream,
+        include_usage=opts.get("include_usage") is True,
+    )
+
+
+def _text_tokens(text: str) -> int:
+    """About four characters per token, as for English with common tokenizers."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def _chat_tokens(messages: Any) -> int:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list")
+    total = 0
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest("each message must be an object with a 'role'")
+        content = m.get("content")
+        if isinstance(content, str):
+            total += _text_tokens(content)
+        elif isinstance(content, list):
+            total += sum(
+                _text_tokens(str(p.get("text", ""))) for p in content if isinstance(p, dict)
+            )
+        total += 4  # the chat template's per-message framing
+    return total
+
+
+def _prompt_tokens(prompt: Any) -> int:
+    if isinstance(prompt, str):
+        return _text_tokens(prompt)
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            return len(prompt)
+        if all(isinstance(p, str) for p in prompt):
+            return sum(_text_tokens(p) for p in prompt)
+    raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
+
+
+def text(start: int, stop: int) -> str:
+    return "".join(TOKENS[i % len(TOKENS)] for i in range(start, stop))
+
+
+def usage(req: GenRequest, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": req.prompt_tokens,
+        "total_tokens": req.prompt_tokens + completion_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def completion_body(
+    req: GenRequest, rid: str, model: str, created: int, tokens: int, finish: str
+) -> dict[str, Any]:
+    """The whole (non-streaming) response."""
+    choice: dict[str, Any]
+    if req.chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text(0, tokens)},
+            "logprobs": None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
+    else:
+        choice = {
+            "index": 0,
+            "text": text(0, tokens),
+            "logprobs": None,
+            "finish_reason": finish,
+            "stop_reason": None,
+        }
+    return {
+        "id": rid,
+        "object": "chat.completion" if req.chat else "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": usage(req, tokens),
+    }
+
+
+class ChunkWriter:
+    """SSE chunks of one streamed response, each ``data: <json>\\n\\n``."""
+
+    def __init__(self, req: GenRequest, rid: str, model: str, created: int) -> None:
+        self._req = req
+        obj = "chat.completion.chunk" if req.chat else "text_completion"
+        # Every chunk starts with the same fields: encode them once.
+        head = json.dumps(
+            {"id": rid, "object": obj, "created": created, "model": model}, separators=(",", ":")
+        )
+        self._head = b"data: " + head[:-1].encode() + b","
+
+    def _chunk(self, rest: dict[str, Any]) -> bytes:
+        return self._head + json.dumps(rest, separators=(",", ":"))[1:].encode() + b"\n\n"
+
+    def role(self) -> bytes:
+        """The chat stream's first chunk: the assistant role, no content yet."""
+        return self._chunk(
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            }
+        )
+
+    def token(self, i: int, finish: str | None) -> bytes:
+        tok = TOKENS[i % len(TOKENS)]
+        if self._req.chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": tok},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        else:
+            choice = {
+                "index": 0,
+                "text": tok,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+            }
+        return self._chunk({"choices": [choice]})
+
+    def usage(self, completion_tokens: int) -> bytes:
+        """The last chunk when ``stream_options.include_usage`` is set: no choices."""
+        return self._chunk({"choices": [], "usage": usage(self._req, completion_tokens)})
+
+
+def error_body(message: str, type_: str, code: int) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}

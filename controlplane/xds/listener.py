@@ -1,0 +1,78 @@
+"""LDS builder: one ``ListenerIR`` -> an Envoy ``Listener``.
+
+An HTTP connection manager whose routes come over RDS on the same ADS stream, with two
+HTTP filters: ``json_to_metadata`` copies the OpenAI body field ``model`` into dynamic
+metadata (and clears the route cache, so routes can match it), then the router. The
+connection buffer limit is raised so large prompts are not answered 413.
+Pure: imports protobuf messages only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2 as j2m
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.type.matcher.v3 import regex_pb2
+
+from controlplane.ir import ListenerIR
+from controlplane.xds.route import BODY_METADATA_KEY, BODY_METADATA_NAMESPACE
+
+JSON_CONTENT_TYPES = "^application/json(;.*)?$"
+"""The filter's default is the exact string ``application/json`` (no charset)."""
+
+STREAM_IDLE_TIMEOUT_S = 600
+"""Fallback for routes without their own idle_timeout (every model route sets one)."""
+
+
+def _json_to_metadata() -> Any:
+    rule = j2m.JsonToMetadata.Rule(
+        selectors=[j2m.JsonToMetadata.Selector(key=BODY_METADATA_KEY)],
+        on_present=j2m.JsonToMetadata.KeyValuePair(
+            metadata_namespace=BODY_METADATA_NAMESPACE, key=BODY_METADATA_KEY
+        ),
+    )
+    rules = j2m.JsonToMetadata.MatchRules(
+        rules=[rule],
+        allow_content_types_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPES),
+    )
+    return j2m.JsonToMetadata(request_rules=rules)
+
+
+def _hcm(lis: ListenerIR) -> Any:
+    h = hcm_pb2.HttpConnectionManager(
+        stat_prefix=lis.name, codec_type=hcm_pb2.HttpConnectionManager.AUTO
+    )
+    j2m_filter = h.http_filters.add(name="envoy.filters.http.json_to_metadata")
+    j2m_filter.typed_config.Pack(_json_to_metadata())
+    router = h.http_filters.add(name="envoy.filters.http.router")
+    router.typed_config.Pack(router_pb2.Router())
+    h.rds.route_config_name = lis.route_config
+    h.rds.config_source.CopyFrom(
+        config_source_pb2.ConfigSource(
+            ads=config_source_pb2.AggregatedConfigSource(),
+            resource_api_version=config_source_pb2.V3,
+        )
+    )
+    h.stream_idle_timeout.FromSeconds(STREAM_IDLE_TIMEOUT_S)
+    return h
+
+
+def build_listener(lis: ListenerIR) -> Any:
+    """The ``envoy.config.listener.v3.Listener`` named ``lis.name``."""
+    out = listener_pb2.Listener(
+        name=lis.name,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=lis.address, port_value=lis.port)
+        ),
+    )
+    hcm = out.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager")
+    hcm.typed_config.Pack(_hcm(lis))
+    # json_to_metadata buffers the whole body; Envoy's 1 MiB default answers 413 above it.
+    out.per_connection_buffer_limit_bytes.value = lis.max_request_bytes
+    return out

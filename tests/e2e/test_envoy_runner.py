@@ -1,0 +1,85 @@
+"""``aixds envoy`` against a stub ADS server: the rendered bootstrap reaches the control
+plane at once (HTTP/2 on the xDS cluster, else Envoy waits out initial_fetch_timeout),
+carries node id, locality and metadata, and SIGTERM to ``aixds`` stops Envoy cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from controlplane.xds import resources
+from tests.support import Procs, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+class _StubAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """Records every DiscoveryRequest and never answers."""
+
+    def __init__(self) -> None:
+        self.requests: queue.Queue[Any] = queue.Queue()
+
+    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        for req in request_iterator:
+            self.requests.put(req)
+        yield from ()
+
+
+@pytest.fixture
+def stub_ads() -> Iterator[tuple[_StubAds, int]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    ads = _StubAds()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield ads, port
+    finally:
+        server.stop(0)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_envoy_connects_and_stops_on_sigterm(stub_ads: tuple[_StubAds, int], procs: Procs) -> None:
+    ads, xds_port = stub_ads
+    admin, listen = free_port(), free_port()
+    p = procs.aixds(
+        "aixds-envoy",
+        "envoy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", "side-1",
+        "--region", "no", "--zone", "eu-west-b", "--role", "sidecar",
+        "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",
+        "--concurrency", "1",
+    )  # fmt: skip
+    t0 = time.monotonic()
+    first = ads.requests.get(timeout=5)
+    assert time.monotonic() - t0 < 5
+    assert first.type_url == resources.CLUSTER
+    assert first.node.id == "side-1"
+    assert first.node.cluster == "aixds-sidecar"
+    assert (first.node.locality.region, first.node.locality.zone) == ("no", "eu-west-b")
+    md = first.node.metadata.fields
+    assert md["role"].string_value == "sidecar"
+    assert md["listen_address"].string_value == "127.0.0.1"
+    assert int(md["listen_port"].number_value) == listen
+    assert _port_open(admin)
+
+    assert p.popen is not None
+    os.kill(p.pid, signal.SIGTERM)  # only aixds: it must forward the signal to Envoy
+    assert p.popen.wait(10) == 0
+    assert not _port_open(admin)
+    assert "deprecated" not in p.log.read_text(errors="replace").lower()

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controlplane.fleet.codec import RecordError, decode_record, encode_record
+from controlplane.fleet.model import (
+    GpuStats,
+    LoadStats,
+    ModelInfo,
+    ModelState,
+    ReplicaRecord,
+    ServerKind,
+)
+
+REC = ReplicaRecord(
+    replica_id="gpu-1/vllm-8001",
+    node="gpu-1",
+    region="us",
+    zone="us-a",
+    address="10.0.0.5",
+    port=8001,
+    server_kind=ServerKind.VLLM,
+    models=(
+        ModelInfo("llama", "v1", ModelState.READY),
+        ModelInfo("llama", "v2", ModelState.LOADING),
+    ),
+    load=LoadStats(queue_waiting=3, running=8, kv_cache_usage=0.42),
+    gpus=(
+        GpuStats(
+            index=0,
+            uuid="GPU-abc",
+            util_gpu=0.9,
+            mem_used_bytes=10,
+            mem_total_bytes=80,
+            throttled=True,
+            faulty=False,
+        ),
+    ),
+    timestamp=1_700_000_000.5,
+    speed=1.5,
+)
+
+
+def test_round_trip() -> None:
+    assert decode_record(encode_record(REC)) == REC
+
+
+def mutate(**changes: object) -> str:
+    doc = json.loads(encode_record(REC))
+    for path, value in changes.items():
+        target = doc
+        *parents, leaf = path.split("__")
+        for p in parents:
+            target = target[int(p)] if p.isdigit() else target[p]
+        if value is KeyError:
+            del target[leaf]
+        else:
+            target[leaf] = value
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("not json", "not JSON"),
+        ("[1,2]", "not a JSON object"),
+        (mutate(v=2), "schema version"),
+        (mutate(port=0), "out of range"),
+        (mutate(port="8001"), "not a number"),
+        (mutate(port=80.5), "not an integer"),
+        (mutate(node=KeyError), "missing field 'node'"),
+        (mutate(server_kind="nginx"), "unknown server_kind"),
+        (mutate(models__0__state="dancing"), "unknown model state"),
+        (mutate(load__kv_cache_usage=1.5), "out of range"),
+        (mutate(load__running=-1), "out of range"),
+        (mutate(gpus__0__faulty="yes"), "not a boolean"),
+        (mutate(models="llama"), "not a list"),
+        (mutate(address=""), "is empty"),
+        ('{"v":1,"port":1e999}', "missing field"),
+    ],
+)
+def test_malformed_records_raise_with_a_reason(raw: str, reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        decode_record(raw)
+
+
+def test_nan_is_rejected() -> None:
+    raw = encode_record(REC).replace('"queue_waiting":3,', '"queue_waiting":NaN,')
+    assert "NaN" in raw
+    with pytest.raises(RecordError, match="out of range"):
+        decode_record(raw)
+
+
+def test_oversized_record_is_rejected() -> None:
+    with pytest.raises(RecordError, match="bytes"):
+        decode_record("x" * (300 * 1024))
