@@ -35,7 +35,12 @@ def print_status(api: str) -> int:
     streams: list[dict[str, Any]] = xds.get("streams", [])
     print(f"\nxDS streams: {len(streams)}")
     for s in streams:
-        print(f"  {s.get('node_id')} ({s.get('group')}): {s.get('types', {})}")
+        types = s.get("types", {})
+        acks = "  ".join(
+            f"{t}={v.get('acked_version') or '-'}{' NACK' if v.get('last_nack') else ''}"
+            for t, v in types.items()
+        )
+        print(f"  {s.get('node_id')} ({s.get('group')}): {acks}")
     nacks = xds.get("nacks", [])
     if nacks:
         print(f"NACKs: {len(nacks)}")
