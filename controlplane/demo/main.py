@@ -1,0 +1,311 @@
+"""``aixds demo``: Redis, the control plane, edge Envoys, fake GPU replicas and their agents,
+a steady load, and a live table of what the control plane decided and where traffic went.
+
+Everything binds to 127.0.0.1; Ctrl-C (or ``--duration``) stops every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from controlplane.demo.procs import ProcessGroup, free_port, wait_port
+
+MODEL = "llama"
+SPEEDS = (0.5, 1.0, 2.0, 1.0, 1.5, 0.75)
+"""Replica speed factors, cycled: a mix of GPU generations."""
+ZONES = ("a", "b")
+
+
+@dataclass
+class DemoReplica:
+    replica_id: str
+    region: str
+    zone: str
+    port: int
+    speed: float
+
+
+@dataclass
+class DemoEdge:
+    region: str
+    port: int
+    admin: int
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--regions", type=int, default=1, choices=(1, 2), help="1 or 2 regions")
+    p.add_argument("--replicas", type=int, default=3, help="fake replicas per region")
+    p.add_argument("--rate", type=float, default=80.0, help="requests/s sent to each edge")
+    p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: Ctrl-C)")
+    p.add_argument(
+        "--listen-port",
+        type=int,
+        default=10000,
+        help="first edge's port if free (0: any free port)",
+    )
+    p.add_argument("--log-dir", type=Path, help="process logs (default: a temp dir)")
+
+
+def run(args: argparse.Namespace) -> int:
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="aixds-demo-"))
+    group = ProcessGroup(log_dir)
+    try:
+        return asyncio.run(_demo(args, group, log_dir))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("\nstopping every process the demo started...", flush=True)
+        group.stop_all()
+        print(f"done. logs: {log_dir}")
+
+
+def _port_or_free(preferred: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) -> int:
+    redis_port, xds, api = free_port(), free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    regions = ["us-east", "eu-west"][: args.regions]
+    print(
+        f"starting Redis, control plane, {len(regions)} edge Envoy(s) and "
+        f"{args.replicas * len(regions)} fake replicas (logs in {log_dir}) ...",
+        flush=True,
+    )
+    group.redis(redis_port)
+    config = log_dir / "fleet.yaml"
+    config.write_text("regions:\n  us-east: {eu-west: 80}\n  eu-west: {us-east: 80}\n")
+    group.aixds(
+        "serve",
+        "serve",
+        "--redis",
+        redis_url,
+        "--xds",
+        f"127.0.0.1:{xds}",
+        "--api",
+        f"127.0.0.1:{api}",
+        "--config",
+        str(config),
+    )
+    replicas: list[DemoReplica] = []
+    for region in regions:
+        for i in range(args.replicas):
+            port, speed = free_port(), SPEEDS[(len(replicas)) % len(SPEEDS)]
+            zone = f"{region}-{ZONES[i % len(ZONES)]}"
+            node = f"{region}-gpu{i + 1}"
+            group.aixds(
+                f"llm-{node}",
+                "fake-llm",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--model",
+                MODEL,
+                "--version",
+                "v1",
+                "--speed",
+                str(speed),
+                "--replica-id",
+                f"{node}/vllm-{port}",
+            )
+            group.aixds(
+                f"agent-{node}",
+                "agent",
+                "--redis",
+                redis_url,
+                "--node",
+                node,
+                "--region",
+                region,
+                "--zone",
+                zone,
+                "--server",
+                f"vllm=http://127.0.0.1:{port}",
+            )
+            replicas.append(DemoReplica(f"{node}/vllm-{port}", region, zone, port, speed))
+    edges: list[DemoEdge] = []
+    for n, region in enumerate(regions):
+        port = _port_or_free(args.listen_port + n) if args.listen_port else free_port()
+        admin = free_port()
+        group.aixds(
+            f"envoy-{region}",
+            "envoy",
+            "--xds",
+            f"127.0.0.1:{xds}",
+            "--node-id",
+            f"edge-{region}",
+            "--region",
+            region,
+            "--zone",
+            f"{region}-a",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--admin",
+            f"127.0.0.1:{admin}",
+        )
+        edges.append(DemoEdge(region, port, admin))
+    wait_port(api)
+    for e in edges:
+        wait_port(e.admin)
+    await _wait_routable(edges[0])
+    curl = (
+        f"curl -s http://127.0.0.1:{edges[0].port}/v1/chat/completions "
+        f"-H 'content-type: application/json' "
+        f'-d \'{{"model":"{MODEL}","messages":[{{"role":"user","content":"hi"}}]}}\''
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    served: deque[tuple[float, str, int]] = deque(maxlen=200_000)
+    tasks = [
+        asyncio.create_task(_load(e, args.rate, served, stop), name=f"load-{e.region}")
+        for e in edges
+    ]
+    api_url = f"http://127.0.0.1:{api}"
+    tasks.append(
+        asyncio.create_task(_table(api_url, edges, replicas, served, curl, stop), name="table")
+    )
+    if args.duration > 0:
+        loop.call_later(args.duration, stop.set)
+    await stop.wait()
+    for t in tasks:
+        t.cancel()
+    failed = [
+        r for r in await asyncio.gather(*tasks, return_exceptions=True) if isinstance(r, Exception)
+    ]
+    for exc in failed:
+        print(f"demo task failed: {exc!r}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    async with httpx.AsyncClient(timeout=5) as c:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                r = await c.post(
+                    f"http://127.0.0.1:{edge.port}/v1/completions",
+                    json={"model": MODEL, "prompt": "hi", "max_tokens": 1},
+                )
+                if r.status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError("the edge Envoy never routed a request; see the logs")
+
+
+async def _load(
+    edge: DemoEdge, rate: float, served: deque[tuple[float, str, int]], stop: asyncio.Event
+) -> None:
+    """Open-loop Poisson arrivals at ``rate``/s; records (time, replica, status)."""
+    rng = random.Random(7)
+    url = f"http://127.0.0.1:{edge.port}/v1/chat/completions"
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        inflight: set[asyncio.Task[None]] = set()
+
+        async def one() -> None:
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hello"}],
+                "max_tokens": rng.choice((8, 16, 32)),
+            }
+            try:
+                r = await client.post(url, json=body)
+                served.append((time.monotonic(), r.headers.get("x-replica", "?"), r.status_code))
+            except httpx.HTTPError:
+                served.append((time.monotonic(), "?", 0))
+
+        while not stop.is_set():
+            await asyncio.sleep(rng.expovariate(rate))
+            if len(inflight) < 256:
+                t = asyncio.create_task(one())
+                inflight.add(t)
+                t.add_done_callback(inflight.discard)
+
+
+async def _table(
+    api: str,
+    edges: list[DemoEdge],
+    replicas: list[DemoReplica],
+    served: deque[tuple[float, str, int]],
+    curl: str,
+    stop: asyncio.Event,
+) -> None:
+    async with httpx.AsyncClient(timeout=2) as c:
+        while not stop.is_set():
+            try:
+                fleet = {
+                    r["replica_id"]: r for r in (await c.get(f"{api}/v1/fleet")).json()["replicas"]
+                }
+                weights = {
+                    e.region: _weights(await c.get(f"http://127.0.0.1:{e.admin}/clusters"))
+                    for e in edges
+                }
+            except (httpx.HTTPError, ValueError, KeyError) as err:
+                print(f"waiting for the control plane API: {err!r}", flush=True)
+                await asyncio.sleep(0.5)
+                continue
+            now = time.monotonic()
+            window = [(rid, st) for t, rid, st in served if now - t <= 5.0]
+            share = Counter(rid for rid, st in window if st == 200)
+            errors = sum(1 for _, st in window if st != 200)
+            total = max(1, sum(share.values()))
+            lines = ["\x1b[2J\x1b[H", "aixds demo: live fleet (Ctrl-C to stop)", ""]
+            head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'wait':>6}{'run':>5}{'kv%':>6}"
+            head += "".join(f"{'w@' + e.region:>11}" for e in edges) + f"{'share(5s)':>11}"
+            lines.append(head)
+            for r in replicas:
+                rec: dict[str, Any] = fleet.get(r.replica_id, {})
+                load = rec.get("load", {})
+                row = (
+                    f"{r.replica_id:<28}{r.region + '/' + r.zone:<20}{r.speed:>6.2f}"
+                    f"{load.get('queue_waiting', 0):>6.0f}{load.get('running', 0):>5.0f}"
+                    f"{100 * load.get('kv_cache_usage', 0):>6.1f}"
+                )
+                for e in edges:
+                    w = weights[e.region].get(r.port)
+                    row += f"{w if w is not None else '-':>11}"
+                row += f"{100 * share[r.replica_id] / total:>10.1f}%"
+                lines.append(row)
+            rps = len(window) / 5.0
+            lines += [
+                "",
+                f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
+                "weights: EDS weight each edge Envoy has now (admin /clusters)",
+                "",
+                "try it:",
+                f"  {curl}",
+                f"  aixds status --api {api}",
+            ]
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(1.0)
+
+
+def _weights(resp: httpx.Response) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for line in resp.text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == f"{MODEL}@v1" and parts[2] == "weight":
+            out[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
+    return out
