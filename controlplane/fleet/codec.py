@@ -7,6 +7,7 @@ by the caller (and counted) instead of reaching ``decide()``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from typing import Any
@@ -95,7 +96,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         node=_str(doc, "node"),
         region=_str(doc, "region"),
         zone=_str(doc, "zone", allow_empty=True),
-        address=_str(doc, "address"),
+        address=_ip(doc, "address"),
         port=int(_num(doc, "port", lo=1, hi=65535, integer=True)),
         server_kind=kind,
         models=tuple(_model(m) for m in models_raw),
@@ -109,6 +110,16 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         speed=_num(doc, "speed", lo=0.001, hi=1000, default=1.0),
         draining=_bool(doc, "draining", default=False),
     )
+
+
+def _ip(d: dict[str, Any], key: str) -> str:
+    """An IP literal: Envoy's EDS rejects host names (the whole update would be NACKed)."""
+    v = _str(d, key)
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise RecordError(f"field {key!r}={v!r} is not an IP address") from None
+    return v
 
 
 def _model(m: Any) -> ModelInfo:

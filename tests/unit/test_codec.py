@@ -78,6 +78,7 @@ def mutate(**changes: object) -> str:
         (mutate(gpus__0__faulty="yes"), "not a boolean"),
         (mutate(models="llama"), "not a list"),
         (mutate(address=""), "is empty"),
+        (mutate(address="llm-1.internal"), "not an IP address"),
         ('{"v":1,"port":1e999}', "missing field"),
     ],
 )
