@@ -16,7 +16,7 @@ from typing import Literal
 Role = Literal["edge", "sidecar"]
 ROLES: tuple[Role, ...] = ("edge", "sidecar")
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "envoy" / "bootstrap.yaml"
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "envoy" / "edge.yaml"
 """The template in a source checkout (or an editable install)."""
 
 
