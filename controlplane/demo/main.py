@@ -291,7 +291,7 @@ async def _table(
             lines += [
                 "",
                 f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
-                "weights: EDS weight each edge Envoy has now (admin /clusters)",
+                "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters)",
                 "",
                 "try it:",
                 f"  {curl}",
@@ -302,10 +302,16 @@ async def _table(
             await asyncio.sleep(1.0)
 
 
-def _weights(resp: httpx.Response) -> dict[int, int]:
-    out: dict[int, int] = {}
+def _weights(resp: httpx.Response) -> dict[int, str]:
+    """port -> "weight/pN" from Envoy's admin ``/clusters`` text."""
+    weight: dict[int, str] = {}
+    prio: dict[int, str] = {}
     for line in resp.text.splitlines():
         parts = line.split("::")
-        if len(parts) == 4 and parts[0] == f"{MODEL}@v1" and parts[2] == "weight":
-            out[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
-    return out
+        if len(parts) == 4 and parts[0] == f"{MODEL}@v1" and ":" in parts[1]:
+            port = int(parts[1].rsplit(":", 1)[1])
+            if parts[2] == "weight":
+                weight[port] = parts[3]
+            elif parts[2] == "priority":
+                prio[port] = parts[3]
+    return {port: f"{w}/p{prio.get(port, '?')}" for port, w in weight.items()}
