@@ -28,7 +28,11 @@ UNREACHABLE = Probe(reachable=False)
 
 
 class ModelServerAdapter(Protocol):
-    """Reads one model server's state. Implementations: ``vllm.VllmAdapter``."""
+    """Reads one model server's state; ``adapters.make_adapter`` picks one per kind.
+
+    Implementations: ``vllm.VllmAdapter``, ``sglang.SglangAdapter``, ``tgi.TgiAdapter``,
+    ``triton.TritonAdapter``, ``trtllm.TrtllmAdapter``, ``ollama.OllamaAdapter``.
+    """
 
     @property
     def kind(self) -> ServerKind: ...

@@ -1,17 +1,29 @@
 """Where the agent's GPU telemetry comes from: the ``GpuSource`` Protocol and its sources.
 
-Only ``none`` exists yet (no GPU stats in the record); ``nvml`` (pynvml) and ``sim``
-(simulated GPUs for the demo) are named in the CLI contract and come later.
+- ``none``: no GPU stats in the record (``NoGpu``).
+- ``nvml``: the node's GPUs through NVML (``nvml.NvmlGpuSource``), read in a background
+  thread (``gpu_poll.PolledGpuSource``) so that a slow or hung driver never blocks the
+  agent's event loop; one reader per node, filtered per model server (``gpu_select``).
+- ``sim``: the simulated GPU of a fake LLM server (``gpu_sim.SimGpuSource``), read through
+  the same NVML code path, so fault detection and latching are the same as on real GPUs.
+
+``make_gpu_source`` builds one for ``aixds agent --gpu``; ``faults`` has the latch and
+the operator's clear.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import Protocol
 
 from controlplane.fleet.model import GpuStats
 
 GPU_SOURCES = ("none", "nvml", "sim")
 """Values of ``aixds agent --gpu``."""
+
+MAX_REASON = 200
+"""Longest ``fault_reason`` published (the codec allows more; a reason is a short label)."""
 
 
 class GpuSource(Protocol):
@@ -27,10 +39,50 @@ class NoGpu:
         return ()
 
 
-def make_gpu_source(name: str) -> GpuSource:
-    """The source named by ``--gpu``; ``ValueError`` for unknown or unimplemented ones."""
+def sane(g: GpuStats) -> GpuStats:
+    """Clamp every field into the range the record codec accepts (NaN counts as 0).
+
+    A driver that reports 255% utilization or a 2**64 counter must not make the whole
+    record undecodable (the replica would vanish from the fleet).
+    """
+
+    def num(v: float, lo: float, hi: float) -> float:
+        return min(hi, max(lo, v)) if math.isfinite(v) else 0.0
+
+    return replace(
+        g,
+        index=int(num(g.index, 0, 1024)),
+        uuid=g.uuid[:256],
+        util_gpu=num(g.util_gpu, 0.0, 1.0),
+        util_mem=num(g.util_mem, 0.0, 1.0),
+        mem_used_bytes=int(num(g.mem_used_bytes, 0, 2**50)),
+        mem_total_bytes=int(num(g.mem_total_bytes, 0, 2**50)),
+        temperature_c=num(g.temperature_c, -50.0, 200.0),
+        power_w=num(g.power_w, 0.0, 1e5),
+        power_limit_w=num(g.power_limit_w, 0.0, 1e5),
+        fault_reason=g.fault_reason[:MAX_REASON] if g.faulty else "",
+    )
+
+
+def make_gpu_source(name: str, server_url: str | None = None) -> GpuSource:
+    """The source named by ``--gpu``; ``ValueError`` for an unknown name.
+
+    ``sim`` reads one fake LLM server's simulated GPU, so it needs that server's
+    ``server_url``; the others ignore it. ``nvml`` and ``sim`` are read in a background
+    thread that starts here.
+    """
     if name == "none":
         return NoGpu()
-    if name in GPU_SOURCES:
-        raise ValueError(f"--gpu {name} is not implemented yet; use --gpu none")
+    if name == "nvml":
+        from controlplane.agent.gpu_poll import PolledGpuSource
+        from controlplane.agent.nvml import NvmlGpuSource
+
+        return PolledGpuSource(NvmlGpuSource(), name="nvml").start()
+    if name == "sim":
+        if not server_url:
+            raise ValueError("--gpu sim needs the model server's URL (its simulated GPU)")
+        from controlplane.agent.gpu_poll import PolledGpuSource
+        from controlplane.agent.gpu_sim import SimGpuSource
+
+        return PolledGpuSource(SimGpuSource(server_url), name=f"sim {server_url}").start()
     raise ValueError(f"unknown GPU source {name!r}; expected one of {', '.join(GPU_SOURCES)}")

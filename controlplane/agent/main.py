@@ -1,7 +1,8 @@
-"""``aixds agent``: flags -> ``AgentConfig`` -> adapters, registry, ``Agent``; run until a signal.
+"""``aixds agent``: flags -> ``AgentConfig`` -> ``node.run_node``; run until a signal.
 
 ``configure_parser`` / ``run`` are the CLI command; ``run_agent`` is the same thing for a
-caller that owns the event loop and the stop event (tests).
+caller that owns the event loop and the stop event (tests). Exit codes: 0 after SIGINT or
+SIGTERM, 1 if a loop died, 2 for bad flags, 3 if another agent serves this node.
 """
 
 from __future__ import annotations
@@ -11,99 +12,58 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
+from pathlib import Path
 
-import httpx
+import redis.asyncio as aioredis
 
-from controlplane.agent.gpu import GPU_SOURCES, GpuSource, make_gpu_source
-from controlplane.agent.publisher import Agent, RegistryHealth, ReplicaPublisher, Target, Timing
-from controlplane.agent.vllm import VllmAdapter
+from controlplane.agent.config import AgentConfig
+from controlplane.agent.converge import ExecTiming
+from controlplane.agent.discovery import (
+    WILDCARDS,
+    ServerSpec,
+    check_unique,
+    load_config,
+    parse_server,
+    resolve_sync,
+)
+from controlplane.agent.docker_source import DockerSource, connect, node_address
+from controlplane.agent.gpu import GPU_SOURCES, GpuSource
+from controlplane.agent.gpu_wiring import NodeGpus
+from controlplane.agent.lock import LockHeld, lock_key
+from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
+from controlplane.agent.publisher import Timing
 from controlplane.fleet import registry
-from controlplane.fleet.model import ServerKind
 from controlplane.fleet.store import RegistryWriter
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "AgentConfig",
+    "ServerSpec",
+    "config_from_args",
+    "configure_parser",
+    "parse_server",
+    "run",
+    "run_agent",
+]
 
-IMPLEMENTED_KINDS = frozenset({ServerKind.VLLM})
+log = logging.getLogger(__name__)
 
 EXAMPLES = """\
 examples:
   aixds agent --redis redis://127.0.0.1:6379/0 --node gpu-a1 --region eu --zone eu-1 \\
       --server vllm=http://127.0.0.1:8001
   aixds agent --redis redis://redis:6379/0 --node gpu-b7 --region us --zone us-2 \\
-      --server vllm=http://127.0.0.1:8001 --server vllm=http://127.0.0.1:8002 \\
+      --server vllm=http://127.0.0.1:8001 --server triton=http://127.0.0.1:8100 \\
       --model-version llama-3-8b=v2 --advertise 10.0.3.7
+  aixds agent --redis redis://redis:6379/0 --node gpu-c2 --region us --zone us-1 \\
+      --config /etc/aixds/agent.yaml --docker
 
-Each --server becomes one replica, id NODE/KIND-PORT, published to Redis every
---interval seconds and at once when its models or load change.
+Each server becomes one replica, id NODE/KIND-PORT (or NODE/NAME), published to Redis
+every --interval seconds and at once when its models or load change. Kinds: vllm,
+sglang, tgi, triton, trtllm, ollama. The agent also loads and unloads models as the
+node's desired-models key asks (vllm LoRA, triton, ollama). One agent per node: a second
+exits with code 3 unless --takeover. See docs/agent.md.
 """
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSpec:
-    """One ``--server KIND=URL``."""
-
-    kind: ServerKind
-    url: str
-    host: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything ``aixds agent`` was told."""
-
-    redis_url: str
-    node: str
-    region: str
-    zone: str
-    servers: tuple[ServerSpec, ...]
-    gpu: str = "none"
-    timing: Timing = field(default_factory=Timing)
-    versions: Mapping[str, str] = field(default_factory=dict)
-    """``--model-version MODEL=VERSION``: overrides what the server reports."""
-    advertise: str | None = None
-    """Address published for every replica; default: the host of its ``--server`` URL."""
-
-    def targets(self) -> list[Target]:
-        return [
-            Target(
-                replica_id=f"{self.node}/{s.kind.value}-{s.port}",
-                node=self.node,
-                region=self.region,
-                zone=self.zone,
-                address=self.advertise or s.host,
-                port=s.port,
-                kind=s.kind,
-            )
-            for s in self.servers
-        ]
-
-
-def parse_server(value: str) -> ServerSpec:
-    """``KIND=URL`` -> ``ServerSpec``; ``ValueError`` with a reason a user can act on."""
-    kind_s, sep, url_s = value.partition("=")
-    if not sep or not url_s:
-        raise ValueError(f"--server expects KIND=URL, got {value!r}")
-    try:
-        kind = ServerKind(kind_s.strip().lower())
-    except ValueError:
-        known = ", ".join(k.value for k in ServerKind)
-        raise ValueError(f"unknown server kind {kind_s!r} (known: {known})") from None
-    if kind not in IMPLEMENTED_KINDS:
-        raise ValueError(
-            f"server kind {kind.value!r} is not implemented yet "
-            f"(implemented: {', '.join(sorted(k.value for k in IMPLEMENTED_KINDS))})"
-        )
-    try:
-        url = httpx.URL(url_s)
-    except httpx.InvalidURL as e:
-        raise ValueError(f"bad URL in --server {value!r}: {e}") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError(f"--server URL must be http(s)://HOST[:PORT], got {url_s!r}")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return ServerSpec(kind=kind, url=str(url).rstrip("/"), host=url.host, port=port)
 
 
 def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -116,19 +76,56 @@ def _pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+def _resolved(spec: ServerSpec, advertise: str | None) -> ServerSpec:
+    """A flag's server with its address (``--advertise`` is applied by discovery)."""
+    if advertise:
+        return spec
+    if spec.host in WILDCARDS:
+        raise ValueError(f"{spec.url} is a wildcard address: give --advertise HOST")
+    try:
+        return replace(spec, address=resolve_sync(spec.host))
+    except ValueError as e:
+        raise ValueError(f"--server {spec.url}: {e}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """Check the flags together; ``ValueError`` says what is wrong."""
     for flag, v in (("--node", args.node), ("--region", args.region)):
         if not v or "/" in v:
             raise ValueError(f"{flag} must be non-empty and contain no '/', got {v!r}")
-    servers = tuple(parse_server(s) for s in args.server)
+    servers = tuple(parse_server(s) for s in args.server or [])
+    config_path = Path(args.config) if args.config else None
+    if not (servers or config_path or args.docker):
+        raise ValueError("no model servers: give --server KIND=URL, --config FILE or --docker")
     if args.gpu not in GPU_SOURCES:
         raise ValueError(f"--gpu must be one of {', '.join(GPU_SOURCES)}")
-    if not (args.interval > 0 and args.poll_interval > 0):
-        raise ValueError("--interval and --poll-interval must be positive")
+    positive = {
+        "--interval": args.interval,
+        "--poll-interval": args.poll_interval,
+        "--discover-interval": args.discover_interval,
+        "--lock-ttl": args.lock_ttl,
+        "--load-timeout": args.load_timeout,
+    }
+    for flag, v in positive.items():
+        if not v > 0:
+            raise ValueError(f"{flag} must be positive, got {v}")
     if args.ttl <= args.interval:
         raise ValueError(f"--ttl ({args.ttl}) must exceed --interval ({args.interval})")
-    cfg = AgentConfig(
+    if args.warmup < 0 or args.drain < 0:
+        raise ValueError("--warmup and --drain must not be negative")
+    check_unique(servers)
+    advertise = None
+    if args.advertise:
+        if args.advertise in WILDCARDS:
+            raise ValueError("--advertise must be an address Envoy can reach, not a wildcard")
+        try:
+            advertise = resolve_sync(args.advertise)
+        except ValueError as e:
+            raise ValueError(f"--advertise: {e}") from None
+    servers = tuple(_resolved(s, advertise) for s in servers)
+    if config_path is not None:
+        load_config(config_path)  # fail now on a bad file; it is read again at each scan
+    return AgentConfig(
         redis_url=args.redis,
         node=args.node,
         region=args.region,
@@ -137,16 +134,20 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         gpu=args.gpu,
         timing=Timing(interval_s=args.interval, ttl_s=args.ttl, poll_interval_s=args.poll_interval),
         versions=_pairs(args.model_version, "--model-version"),
-        advertise=args.advertise,
+        advertise=advertise,
+        config_path=config_path,
+        docker=args.docker,
+        docker_url=args.docker_url,
+        discover_interval_s=args.discover_interval,
+        takeover=args.takeover,
+        lock_ttl_s=args.lock_ttl,
+        exec_timing=ExecTiming(
+            sync_s=min(1.0, args.interval),
+            warmup_s=args.warmup,
+            drain_s=args.drain,
+            call_timeout_s=args.load_timeout,
+        ),
     )
-    ids = [t.replica_id for t in cfg.targets()]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"two --server flags give the same replica id {dupes}: ports must differ")
-    for s in servers:
-        if not args.advertise and s.host in ("0.0.0.0", "::"):
-            raise ValueError(f"{s.url} is a wildcard address: give --advertise HOST")
-    return cfg
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
@@ -158,13 +159,29 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", required=True, help="this GPU node's name (unique in the fleet)")
     p.add_argument("--region", required=True, help="region of this node")
     p.add_argument("--zone", required=True, help="zone of this node inside its region")
-    p.add_argument(
+    src = p.add_argument_group("model servers (at least one of these)")
+    src.add_argument(
         "--server",
-        required=True,
         action="append",
         metavar="KIND=URL",
-        help="a local model server, e.g. vllm=http://127.0.0.1:8000 (repeatable; "
-        "only vllm is implemented yet)",
+        help="a local model server, e.g. vllm=http://127.0.0.1:8000 (repeatable); KIND is "
+        "vllm, sglang, tgi, triton, trtllm or ollama",
+    )
+    src.add_argument(
+        "--config", metavar="FILE", help="agent.yaml listing servers (read again at each scan)"
+    )
+    src.add_argument(
+        "--docker", action="store_true", help="also publish containers labelled aixds.kind"
+    )
+    src.add_argument(
+        "--docker-url", metavar="URL", help="Docker daemon (default: DOCKER_HOST or the socket)"
+    )
+    src.add_argument(
+        "--discover-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="look for servers again this often with --config/--docker, s (%(default)s)",
     )
     p.add_argument(
         "--gpu", default="none", choices=GPU_SOURCES, help="GPU telemetry source (%(default)s)"
@@ -186,12 +203,45 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="version to publish for MODEL, over what the server reports (repeatable)",
     )
     p.add_argument(
-        "--advertise", metavar="HOST", help="address Envoy should use (default: the URL's host)"
+        "--advertise",
+        metavar="HOST",
+        help="address Envoy should use for every replica (default: each server's own)",
+    )
+    lock = p.add_argument_group("one agent per node")
+    lock.add_argument(
+        "--takeover",
+        action="store_true",
+        help="replace the agent holding this node's lock (it stops) instead of exiting 3",
+    )
+    lock.add_argument(
+        "--lock-ttl", type=float, default=15.0, metavar="S", help="node lock TTL, s (%(default)s)"
+    )
+    ex = p.add_argument_group("load/unload executor (the node's desired-models key)")
+    ex.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="publish a newly loaded model as warming this long, s (%(default)s)",
+    )
+    ex.add_argument(
+        "--drain",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="publish a model as unloading this long before unloading it, s (%(default)s)",
+    )
+    ex.add_argument(
+        "--load-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="longest load or unload call, s (%(default)s)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until SIGINT/SIGTERM: 0 then, 2 for bad flags, 1 if a loop died."""
+    """Run until SIGINT/SIGTERM: 0 then, 1 if a loop died, 2 for bad flags, 3 if locked out."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -199,51 +249,60 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         cfg = config_from_args(args)
-        gpus = make_gpu_source(cfg.gpu)
+        gpus = NodeGpus(cfg.gpu)
     except ValueError as e:
         print(f"aixds agent: error: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_main(cfg, gpus))
+    try:
+        return asyncio.run(_main(cfg, gpus))
+    except LockHeld as e:
+        print(
+            f"aixds agent: node {cfg.node!r} already has an agent: {e}. Stop that agent, "
+            f"or start this one with --takeover (lock key {lock_key(cfg.node)}).",
+            file=sys.stderr,
+        )
+        return EXIT_LOCK
 
 
-async def _main(cfg: AgentConfig, gpus: GpuSource) -> int:
+async def _main(cfg: AgentConfig, gpus: NodeGpus) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     client = registry.connect(cfg.redis_url)
+    docker = None
+    if cfg.docker:
+        address = node_address()
+        log.info("Docker discovery on; node address %s", cfg.advertise or address)
+        docker = DockerSource(lambda: connect(cfg.docker_url), address)
     try:
-        return await run_agent(cfg, registry.RedisRegistry(client), gpus, stop)
+        return await run_agent(
+            cfg, registry.RedisRegistry(client), gpus, stop, redis=client, docker=docker
+        )
     finally:
+        if docker is not None:
+            docker.close()
+        gpus.close()
         await client.aclose()
 
 
 async def run_agent(
-    cfg: AgentConfig, writer: RegistryWriter, gpus: GpuSource, stop: asyncio.Event
+    cfg: AgentConfig,
+    writer: RegistryWriter,
+    gpus: GpuSource | GpuProvider,
+    stop: asyncio.Event,
+    *,
+    redis: aioredis.Redis | None = None,
+    docker: DockerSource | None = None,
 ) -> int:
-    """Probe and publish until ``stop`` is set; then remove this node's records."""
-    # Short timeouts: a hung server must not hold a probe for long. trust_env=False: a
-    # proxy from the environment must never sit between the agent and a local server.
-    timeout = httpx.Timeout(1.0, connect=0.5)
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
-        health = RegistryHealth()
-        pubs = [
-            ReplicaPublisher(
-                t, VllmAdapter(s.url, http, cfg.versions), gpus, writer, cfg.timing, health
-            )
-            for s, t in zip(cfg.servers, cfg.targets(), strict=True)
-        ]
-        log.info(
-            "agent %s (%s/%s) publishing %s",
-            cfg.node,
-            cfg.region,
-            cfg.zone,
-            ", ".join(
-                f"{t.replica_id} <- {s.url}"
-                for s, t in zip(cfg.servers, cfg.targets(), strict=True)
-            ),
-        )
-        return await Agent(pubs, cfg.timing).run(stop)
+    """Publish (and, with ``redis``, lock and converge) until ``stop``; then clean up.
+
+    ``gpus`` is one source for every server, or a provider of one per server. Raises
+    ``lock.LockHeld`` if another agent serves the node (and not ``cfg.takeover``).
+    """
+    provider = gpus if isinstance(gpus, GpuProvider) else SharedGpu(gpus)
+    scan = None if docker is None else docker.scan
+    return await run_node(cfg, writer, provider, stop, redis=redis, docker=scan)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,15 @@ Each replica has two tasks that share only the latest probe: ``probe`` (every po
 interval) and ``publish`` (at once on a meaningful change, at most 20 times a second, and
 every interval anyway, which refreshes the record's TTL). A registry outage never stops
 probing: publishing retries with a capped backoff and the newest state wins.
-``Agent.run`` starts every task in one place, names them, logs a crash, and on stop
-cancels the probes, then the publishers, then removes the records.
+``Agent`` runs the publishers of a node: replicas join (``add``) and leave (``drop``) as
+discovery finds them; each task is named, a crash is logged and sets ``Agent.ended``; on
+stop the probes are cancelled, then the publishers, then the records removed.
+``OwnNodeWriter`` refuses any record that is not the node's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.agent.adapter import UNREACHABLE, ModelServerAdapter, Probe
+from controlplane.agent.aio import raise_if_cancelled, wait_event
 from controlplane.agent.gpu import GpuSource
 from controlplane.fleet.model import GpuStats, LoadStats, ReplicaRecord, ServerKind
 from controlplane.fleet.store import RegistryWriter
@@ -136,7 +138,9 @@ class ReplicaPublisher:
         timing: Timing,
         health: RegistryHealth | None = None,
         clock: Callable[[], float] = time.time,
+        overlay: Callable[[Probe], Probe] | None = None,
     ) -> None:
+        """``overlay`` turns each probe into what is published (the executor's phases)."""
         self.target = target
         self._adapter = adapter
         self._gpus = gpus
@@ -144,15 +148,27 @@ class ReplicaPublisher:
         self._timing = timing
         self._health = health or RegistryHealth()
         self._clock = clock
+        self._overlay = overlay
+        self._raw: Probe | None = None
         self._latest: tuple[Probe, tuple[GpuStats, ...]] | None = None
         self._published: tuple[Probe, tuple[GpuStats, ...]] | None = None
         self._changed = asyncio.Event()
         self.publishes = 0
         """Successful publishes so far (for tests and the agent's own logs)."""
 
+    @property
+    def gpus(self) -> GpuSource:
+        """The GPU source of this replica (the fault-clear watcher clears its latches)."""
+        return self._gpus
+
+    @property
+    def raw_probe(self) -> Probe | None:
+        """The latest probe as the server answered it (before the overlay); None at first."""
+        return self._raw
+
     async def probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        failing = False
+        failing = overlay_failing = False
         while True:
             started = loop.time()
             try:
@@ -163,6 +179,15 @@ class ReplicaPublisher:
                     log.exception("probe of %s failed", self.target.replica_id)
                 failing = True
                 probe, gpus = UNREACHABLE, ()
+            self._raw = probe
+            if self._overlay is not None:
+                try:
+                    probe = self._overlay(probe)
+                    overlay_failing = False
+                except Exception:  # a bug in the executor's overlay: publish the raw probe
+                    if not overlay_failing:
+                        log.exception("overlay of %s failed", self.target.replica_id)
+                    overlay_failing = True
             self._latest = (probe, gpus)
             if worth_publishing(self._published, self._latest):
                 self._changed.set()
@@ -178,8 +203,7 @@ class ReplicaPublisher:
             if self._latest is None:
                 await self._changed.wait()
             elif wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), wait)
+                await wait_event(self._changed, wait)
             self._changed.clear()
             latest = self._latest
             assert latest is not None
@@ -187,11 +211,13 @@ class ReplicaPublisher:
             try:
                 await self._registry.publish(rec, t.ttl_s)
             except Exception as e:  # registry down or slow: keep the loop alive
+                raise_if_cancelled()
                 self._health.failed(e)
                 backoff = min(t.retry_max_s, max(0.1, backoff * 2))
                 await asyncio.sleep(backoff)
                 next_beat = loop.time()
                 continue
+            raise_if_cancelled()
             self._health.ok()
             backoff = 0.0
             self._published = latest
@@ -204,38 +230,60 @@ class ReplicaPublisher:
 
 
 class Agent:
-    """All replica publishers of one node, run and stopped together."""
+    """The replica publishers of one node; replicas may join and leave while it runs."""
 
-    def __init__(self, publishers: Sequence[ReplicaPublisher], timing: Timing) -> None:
-        self.publishers = list(publishers)
-        self._timing = timing
+    def __init__(self, timing: Timing | None = None) -> None:
+        self._timing = timing or Timing()
+        self._running: dict[
+            str, tuple[ReplicaPublisher, asyncio.Task[None], asyncio.Task[None]]
+        ] = {}
+        self.ended = asyncio.Event()
+        """Set when a loop ended by itself (a bug): the agent should stop, exit 1."""
 
-    async def run(self, stop: asyncio.Event) -> int:
-        """Run until ``stop`` is set (0) or a loop dies (1); records are removed either way."""
-        probes = [_spawn(f"probe {p.target.replica_id}", p.probe_loop()) for p in self.publishers]
-        pubs = [_spawn(f"publish {p.target.replica_id}", p.publish_loop()) for p in self.publishers]
-        stopper = asyncio.create_task(stop.wait(), name="agent stop")
-        crashed = False
-        try:
-            done, _ = await asyncio.wait(
-                [stopper, *probes, *pubs], return_when=asyncio.FIRST_COMPLETED
-            )
-            crashed = stopper not in done
-        finally:
-            # Order matters: no new probe, then no publish that could land after the removal.
-            await _cancel(probes)
-            await _cancel(pubs)
-            await _cancel([stopper])
-            await self._remove_all()
-        return 1 if crashed else 0
+    @property
+    def publishers(self) -> list[ReplicaPublisher]:
+        return [p for p, _, _ in self._running.values()]
 
-    async def _remove_all(self) -> None:
-        ids = [p.target.replica_id for p in self.publishers]
+    def __contains__(self, replica_id: str) -> bool:
+        return replica_id in self._running
+
+    def add(self, pub: ReplicaPublisher) -> None:
+        """Start probing and publishing ``pub``'s replica (its id must be new)."""
+        rid = pub.target.replica_id
+        if rid in self._running:
+            raise ValueError(f"replica {rid} is already published")
+        probe = self._spawn(f"probe {rid}", pub.probe_loop())
+        publish = self._spawn(f"publish {rid}", pub.publish_loop())
+        self._running[rid] = (pub, probe, publish)
+
+    async def drop(self, replica_id: str, remove: bool = True) -> None:
+        """Stop one replica's loops, then (``remove``) delete its record."""
+        entry = self._running.pop(replica_id, None)
+        if entry is None:
+            return
+        pub, probe, publish = entry
+        await _cancel([probe])
+        await _cancel([publish])
+        if remove:
+            await self._remove([pub])
+
+    async def stop(self, remove: bool = True) -> None:
+        """Stop every replica: all probes, then all publishers, then the records."""
+        entries = list(self._running.values())
+        self._running.clear()
+        # Order matters: no new probe, then no publish that could land after the removal.
+        await _cancel([probe for _, probe, _ in entries])
+        await _cancel([publish for _, _, publish in entries])
+        if remove:
+            await self._remove([pub for pub, _, _ in entries])
+
+    async def _remove(self, pubs: Sequence[ReplicaPublisher]) -> None:
+        ids = [p.target.replica_id for p in pubs]
+        if not ids:
+            return
         try:
             async with asyncio.timeout(self._timing.shutdown_s):
-                results = await asyncio.gather(
-                    *(p.remove() for p in self.publishers), return_exceptions=True
-                )
+                results = await asyncio.gather(*(p.remove() for p in pubs), return_exceptions=True)
         except TimeoutError:
             log.warning("removing records %s timed out; they expire by TTL", ids)
             return
@@ -244,6 +292,32 @@ class Agent:
                 log.warning("could not remove %s (%s); it expires by TTL", rid, res)
             else:
                 log.info("removed %s", rid)
+
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = _spawn(name, coro)
+        task.add_done_callback(lambda t: None if t.cancelled() else self.ended.set())
+        return task
+
+
+class OwnNodeWriter:
+    """A ``RegistryWriter`` that writes only this node's records (any other is a bug)."""
+
+    def __init__(self, inner: RegistryWriter, node: str) -> None:
+        self._inner = inner
+        self._node = node
+        self._prefix = node + "/"
+
+    async def publish(self, rec: ReplicaRecord, ttl_s: float) -> None:
+        if rec.node != self._node or not rec.replica_id.startswith(self._prefix):
+            raise ValueError(
+                f"record {rec.replica_id} (node {rec.node}) is not node {self._node}'s"
+            )
+        await self._inner.publish(rec, ttl_s)
+
+    async def remove(self, replica_id: str) -> None:
+        if not replica_id.startswith(self._prefix):
+            raise ValueError(f"replica {replica_id} is not node {self._node}'s")
+        await self._inner.remove(replica_id)
 
 
 def _spawn(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -4,8 +4,15 @@ Observed state (written by agents, expiring):
   ``aixds:v1:replica:<replica_id>``  hash; field ``record`` = JSON (see ``codec``), TTL.
   ``aixds:v1:events``                pub/sub channel; message = a replica id that changed.
 Intent (written by the API, never expiring):
-  ``aixds:v1:intent``                hash; field ``doc`` = JSON, field ``revision`` = int.
+  ``aixds:v1:intent``                hash; field ``doc`` = JSON, field ``revision`` = int,
+                                     field ``epoch`` = id of this history of revisions.
+  ``aixds:v1:intent-events``         pub/sub channel; message = the new revision.
   ``aixds:v1:desired:<node>``        hash of desired model placement for one node.
+Control-plane coordination (written by ``aixds serve``, expiring):
+  ``aixds:v1:load:<epoch-second>``   hash; fields ``s:<cluster>`` / ``e:<cluster>`` = successful /
+                                     failed requests Envoys reported (LRS) in that second.
+  ``aixds:v1:lock:rollback``         the replica that acts for automatic rollback (value: its
+                                     instance id, with a TTL).
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ PREFIX = "aixds:v1:"
 REPLICA_PREFIX = PREFIX + "replica:"
 EVENTS_CHANNEL = PREFIX + "events"
 INTENT_KEY = PREFIX + "intent"
+INTENT_EVENTS_CHANNEL = PREFIX + "intent-events"
+LOAD_PREFIX = PREFIX + "load:"
+ROLLBACK_LOCK_KEY = PREFIX + "lock:rollback"
 RECORD_FIELD = "record"
 
 
@@ -29,3 +39,12 @@ def replica_id_from_key(key: str) -> str:
 
 def desired_key(node: str) -> str:
     return PREFIX + "desired:" + node
+
+
+def fault_clear_key(node: str) -> str:
+    """Time (epoch seconds, as text) of the last operator GPU-fault clear for ``node``.
+
+    Written by the API (``POST /v1/nodes/{node}/gpu-faults/clear``), read by that node's
+    agent, which then forgets latched GPU faults older than it. Never expires.
+    """
+    return PREFIX + "fault-clear:" + node

@@ -3,17 +3,22 @@
 ``FakeLLM(config).app`` is a plain ASGI app: serve it with uvicorn (see ``fake_llm``) or
 call it in-process through ``httpx.ASGITransport``. Every response carries
 ``x-replica: <replica_id>`` so a test can count which replica served it.
+
+Endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
+``/metrics`` (vLLM's names), ``/control`` (GET: state; POST: switches, see ``control``)
+and ``/sim/gpu`` (the simulated GPU in NVML's units, see ``simgpu``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -26,6 +31,12 @@ from controlplane.sim import openai_format as fmt
 from controlplane.sim.control import ControlError, parse_control
 from controlplane.sim.engine import Engine, Finish, Knobs, Overloaded, Seq
 from controlplane.sim.metrics import CONTENT_TYPE, ServerMetrics
+from controlplane.sim.simgpu import GpuSpec, SimGpu
+
+log = logging.getLogger(__name__)
+
+CRASH_DELAY_S = 0.05
+"""A crash happens this long after answering the control request that asked for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +55,15 @@ class FakeLLMConfig:
     max_queue: int = 1000
     """Waiting requests beyond which it answers 503 (*runtime*)."""
     ttft_ms: float = 30.0
-    """Time to first token at speed 1 (*runtime*)."""
+    """Fixed part of the time to first token, at speed 1 (*runtime*)."""
     tpot_ms: float = 10.0
-    """Time per output token at speed 1 (*runtime*)."""
+    """Time per output token of a batch of one, at speed 1 (*runtime*)."""
+    prefill_tps: float = 20000.0
+    """Prefill throughput, prompt tokens per second at speed 1; 0 = free (*runtime*)."""
+    batch_slowdown: float = 0.02
+    """Decode step = ``tpot_ms * (1 + batch_slowdown * (batch - 1))`` (*runtime*)."""
+    external_load: float = 0.0
+    """GPU share taken by a noisy neighbour, 0..0.95 (*runtime*)."""
     speed: float = 1.0
     """Throughput factor; 2.0 = twice as fast (*runtime*)."""
     default_tokens: int = 16
@@ -61,12 +78,18 @@ class FakeLLMConfig:
     """Simulated cold start: health 503 and no models listed for this long."""
     seed: int | None = None
     """Seed of the fault-injection random source (None: unpredictable)."""
+    gpu: GpuSpec = field(default_factory=GpuSpec)
+    """The simulated GPU board (memory, weights, power limit)."""
 
 
 class FakeLLM:
-    """One simulated model server: engine, metrics, fault switches, and its ASGI app."""
+    """One simulated model server: engine, metrics, fault switches, and its ASGI app.
 
-    def __init__(self, config: FakeLLMConfig) -> None:
+    ``on_crash`` is what ``{"crash": true}`` does (the CLI exits the process; an
+    in-process server stops hard); without it, that switch is refused.
+    """
+
+    def __init__(self, config: FakeLLMConfig, on_crash: Callable[[], None] | None = None) -> None:
         if not config.models:
             raise ValueError("a fake server needs at least one model name")
         if not config.replica_id:
@@ -79,10 +102,16 @@ class FakeLLM:
             tpot_ms=config.tpot_ms,
             speed=config.speed,
             kv_capacity_tokens=config.kv_capacity_tokens,
+            prefill_tps=config.prefill_tps,
+            batch_slowdown=config.batch_slowdown,
+            external_load=config.external_load,
         )
         self.metrics = ServerMetrics(config.models[0])
         self.engine = Engine(self.knobs, on_finish=self.metrics.on_finish)
         self.metrics.watch(self.engine)
+        self.gpu = SimGpu(self.engine, self.knobs, config.replica_id, config.gpu)
+        self.on_crash = on_crash
+        self._unstall: asyncio.TimerHandle | None = None
         self.error_rate = config.error_rate
         self.version = config.version
         self._ready_at = time.monotonic() + config.load_time_s
@@ -96,6 +125,7 @@ class FakeLLM:
             Route("/health", self._health, methods=["GET"]),
             Route("/metrics", self._metrics, methods=["GET"]),
             Route("/control", self._control, methods=["GET", "POST"]),
+            Route("/sim/gpu", self._sim_gpu, methods=["GET"]),
         ]
         self.app: ASGIApp = _ReplicaHeader(Starlette(routes=routes), config.replica_id)
 
@@ -119,13 +149,20 @@ class FakeLLM:
             "ttft_ms": k.ttft_ms,
             "tpot_ms": k.tpot_ms,
             "kv_capacity_tokens": k.kv_capacity_tokens,
+            "prefill_tps": k.prefill_tps,
+            "batch_slowdown": k.batch_slowdown,
+            "external_load": k.external_load,
+            "gpu_throttle": k.gpu_throttle,
+            "gpu_fault": self.gpu.last_fault,
+            "effective_speed": k.effective_speed(),
             "running": self.engine.running,
             "waiting": self.engine.waiting,
             "kv_cache_usage": self.engine.kv_usage,
+            "busy_fraction": self.engine.busy_fraction,
         }
 
     def apply(self, changes: dict[str, Any]) -> None:
-        """Apply checked changes (see ``control.parse_control``)."""
+        """Apply checked changes (see ``control.parse_control``); call from the loop."""
         for name, value in changes.items():
             if name == "error_rate":
                 self.error_rate = value
@@ -135,11 +172,32 @@ class FakeLLM:
                 self._ready_at = time.monotonic() + value
                 if value > 0:
                     self.engine.abort_all()
+            elif name == "gpu_fault":
+                self.gpu.inject(value)
+            elif name == "crash":
+                if value and self.on_crash is not None:
+                    log.warning("%s: crash requested through /control", self.config.replica_id)
+                    asyncio.get_running_loop().call_later(CRASH_DELAY_S, self.on_crash)
+            elif name in ("stall", "stall_for"):
+                if self._unstall is not None:
+                    self._unstall.cancel()
+                    self._unstall = None
+                self.knobs.stall = value if name == "stall" else True
+                if name == "stall_for":
+                    self._unstall = asyncio.get_running_loop().call_later(value, self._resume)
             else:
                 setattr(self.knobs, name, value)
         self.engine.poke()
 
+    def _resume(self) -> None:
+        self._unstall = None
+        self.knobs.stall = False
+        self.engine.poke()
+
     def close(self) -> None:
+        if self._unstall is not None:
+            self._unstall.cancel()
+            self._unstall = None
         self.engine.close()
 
     # -- endpoints ----------------------------------------------------------------------
@@ -248,8 +306,13 @@ class FakeLLM:
                 kind = "BadRequestError"
                 msg = str(e) if isinstance(e, ControlError) else f"body is not JSON: {e}"
                 return _error(400, msg, kind)
+            if changes.get("crash") and self.on_crash is None:
+                return _error(400, "'crash' needs a server process to crash", "BadRequestError")
             self.apply(changes)
         return JSONResponse(self.state())
+
+    async def _sim_gpu(self, request: Request) -> Response:
+        return JSONResponse(self.gpu.document())
 
 
 def _error(status: int, message: str, type_: str) -> JSONResponse:

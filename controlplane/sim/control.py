@@ -1,15 +1,20 @@
 """The fake server's runtime switches (``POST /control``): what may change, and checks.
 
 A control document is a JSON object such as ``{"error_rate": 0.3, "speed": 0.5,
-"stall": true}``. It is checked as a whole before anything changes, so a bad document
-changes nothing.
+"stall": true}``, ``{"external_load": 0.3}``, ``{"gpu_throttle": true}``,
+``{"gpu_fault": "xid 79"}`` or ``{"crash": true}``. It is checked as a whole before
+anything changes, so a bad document changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from controlplane.sim.engine import MAX_EXTERNAL_LOAD
+from controlplane.sim.simgpu import parse_fault
 
 
 class ControlError(ValueError):
@@ -22,6 +27,8 @@ class _Switch:
     lo: float = -math.inf
     hi: float = math.inf
     doc: str = ""
+    check: Callable[[Any], Any] | None = None
+    """A custom check (``kind`` is then ``object``): returns the value, raises ValueError."""
 
 
 SWITCHES: dict[str, _Switch] = {
@@ -30,8 +37,8 @@ SWITCHES: dict[str, _Switch] = {
     "stall": _Switch(bool, doc="true: no request makes progress (a hung GPU)"),
     "max_running": _Switch(int, 1, 100_000, "sequences decoded at once"),
     "max_queue": _Switch(int, 0, 10_000_000, "waiting requests beyond which it answers 503"),
-    "ttft_ms": _Switch(float, 0.0, 600_000.0, "time to first token at speed 1"),
-    "tpot_ms": _Switch(float, 0.01, 60_000.0, "time per output token at speed 1"),
+    "ttft_ms": _Switch(float, 0.0, 600_000.0, "fixed part of the time to first token"),
+    "tpot_ms": _Switch(float, 0.01, 60_000.0, "time per output token, batch of one"),
     "kv_capacity_tokens": _Switch(int, 1, 10**9, "KV-cache size in tokens"),
     "load_time": _Switch(
         float,
@@ -40,6 +47,19 @@ SWITCHES: dict[str, _Switch] = {
         "start a (re)load now, for this many seconds: health 503, in-flight requests aborted",
     ),
     "version": _Switch(str, doc="the version /v1/models reports (aixds_version)"),
+    "stall_for": _Switch(float, 0.0, 3600.0, "stall for this many seconds, then resume by itself"),
+    "prefill_tps": _Switch(float, 0.0, 1e9, "prefill tokens per second at speed 1 (0: free)"),
+    "batch_slowdown": _Switch(
+        float, 0.0, 100.0, "a decode step takes tpot_ms * (1 + this * (batch - 1))"
+    ),
+    "external_load": _Switch(
+        float, 0.0, MAX_EXTERNAL_LOAD, "share of the GPU a noisy neighbour takes"
+    ),
+    "gpu_throttle": _Switch(bool, doc="thermal throttling: slower, and NVML says so"),
+    "gpu_fault": _Switch(
+        object, doc="'xid N', 'ecc [N]', 'remap', 'lost', or null to clear", check=parse_fault
+    ),
+    "crash": _Switch(bool, doc="true: the process exits at once, without cleanup"),
 }
 
 
@@ -57,6 +77,11 @@ def _check(name: str, sw: _Switch, v: Any) -> Any:
     def bad(why: str) -> ControlError:
         return ControlError(f"{name!r} {why}")
 
+    if sw.check is not None:
+        try:
+            return sw.check(v)
+        except ValueError as e:
+            raise bad(str(e)) from None
     if sw.kind is bool:
         if not isinstance(v, bool):
             raise bad("must be true or false")

@@ -1,11 +1,26 @@
 """The fake model server's engine: continuous batching on asyncio timers, no HTTP.
 
-A request becomes a ``Seq``. It waits in a FIFO queue until a slot is free (at most
-``max_running`` sequences, and enough KV cache for its prompt), spends ``ttft_ms`` in
-prefill, then gains one token per decode step of ``tpot_ms`` (both divided by ``speed``)
-until it has ``max_tokens``. One timer drives the decode steps of every running sequence,
-as one forward pass of a real engine does, so the cost per request stays small. When more
-requests arrive than it can run, the queue and every request's latency grow.
+The model, in the terms of a real engine such as vLLM:
+
+- A request becomes a ``Seq`` and waits in a FIFO queue. It is admitted when fewer than
+  ``max_running`` sequences run and its tokens fit in the KV cache: prompt (plus what it
+  generated before a preemption) plus one token, within ``kv_capacity_tokens``. A full
+  queue (``max_queue``) refuses new requests.
+- Prefill takes ``ttft_ms + prompt_tokens / prefill_tps`` (at speed 1); it ends with the
+  first token.
+- Decoding runs in steps; each step gives every decoding sequence one token and takes
+  ``tpot_ms * (1 + batch_slowdown * (batch - 1))``, so per-token latency grows with the
+  batch while throughput grows less than linearly. One timer drives all decode steps, as
+  one forward pass does in a real engine, so the cost per request stays small.
+- Every token a sequence holds (prompt and output) occupies the KV cache until it ends.
+  When a step needs more KV than is free, the most recently admitted sequence is
+  preempted (vLLM's recompute): it frees its KV, goes back to the head of the queue, and
+  re-prefills its prompt and output when it is admitted again.
+- Every delay is divided by the effective speed: ``speed`` (GPU generation) times
+  ``1 - external_load`` (a noisy neighbour's share of the GPU) times ``THROTTLED_SPEED``
+  while the GPU is thermally throttled. ``stall`` freezes all progress (a hung GPU).
+- ``busy_fraction`` is the share of the last half second or so with at least one
+  sequence running: the basis of the simulated GPU's utilization (``simgpu``).
 """
 
 from __future__ import annotations
@@ -13,8 +28,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+THROTTLED_SPEED = 0.6
+"""Speed factor while the simulated GPU is thermally throttled (clocks cut by ~40%)."""
+MAX_EXTERNAL_LOAD = 0.95
+"""Largest share of the GPU a noisy neighbour may take (the server keeps 5%)."""
 
 
 @dataclass(slots=True)
@@ -26,15 +48,65 @@ class Knobs:
     max_queue: int = 1000
     """Waiting sequences beyond which a new request is refused (the server answers 503)."""
     ttft_ms: float = 30.0
-    """Prefill: from leaving the queue to the first token, at speed 1."""
+    """Fixed part of prefill (from leaving the queue to the first token), at speed 1."""
     tpot_ms: float = 10.0
-    """One decode step (one token for every running sequence), at speed 1."""
+    """One decode step of a batch of one (one token per running sequence), at speed 1."""
     speed: float = 1.0
     """Throughput factor: 2.0 halves every delay."""
     kv_capacity_tokens: int = 65536
     """KV-cache size in tokens. Use = running sequences' tokens / capacity."""
     stall: bool = False
     """A hung GPU: no sequence makes progress until this is cleared."""
+    prefill_tps: float = 20000.0
+    """Prefill throughput in prompt tokens per second at speed 1 (0: no per-token cost)."""
+    batch_slowdown: float = 0.02
+    """A decode step takes ``tpot_ms * (1 + batch_slowdown * (batch - 1))``."""
+    external_load: float = 0.0
+    """Share of the GPU a noisy neighbour takes (0..0.95): everything runs that much slower."""
+    gpu_throttle: bool = False
+    """The simulated GPU is thermally throttled: speed times ``THROTTLED_SPEED``."""
+
+    def effective_speed(self) -> float:
+        share = 1.0 - min(MAX_EXTERNAL_LOAD, max(0.0, self.external_load))
+        return self.speed * share * (THROTTLED_SPEED if self.gpu_throttle else 1.0)
+
+    def step_s(self, batch: int) -> float:
+        """Duration of one decode step with ``batch`` sequences decoding."""
+        grow = 1.0 + max(0.0, self.batch_slowdown) * max(0, batch - 1)
+        return self.tpot_ms / 1000.0 * grow / self.effective_speed()
+
+    def prefill_s(self, tokens: int) -> float:
+        """Duration of the prefill of ``tokens`` tokens, first token included."""
+        per_token = tokens / self.prefill_tps if self.prefill_tps > 0 else 0.0
+        return (self.ttft_ms / 1000.0 + per_token) / self.effective_speed()
+
+
+class BusyMeter:
+    """Exponentially weighted share of time a condition held (time constant ``tau_s``).
+
+    Exact for a condition that changes only at ``set`` calls: O(1) per change, no timer.
+    """
+
+    def __init__(self, tau_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tau = tau_s
+        self._clock = clock
+        self._value = 0.0
+        self._on = False
+        self._t = clock()
+
+    def set(self, on: bool) -> None:
+        self._advance()
+        self._on = on
+
+    def value(self) -> float:
+        self._advance()
+        return self._value
+
+    def _advance(self) -> None:
+        now = self._clock()
+        target = 1.0 if self._on else 0.0
+        self._value = target + (self._value - target) * math.exp(-(now - self._t) / self._tau)
+        self._t = now
 
 
 class Overloaded(Exception):
@@ -61,6 +133,9 @@ class Seq:
     last_token_at: float = 0.0
     finished_at: float | None = None
     finish: Finish | None = None
+    preemptions: int = 0
+    prefilled: bool = False
+    """Its prompt was prefilled once (counted in the prompt-token total)."""
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _ended: asyncio.Event = field(default_factory=asyncio.Event)
     _prefill: asyncio.TimerHandle | None = None
@@ -68,6 +143,11 @@ class Seq:
     @property
     def done(self) -> bool:
         return self.finish is not None
+
+    @property
+    def kv_tokens(self) -> int:
+        """KV-cache tokens it holds while running (and needs to be admitted again)."""
+        return self.prompt_tokens + self.generated
 
     async def wait_beyond(self, seen: int) -> int:
         """Wait until more than ``seen`` tokens exist or the sequence ended; return the count."""
@@ -86,6 +166,7 @@ class Totals:
 
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    preemptions: int = 0
     finished: dict[Finish, int] = field(default_factory=lambda: dict.fromkeys(Finish, 0))
 
 
@@ -101,6 +182,8 @@ class Engine:
         self._decoding: dict[Seq, None] = {}
         self._kv_tokens = 0
         self._step: asyncio.TimerHandle | None = None
+        self._step_s = 0.0
+        self._busy = BusyMeter()
 
     # -- what the server reports ------------------------------------------------------
     @property
@@ -114,6 +197,11 @@ class Engine:
     @property
     def kv_usage(self) -> float:
         return min(1.0, self._kv_tokens / max(1, self.knobs.kv_capacity_tokens))
+
+    @property
+    def busy_fraction(self) -> float:
+        """Share of roughly the last half second with a sequence running (0..1)."""
+        return self._busy.value()
 
     # -- requests -----------------------------------------------------------------------
     def submit(self, prompt_tokens: int, max_tokens: int) -> Seq:
@@ -154,22 +242,27 @@ class Engine:
         k = self.knobs
         while self._waiting and len(self._running) < k.max_running:
             head = self._waiting[0]
-            if self._running and self._kv_tokens + head.prompt_tokens > k.kv_capacity_tokens:
+            # Its tokens plus the first new one must fit; alone, it runs anyway (a request
+            # larger than the whole cache would otherwise block the queue forever).
+            if self._running and self._kv_tokens + head.kv_tokens + 1 > k.kv_capacity_tokens:
                 return
             self._waiting.popleft()
             self._start(head)
 
     def _start(self, seq: Seq) -> None:
         loop = asyncio.get_running_loop()
-        seq.started = loop.time()
+        if seq.started is None:
+            seq.started = loop.time()
         self._running[seq] = None
-        self._kv_tokens += seq.prompt_tokens
-        delay = self.knobs.ttft_ms / 1000.0 / self.knobs.speed
-        seq._prefill = loop.call_later(delay, self._prefilled, seq)
+        self._busy.set(True)
+        self._kv_tokens += seq.kv_tokens
+        seq._prefill = loop.call_later(self.knobs.prefill_s(seq.kv_tokens), self._prefilled, seq)
 
     def _prefilled(self, seq: Seq) -> None:
         seq._prefill = None
-        self.totals.prompt_tokens += seq.prompt_tokens
+        if not seq.prefilled:
+            seq.prefilled = True
+            self.totals.prompt_tokens += seq.prompt_tokens
         self._decoding[seq] = None
         if not self.knobs.stall:
             self._emit(seq, asyncio.get_running_loop().time())
@@ -177,19 +270,45 @@ class Engine:
 
     def _schedule_step(self) -> None:
         if self._step is None and self._decoding:
-            delay = self.knobs.tpot_ms / 1000.0 / self.knobs.speed
-            self._step = asyncio.get_running_loop().call_later(delay, self._decode_step)
+            self._step_s = self.knobs.step_s(len(self._decoding))
+            self._step = asyncio.get_running_loop().call_later(self._step_s, self._decode_step)
 
     def _decode_step(self) -> None:
         self._step = None
         if not self.knobs.stall:
             now = asyncio.get_running_loop().time()
             # A sequence whose first token came less than half a step ago waits one more.
-            min_gap = self.knobs.tpot_ms / 2000.0 / self.knobs.speed
-            for seq in list(self._decoding):
-                if seq.first_token_at is None or now - seq.last_token_at >= min_gap:
-                    self._emit(seq, now)
+            min_gap = self._step_s / 2.0
+            due = [
+                s
+                for s in self._decoding
+                if s.first_token_at is None or now - s.last_token_at >= min_gap
+            ]
+            for seq in self._make_room(due):
+                self._emit(seq, now)
         self._schedule_step()
+
+    def _make_room(self, due: list[Seq]) -> list[Seq]:
+        """Preempt the newest sequences until every due one has room for one more token."""
+        cap = self.knobs.kv_capacity_tokens
+        while due and self._kv_tokens + len(due) > cap and len(self._running) > 1:
+            victim = next(reversed(self._running))
+            self._preempt(victim)
+            if victim in due:
+                due.remove(victim)
+        return due
+
+    def _preempt(self, seq: Seq) -> None:
+        del self._running[seq]
+        self._decoding.pop(seq, None)
+        self._kv_tokens -= seq.kv_tokens
+        if seq._prefill is not None:
+            seq._prefill.cancel()
+            seq._prefill = None
+        seq.preemptions += 1
+        self.totals.preemptions += 1
+        self._waiting.appendleft(seq)
+        self._busy.set(bool(self._running))
 
     def _emit(self, seq: Seq, now: float) -> None:
         seq.generated += 1
@@ -206,7 +325,8 @@ class Engine:
         if seq in self._running:
             del self._running[seq]
             self._decoding.pop(seq, None)
-            self._kv_tokens -= seq.prompt_tokens + seq.generated
+            self._kv_tokens -= seq.kv_tokens
+            self._busy.set(bool(self._running))
         else:
             # Still queued; a deque removal is O(n) but aborts from the queue are rare.
             self._waiting.remove(seq)

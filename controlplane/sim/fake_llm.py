@@ -1,8 +1,10 @@
 """``aixds fake-llm``: a fake vLLM server on a real socket, from the CLI or in-process.
 
 ``configure_parser`` / ``run`` are the CLI command (``run`` blocks until SIGINT/SIGTERM,
-then returns 0). ``FakeLLMServer`` serves a ``FakeLLM`` in the caller's event loop, for
-tests: ``async with FakeLLMServer(FakeLLMConfig(models=("m",))) as srv: srv.url``.
+then returns 0; ``{"crash": true}`` on ``/control`` ends the process at once with status
+``CRASH_EXIT_CODE``). ``FakeLLMServer`` serves a ``FakeLLM`` in the caller's event loop,
+for tests: ``async with FakeLLMServer(FakeLLMConfig(models=("m",))) as srv: srv.url``;
+there a crash stops the server hard (connections cut, port closed).
 """
 
 from __future__ import annotations
@@ -11,27 +13,38 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
 
 import uvicorn
 
 from controlplane.sim.app import FakeLLM, FakeLLMConfig
+from controlplane.sim.simgpu import GiB, GpuSpec
 
 log = logging.getLogger(__name__)
+
+CRASH_EXIT_CODE = 70
+"""Exit status of ``aixds fake-llm`` after ``{"crash": true}`` (EX_SOFTWARE)."""
 
 EXAMPLES = """\
 examples:
   aixds fake-llm --listen 127.0.0.1:8001 --model llama-3-8b --version v1
   aixds fake-llm --listen 127.0.0.1:8002 --model llama-3-8b --max-running 4 --speed 0.5
   aixds fake-llm --listen 127.0.0.1:8003 --model qwen --error-rate 0.1 --load-time 5
+  aixds fake-llm --listen 127.0.0.1:8004 --model llama-3-8b --speed 0.6 --noisy-neighbor 0.2 \
+      --kv-capacity-tokens 20000 --prefill-tps 8000 --batch-slowdown 0.05
 
 runtime control (no restart):
   curl -XPOST localhost:8001/control -d '{"error_rate": 0.3, "speed": 0.5, "stall": true}'
+  curl -XPOST localhost:8001/control -d '{"external_load": 0.3, "gpu_throttle": true}'
+  curl -XPOST localhost:8001/control -d '{"gpu_fault": "xid 79"}'   # or "ecc", "remap", "lost"
+  curl -XPOST localhost:8001/control -d '{"crash": true}'           # exits with status 70
+  curl localhost:8001/sim/gpu                                       # the simulated GPU
 """
 
 
@@ -49,13 +62,22 @@ class FakeLLMServer:
     """One ``FakeLLM`` served by uvicorn on its own socket, in the running event loop.
 
     ``config.replica_id`` may be empty: it then becomes ``host:port`` once bound (useful
-    with port 0). Stop it with ``stop()`` or by leaving ``async with``.
+    with port 0). Stop it with ``stop()`` or by leaving ``async with``. ``on_crash`` is
+    what ``{"crash": true}`` does; by default the server stops hard (``crashed`` is set).
     """
 
-    def __init__(self, config: FakeLLMConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        config: FakeLLMConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_crash: Callable[[], None] | None = None,
+    ) -> None:
         self._config = config
         self.host = host
         self.port = port
+        self._on_crash = on_crash
+        self.crashed = False
         self.llm: FakeLLM | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +94,7 @@ class FakeLLMServer:
         config = self._config
         if not config.replica_id:
             config = replace(config, replica_id=f"{self.host}:{self.port}")
-        self.llm = FakeLLM(config)
+        self.llm = FakeLLM(config, on_crash=self._on_crash or self._crash)
         uv = uvicorn.Config(
             self.llm.app,
             log_config=None,
@@ -96,6 +118,15 @@ class FakeLLMServer:
         """Until the server stops by itself (it normally does not)."""
         if self._task is not None:
             await asyncio.shield(self._task)
+
+    def _crash(self) -> None:
+        """Stop at once: in-flight requests cut, the port closed, no graceful shutdown."""
+        self.crashed = True
+        if self.llm is not None:
+            self.llm.close()
+        if self._server is not None:
+            self._server.force_exit = True
+            self._server.should_exit = True
 
     async def stop(self) -> None:
         if self.llm is not None:
@@ -177,6 +208,13 @@ def _fraction(s: str) -> float:
     return v
 
 
+def _neighbour_share(s: str) -> float:
+    v = float(s)
+    if not 0 <= v <= 0.95:
+        raise argparse.ArgumentTypeError(f"must be in [0, 0.95], got {s}")
+    return v
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Add ``aixds fake-llm``'s flags to ``p``."""
     d = FakeLLMConfig(models=("m",))
@@ -223,13 +261,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--ttft-ms",
         type=_non_negative_float,
         default=d.ttft_ms,
-        help="time to first token at speed 1 (%(default)s)",
+        help="fixed part of the time to first token, at speed 1 (%(default)s)",
     )
     cap.add_argument(
         "--tpot-ms",
         type=_positive_float,
         default=d.tpot_ms,
-        help="time per output token at speed 1 (%(default)s)",
+        help="time per output token of a batch of one, at speed 1 (%(default)s)",
     )
     cap.add_argument(
         "--speed",
@@ -255,6 +293,46 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=d.max_model_len,
         help="largest prompt + output per request (%(default)s)",
     )
+    cap.add_argument(
+        "--prefill-tps",
+        type=_non_negative_float,
+        default=d.prefill_tps,
+        metavar="TOKENS",
+        help="prefill tokens per second at speed 1; 0 = free (%(default)s)",
+    )
+    cap.add_argument(
+        "--batch-slowdown",
+        type=_non_negative_float,
+        default=d.batch_slowdown,
+        metavar="ALPHA",
+        help="decode step = tpot * (1 + ALPHA * (batch - 1)) (%(default)s)",
+    )
+    cap.add_argument(
+        "--noisy-neighbor",
+        type=_neighbour_share,
+        default=d.external_load,
+        metavar="F",
+        help="share of the GPU another tenant takes, 0..0.95: all work is 1/(1-F) slower",
+    )
+    gpu = p.add_argument_group("simulated GPU (GET /sim/gpu)")
+    gpu.add_argument(
+        "--gpu-mem-gib",
+        type=_positive_float,
+        default=d.gpu.mem_total_bytes / GiB,
+        help="GPU memory, GiB (%(default)s)",
+    )
+    gpu.add_argument(
+        "--weights-gib",
+        type=_non_negative_float,
+        default=d.gpu.weights_bytes / GiB,
+        help="model weights resident on the GPU, GiB (%(default)s)",
+    )
+    gpu.add_argument(
+        "--gpu-power-w",
+        type=_positive_float,
+        default=d.gpu.power_limit_w,
+        help="GPU power limit, W (%(default)s)",
+    )
     faults = p.add_argument_group("faults")
     faults.add_argument(
         "--error-rate",
@@ -277,6 +355,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> tuple[FakeLLMConfig, str, int]:
     """The server config and the address to bind; raises ``ValueError`` on a bad --listen."""
     host, port = parse_listen(args.listen)
+    if args.weights_gib >= args.gpu_mem_gib:
+        raise ValueError(f"--weights-gib ({args.weights_gib}) must be below --gpu-mem-gib")
     config = FakeLLMConfig(
         models=tuple(dict.fromkeys(args.model)),
         replica_id=args.replica_id,
@@ -292,6 +372,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[FakeLLMConfig, str, int]
         error_rate=args.error_rate,
         load_time_s=args.load_time,
         seed=args.seed,
+        prefill_tps=args.prefill_tps,
+        batch_slowdown=args.batch_slowdown,
+        external_load=args.noisy_neighbor,
+        gpu=GpuSpec(
+            mem_total_bytes=int(args.gpu_mem_gib * GiB),
+            weights_bytes=int(args.weights_gib * GiB),
+            power_limit_w=args.gpu_power_w,
+        ),
     )
     return config, host, port
 
@@ -306,7 +394,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"aixds fake-llm: {e}", file=sys.stderr)
         return 2
-    return asyncio.run(_serve(FakeLLMServer(config, host, port)))
+    return asyncio.run(_serve(FakeLLMServer(config, host, port, on_crash=_exit_hard)))
+
+
+def _exit_hard() -> None:
+    """``{"crash": true}``: end the process now, as a segfault or OOM kill would."""
+    log.warning("crashing on request (exit status %d)", CRASH_EXIT_CODE)
+    logging.shutdown()
+    os._exit(CRASH_EXIT_CODE)
 
 
 async def _serve(server: FakeLLMServer) -> int:

@@ -54,6 +54,11 @@ class _EngineCollector(Collector):
                 "Number of generation tokens processed.",
                 e.totals.generation_tokens,
             ),
+            (
+                "vllm:num_preemptions",
+                "Cumulative number of preemption from the engine.",
+                e.totals.preemptions,
+            ),
         ):
             c = CounterMetricFamily(name, doc, labels=names)
             c.add_metric(lv, float(total))

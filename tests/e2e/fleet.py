@@ -125,6 +125,7 @@ class Fleet:
         zone: str = "us-a",
         agent: bool = True,
         server_args: tuple[str, ...] = (),
+        gpu: str = "none",
     ) -> Replica:
         port = free_port()
         node = node or f"gpu-{len(self.replicas) + 1}"
@@ -145,10 +146,12 @@ class Fleet:
         self.replicas.append(rep)
         wait_port(port)
         if agent:
-            self.start_agent(rep, region=region, zone=zone)
+            self.start_agent(rep, region=region, zone=zone, gpu=gpu)
         return rep
 
-    def start_agent(self, rep: Replica, *, region: str = "us", zone: str = "us-a") -> Proc:
+    def start_agent(
+        self, rep: Replica, *, region: str = "us", zone: str = "us-a", gpu: str = "none"
+    ) -> Proc:
         rep.agent = self.procs.aixds(
             f"agent-{rep.name}",
             "agent",
@@ -166,6 +169,8 @@ class Fleet:
             str(AGENT_INTERVAL_S),
             "--ttl",
             str(AGENT_TTL_S),
+            "--gpu",
+            gpu,
         )
         return rep.agent
 

@@ -291,9 +291,9 @@ async def _read(url: str) -> dict[str, ReplicaRecord]:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--server", "sglang=http://127.0.0.1:9"], "not implemented yet"),
+        ([], "no model servers"),
         (["--server", "nonsense=http://127.0.0.1:9"], "unknown server kind"),
-        (["--server", "vllm=http://127.0.0.1:9", "--gpu", "nvml"], "not implemented yet"),
+        (["--server", "vllm=http://127.0.0.1:9", "--gpu", "bogus"], "invalid choice"),
         (["--server", "vllm=ftp://x:9"], "http(s)"),
         (["--server", "vllm=http://h:9", "--server", "vllm=http://g:9"], "same replica id"),
         (["--server", "vllm=http://127.0.0.1:9", "--ttl", "0.5"], "--ttl"),

@@ -1,0 +1,41 @@
+"""One place that maps a server kind to its adapter (and says which kinds exist)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import httpx
+
+from controlplane.agent.adapter import ModelServerAdapter
+from controlplane.agent.ollama import OllamaAdapter
+from controlplane.agent.sglang import SglangAdapter
+from controlplane.agent.tgi import TgiAdapter
+from controlplane.agent.triton import TritonAdapter
+from controlplane.agent.trtllm import TrtllmAdapter
+from controlplane.agent.vllm import VllmAdapter
+from controlplane.fleet.model import ServerKind
+
+IMPLEMENTED_KINDS = frozenset(ServerKind)
+
+
+def make_adapter(
+    kind: ServerKind,
+    url: str,
+    client: httpx.AsyncClient,
+    versions: Mapping[str, str],
+    metrics_url: str = "",
+) -> ModelServerAdapter:
+    """The adapter for one server; ``metrics_url`` matters only for Triton."""
+    if kind is ServerKind.VLLM:
+        return VllmAdapter(url, client, versions)
+    if kind is ServerKind.SGLANG:
+        return SglangAdapter(url, client, versions)
+    if kind is ServerKind.TGI:
+        return TgiAdapter(url, client, versions)
+    if kind is ServerKind.TRITON:
+        return TritonAdapter(url, client, versions, metrics_url)
+    if kind is ServerKind.TRTLLM:
+        return TrtllmAdapter(url, client, versions)
+    if kind is ServerKind.OLLAMA:
+        return OllamaAdapter(url, client, versions)
+    raise ValueError(f"no adapter for server kind {kind!r}")

@@ -1,0 +1,55 @@
+"""``AgentConfig``: everything ``aixds agent`` was told, checked (built by ``main``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controlplane.agent.converge import ExecTiming
+from controlplane.agent.discovery import ServerSpec
+from controlplane.agent.publisher import Target, Timing
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """One node agent's settings."""
+
+    redis_url: str
+    node: str
+    region: str
+    zone: str
+    servers: tuple[ServerSpec, ...] = ()
+    """``--server`` flags."""
+    gpu: str = "none"
+    timing: Timing = field(default_factory=Timing)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    """``--model-version MODEL=VERSION``: overrides what the server reports."""
+    advertise: str | None = None
+    """Address published for every replica; default: each server's own (URL host, or the
+    container's published address, or this node's address)."""
+    config_path: Path | None = None
+    """``--config agent.yaml``: more servers, read again at every discovery."""
+    docker: bool = False
+    """``--docker``: servers are also the labelled containers of the local Docker."""
+    docker_url: str | None = None
+    """``--docker-url``; default: the environment (``DOCKER_HOST``, the local socket)."""
+    discover_interval_s: float = 5.0
+    """Look for servers again this often (with ``--config`` or ``--docker``)."""
+    takeover: bool = False
+    """Replace an agent that holds this node's lock instead of exiting with code 3."""
+    lock_ttl_s: float = 15.0
+    """TTL of the node lock; refreshed every third of it."""
+    exec_timing: ExecTiming = field(default_factory=ExecTiming)
+
+    def target(self, spec: ServerSpec) -> Target:
+        """The record identity of a discovered server (``spec.address`` must be resolved)."""
+        return Target(
+            replica_id=f"{self.node}/{spec.replica_name}",
+            node=self.node,
+            region=self.region,
+            zone=self.zone,
+            address=spec.address or spec.host,
+            port=spec.port,
+            kind=spec.kind,
+        )

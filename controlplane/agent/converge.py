@@ -1,0 +1,314 @@
+"""The load/unload state machine of the executor, free of I/O: ``Converger``.
+
+Per (server, model) named in the desired key it keeps a ``Track`` and, on each ``tick``,
+compares what is wanted with what the server reports (its latest probe) and says which
+calls to make. The executor makes them and reports back with ``finished``. Phases::
+
+    NEW -> LOADING (call in flight) -> WARMING (listed; ramping) -> READY
+    NEW / READY -> DRAINING (published ``unloading``) -> UNLOADING (call in flight) -> GONE
+    any call that fails -> FAILED, retried after an exponential backoff (never at once)
+
+``published`` overlays the phases on a probe's model list, which is how the record shows
+``loading`` -> ``warming`` -> ``ready`` (and ``unloading`` while draining). The clock is
+an argument everywhere, so tests step through time.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.agent.desired import Desired
+from controlplane.agent.scrape import DEFAULT_VERSION
+from controlplane.fleet.model import ModelInfo, ModelState
+
+log = logging.getLogger(__name__)
+
+
+class Phase(enum.StrEnum):
+    NEW = "new"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+    DRAINING = "draining"
+    UNLOADING = "unloading"
+    GONE = "gone"
+    FAILED = "failed"
+
+
+class Op(enum.StrEnum):
+    LOAD = "load"
+    RELOAD = "reload"
+    UNLOAD = "unload"
+
+
+@dataclass(frozen=True, slots=True)
+class ExecTiming:
+    """How the executor paces itself."""
+
+    sync_s: float = 1.0
+    """Read the desired key this often."""
+    warmup_s: float = 5.0
+    """A freshly loaded model is published ``warming`` this long (Envoy ramps it in)."""
+    drain_s: float = 2.0
+    """A model to unload is published ``unloading`` this long before the call."""
+    appear_s: float = 30.0
+    """After a load call succeeds, the server must list the model within this."""
+    call_timeout_s: float = 300.0
+    """Longest load or unload call (weights take a while)."""
+    backoff_min_s: float = 1.0
+    """Wait after the first failure; doubled after each further one."""
+    backoff_max_s: float = 300.0
+    jitter: float = 0.1
+    """Backoffs vary by this fraction, so agents that failed together retry apart."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What a server's latest probe says, as the state machine needs it."""
+
+    reachable: bool
+    models: Mapping[str, ModelState]
+    can_load: bool
+    """The server kind has a load/unload API."""
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    op: Op
+    server: str
+    model: str
+    want: Desired
+
+
+@dataclass(slots=True)
+class Track:
+    """The executor's state for one (server, model) of the desired key."""
+
+    want: Desired
+    server: str = ""
+    phase: Phase = Phase.NEW
+    since: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    error: str = ""
+    failed_op: Op | None = None
+    loaded_path: str | None = None
+    """The ``path`` this agent loaded; ``None`` when it found the model already there."""
+    in_flight: bool = False
+    managed: bool = True
+    """False once the desired entry is gone: the track ends when its call returns."""
+
+
+@dataclass(slots=True)
+class Converger:
+    """Decides the load/unload calls. Bounded: tracks exist only for desired entries."""
+
+    timing: ExecTiming = field(default_factory=ExecTiming)
+    rng: random.Random = field(default_factory=random.Random)
+    tracks: dict[tuple[str, str], Track] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    """Desired entries that cannot be acted on (model -> why), as of the last tick."""
+    failures_total: int = 0
+    """Failed calls since start (this agent's own counter; see the logs for each)."""
+
+    def tick(
+        self, desired: Mapping[str, Desired], servers: Mapping[str, Observed | None], now: float
+    ) -> list[Action]:
+        """The calls to start now. ``servers[name]`` is ``None`` until its first probe."""
+        wanted: dict[tuple[str, str], Desired] = {}
+        problems: dict[str, str] = {}
+        loadable = sorted(n for n, o in servers.items() if o is not None and o.can_load)
+        for model, d in desired.items():
+            server = d.server or (loadable[0] if len(loadable) == 1 else "")
+            if not server:
+                problems[model] = "no 'server' given and this node has not exactly one loader"
+            elif server not in servers:
+                problems[model] = f"no server named {server!r} on this node"
+            else:
+                wanted[(server, model)] = d
+        self.problems = problems
+        for key, t in list(self.tracks.items()):
+            if key not in wanted:
+                t.managed = False
+                if not t.in_flight:
+                    del self.tracks[key]
+        actions = []
+        for key, d in wanted.items():
+            obs = servers[key[0]]
+            if obs is None:
+                continue
+            t = self.tracks.setdefault(key, Track(want=d, server=key[0], since=now))
+            if t.want != d and t.phase is Phase.FAILED:
+                t.retry_at, t.failures = now, 0  # a changed entry is a new instruction
+            path_changed = t.want.path != d.path
+            t.want = d
+            if t.in_flight:
+                continue
+            op = self._step(t, obs, key[1], now, path_changed)
+            if op is not None:
+                t.in_flight = True
+                t.phase = Phase.UNLOADING if op is Op.UNLOAD else Phase.LOADING
+                t.since = now
+                actions.append(Action(op, key[0], key[1], d))
+        return actions
+
+    def _step(
+        self, t: Track, obs: Observed, model: str, now: float, path_changed: bool
+    ) -> Op | None:
+        present = obs.models.get(model)
+        if t.want.loaded:
+            return self._towards_loaded(t, obs, present, now, path_changed)
+        return self._towards_unloaded(t, obs, present, now)
+
+    def _towards_loaded(
+        self, t: Track, obs: Observed, present: ModelState | None, now: float, path_changed: bool
+    ) -> Op | None:
+        if present is None and not obs.can_load:
+            self._fail_permanently(t, "this server kind cannot load models at runtime", Op.LOAD)
+            return None
+        if t.phase is Phase.WARMING:
+            if present is None:
+                if now - t.since > self.timing.appear_s:
+                    why = f"the server does not list it {self.timing.appear_s:g} s after loading"
+                    self._failed(t, Op.LOAD, why, now)
+            elif present is ModelState.READY and now - t.since >= self.timing.warmup_s:
+                self._enter(t, Phase.READY, now)
+            return None
+        if t.phase is Phase.FAILED and t.failed_op is not Op.UNLOAD:
+            if present is not None and t.failed_op is Op.LOAD:
+                self._enter(t, Phase.READY, now)  # it got there after all
+                return None
+            due = now >= t.retry_at and obs.reachable
+            return (t.failed_op or Op.LOAD) if due else None
+        if present is not None:
+            if t.phase is Phase.READY and path_changed and t.loaded_path is not None:
+                return Op.RELOAD
+            if t.phase is not Phase.READY:
+                self._enter(t, Phase.READY, now)  # adopted, or an unload was called off
+            return None
+        return Op.LOAD if obs.reachable else None  # new, lost (server restart) or unloaded
+
+    def _towards_unloaded(
+        self, t: Track, obs: Observed, present: ModelState | None, now: float
+    ) -> Op | None:
+        if present is None or present is ModelState.UNLOADING:
+            if t.phase is not Phase.GONE:
+                self._enter(t, Phase.GONE, now)
+            return None
+        if not obs.can_load:
+            self._fail_permanently(t, "this server kind cannot unload models at runtime", Op.UNLOAD)
+            return None
+        if t.phase is Phase.FAILED and t.failed_op is Op.UNLOAD:
+            return Op.UNLOAD if now >= t.retry_at and obs.reachable else None
+        if t.phase is not Phase.DRAINING:
+            self._enter(t, Phase.DRAINING, now)
+            return None
+        if now - t.since >= self.timing.drain_s and obs.reachable:
+            return Op.UNLOAD
+        return None
+
+    def finished(
+        self, action: Action, error: str | None, now: float, permanent: bool = False
+    ) -> None:
+        """Report a call's outcome (``error`` ``None`` = it succeeded)."""
+        key = (action.server, action.model)
+        t = self.tracks.get(key)
+        if t is None:
+            return
+        t.in_flight = False
+        if not t.managed:
+            del self.tracks[key]
+            return
+        if error is not None:
+            if permanent:
+                self._fail_permanently(t, error, action.op)
+            else:
+                self._failed(t, action.op, error, now)
+            return
+        t.failures, t.error, t.failed_op = 0, "", None
+        if action.op is Op.UNLOAD:
+            self._enter(t, Phase.GONE, now)
+        else:
+            t.loaded_path = action.want.path
+            self._enter(t, Phase.WARMING, now)
+        log.info("%s %s on %s: done", action.op.value, action.model, action.server)
+
+    def _enter(self, t: Track, phase: Phase, now: float) -> None:
+        t.phase, t.since = phase, now
+
+    def _failed(self, t: Track, op: Op, error: str, now: float) -> None:
+        t.failures += 1
+        self.failures_total += 1
+        delay = self.backoff(t.failures)
+        t.phase, t.failed_op, t.error, t.retry_at = Phase.FAILED, op, error, now + delay
+        log.warning(
+            "%s %s on %s failed (%d in a row; retry in %.1f s): %s",
+            op.value, t.want.model, t.server, t.failures, delay, error,
+        )  # fmt: skip
+
+    def _fail_permanently(self, t: Track, error: str, op: Op) -> None:
+        if t.phase is Phase.FAILED and t.error == error and math.isinf(t.retry_at):
+            return
+        self.failures_total += 1
+        t.failures += 1
+        t.phase, t.failed_op, t.error, t.retry_at = Phase.FAILED, op, error, math.inf
+        log.error(
+            "%s %s on %s: %s (not retried until its desired entry changes)",
+            op.value, t.want.model, t.server, error,
+        )  # fmt: skip
+
+    def backoff(self, failures: int) -> float:
+        tm = self.timing
+        base = min(tm.backoff_max_s, tm.backoff_min_s * 2.0 ** min(failures - 1, 30))
+        return base * (1.0 + tm.jitter * (2.0 * self.rng.random() - 1.0))
+
+    def published(self, server: str, models: tuple[ModelInfo, ...]) -> tuple[ModelInfo, ...]:
+        """A probe's models with this server's phases and desired versions laid over them."""
+        mine = {m: t for (s, m), t in self.tracks.items() if s == server and t.managed}
+        if not mine:
+            return models
+        out: dict[tuple[str, str], ModelInfo] = {}
+        for m in models:
+            t = mine.get(m.name)
+            state = m.state if t is None else _overlay(t, m.state)
+            if state is not None:
+                version = t.want.version if t is not None and t.want.version else m.version
+                out.setdefault((m.name, version), ModelInfo(m.name, version, state))
+        listed = {m.name for m in models}
+        for name, t in mine.items():
+            if name not in listed and t.phase in (Phase.LOADING, Phase.WARMING) and t.want.loaded:
+                version = t.want.version or DEFAULT_VERSION
+                out.setdefault((name, version), ModelInfo(name, version, ModelState.LOADING))
+        return tuple(out.values())
+
+    def status(self) -> list[dict[str, object]]:
+        """Every track, for logs and tests."""
+        return [
+            {
+                "server": s,
+                "model": m,
+                "phase": t.phase.value,
+                "failures": t.failures,
+                "error": t.error,
+                "retry_at": t.retry_at,
+            }
+            for (s, m), t in sorted(self.tracks.items())
+        ]
+
+
+def _overlay(t: Track, reported: ModelState) -> ModelState | None:
+    """The state published for a model the server lists, given its track."""
+    if t.phase is Phase.LOADING:
+        return ModelState.LOADING
+    if t.phase is Phase.WARMING:
+        return ModelState.WARMING if reported is ModelState.READY else reported
+    if t.phase in (Phase.DRAINING, Phase.UNLOADING):
+        return ModelState.UNLOADING
+    if t.phase is Phase.FAILED and t.failed_op is Op.UNLOAD:
+        return ModelState.UNLOADING
+    return reported

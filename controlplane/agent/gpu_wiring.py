@@ -1,0 +1,53 @@
+"""Which GPU source each discovered model server gets (``--gpu``), made and closed with it.
+
+``none`` and ``nvml`` share one node-wide source among all servers; ``sim`` reads each
+fake server's own simulated GPU, so it is made when the server appears and closed when it
+leaves. (Selecting GPUs per server belongs here too, keyed by the server's spec.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from controlplane.agent.discovery import ServerSpec
+from controlplane.agent.gpu import GpuSource, make_gpu_source
+
+log = logging.getLogger(__name__)
+
+
+class NodeGpus:
+    """Hands out GPU sources per server; ``close`` ends every one it made."""
+
+    def __init__(self, kind: str) -> None:
+        """``ValueError`` for a source that cannot be made (so the agent exits 2 at once)."""
+        self.kind = kind
+        self._shared: GpuSource | None = None if kind == "sim" else make_gpu_source(kind)
+        self._own: dict[str, GpuSource] = {}
+
+    def for_server(self, spec: ServerSpec) -> GpuSource:
+        if self.kind == "sim":
+            src = make_gpu_source("sim", spec.url)
+            self._own[spec.replica_name] = src
+            return src
+        assert self._shared is not None
+        return self._shared
+
+    def release(self, spec: ServerSpec) -> None:
+        """The server left: close its own source (shared ones stay)."""
+        _close(self._own.pop(spec.replica_name, None))
+
+    def close(self) -> None:
+        for src in [*self._own.values(), self._shared]:
+            _close(src)
+        self._own.clear()
+        self._shared = None
+
+
+def _close(src: Any) -> None:
+    close = getattr(src, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception as e:  # a stuck reader thread must not block shutdown
+            log.warning("closing a GPU source: %s", e)

@@ -1,0 +1,94 @@
+"""The TGI adapter (Hugging Face text-generation-inference): ``/info``, ``/health``, ``/metrics``.
+
+The model is ``/info``'s ``model_id``. Load: ``tgi_queue_size`` (waiting) and
+``tgi_batch_current_size`` (running). TGI exposes no KV-cache use, so it is published as
+0 (unknown), and weights for TGI replicas rest on queue and batch size alone.
+State: ``/health`` 200 -> ready. TGI's router listens only once its shards have loaded,
+so there is no observable ``loading``; any other answer publishes no models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from controlplane.agent.adapter import UNREACHABLE, Probe
+from controlplane.agent.scrape import (
+    DEFAULT_VERSION,
+    MAX_COUNT,
+    Notes,
+    Reading,
+    Reply,
+    failure,
+    fetch,
+    gauge,
+    json_of,
+    load_from,
+    read_samples,
+    valid_name,
+)
+from controlplane.fleet.model import ModelInfo, ModelState, ServerKind
+
+log = logging.getLogger(__name__)
+
+WAITING = ("tgi_queue_size",)
+RUNNING = ("tgi_batch_current_size",)
+
+
+def parse_metrics(text: str) -> Reading:
+    """TGI's queue and batch gauges; KV-cache use is not exposed (``0.0``, not a problem)."""
+    samples = read_samples(text, WAITING + RUNNING)
+    problems: list[str] = []
+    waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
+    running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
+    return Reading(waiting, running, 0.0, tuple(problems))
+
+
+def model_from_info(doc: Any) -> str | None:
+    """The served model in an ``/info`` answer."""
+    return valid_name(doc.get("model_id")) if isinstance(doc, dict) else None
+
+
+class TgiAdapter:
+    """Probes one TGI server. Implements ``ModelServerAdapter``."""
+
+    def __init__(
+        self, base_url: str, client: httpx.AsyncClient, versions: Mapping[str, str]
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._client = client
+        self._versions = dict(versions)
+        self._notes = Notes(self._base, log)
+
+    @property
+    def kind(self) -> ServerKind:
+        return ServerKind.TGI
+
+    async def probe(self) -> Probe:
+        health, info, metrics = await asyncio.gather(
+            *(fetch(self._client, "GET", self._base + p) for p in ("/health", "/info", "/metrics"))
+        )
+        if isinstance(health, Exception):
+            self._notes.say("state", f"unreachable: {failure(health)}", logging.WARNING)
+            return UNREACHABLE
+        if health.status != 200:
+            msg = f"/health answered {health.status}: publishing no models"
+            self._notes.say("state", msg, logging.WARNING)
+            return Probe(reachable=True)
+        name = model_from_info(json_of(info))
+        if name is None:
+            self._notes.say("state", f"/info gave no model_id ({failure(info)})", logging.WARNING)
+            return Probe(reachable=True)
+        version = self._versions.get(name, DEFAULT_VERSION)
+        load, problem = load_from(metrics, "/metrics", _read)
+        self._notes.say("state", f"ready: {name}@{version}")
+        self._notes.say("metrics", problem, logging.WARNING)
+        return Probe(True, (ModelInfo(name, version, ModelState.READY),), load)
+
+
+def _read(reply: Reply) -> Reading:
+    return parse_metrics(reply.text)

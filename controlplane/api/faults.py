@@ -1,0 +1,64 @@
+"""Operator GPU-fault clearing: ``POST /v1/nodes/{node}/gpu-faults/clear``.
+
+A GPU fault (XID critical error, new uncorrectable ECC error, remapped-row failure) latches
+in the agent and keeps the node's replicas out of EDS. Clearing writes a time stamp at
+``fault_clear_key(node)``; the node's agent forgets latched faults older than it within a
+second, and its replicas return if the fault is really gone.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from controlplane.api.auth import writer
+from controlplane.api.context import ApiContext
+from controlplane.api.errors import ApiError, ErrorBody
+from controlplane.fleet.schema import fault_clear_key
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody, "description": d}
+    for s, d in (
+        (401, "missing or wrong API token"),
+        (403, "the server has no API token: writes are disabled"),
+        (404, "no replica of that node is known"),
+        (503, "Redis unreachable"),
+    )
+}
+
+
+class FaultClear(BaseModel):
+    node: str
+    cleared_before: float
+    """Latched faults older than this (epoch seconds) are forgotten by the agent."""
+    replicas: list[str]
+    """The node's replicas that were out because of a faulty GPU."""
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter(tags=["gpu faults"])
+
+    @api.post(
+        "/v1/nodes/{node}/gpu-faults/clear",
+        response_model=FaultClear,
+        responses=_ERRORS,
+        dependencies=[Depends(writer(ctx.api_token))],
+    )
+    async def clear_gpu_faults(node: str) -> FaultClear:
+        recs = [o.record for o in ctx.watcher.view.values() if o.record.node == node]
+        if not recs:
+            raise ApiError(404, "unknown_node", f"no replica of node {node!r} is known")
+        if ctx.redis is None:
+            raise ApiError(503, "no_redis", "this server has no Redis client")
+        now = time.time()
+        try:
+            await ctx.redis.set(fault_clear_key(node), repr(now))
+        except Exception as e:
+            raise ApiError(503, "redis_unreachable", f"cannot write the clear: {e}") from None
+        faulty = sorted(r.replica_id for r in recs if any(g.faulty for g in r.gpus))
+        return FaultClear(node=node, cleared_before=now, replicas=faulty)
+
+    return api
