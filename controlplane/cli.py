@@ -10,18 +10,19 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 EPILOG = {
     "serve": (
-        "example:\n  aixds serve --redis redis://127.0.0.1:6379/0"
-        " --xds 127.0.0.1:18000 --api 127.0.0.1:18080"
-    ),
-    "agent": (
-        "example:\n  aixds agent --redis redis://127.0.0.1:6379/0 --node gpu-1"
-        " --region us --zone us-a \\\n      --server vllm=http://127.0.0.1:8001"
+        "example:\n  AIXDS_API_TOKEN=s3cret aixds serve --redis redis://127.0.0.1:6379/0"
+        " --xds 127.0.0.1:18000 --api 127.0.0.1:18080\n\n"
+        "API writes (rollouts) need a token: --api-token or AIXDS_API_TOKEN; without one\n"
+        "the API is read-only."
     ),
     "envoy": (
         "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
@@ -31,6 +32,9 @@ EPILOG = {
     "demo": "example:\n  aixds demo            # Ctrl-C stops every process it started",
     "status": "example:\n  aixds status --api http://127.0.0.1:18080",
 }
+
+TOKEN_ENV = "AIXDS_API_TOKEN"
+"""Environment variable holding the API token (``serve`` checks it, ``rollout`` sends it)."""
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -48,6 +52,62 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coalesce-ms", type=float, default=2.0, help="change coalescing window")
     p.add_argument("--resync", type=float, default=5.0, help="full registry resync period, s")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    r = p.add_argument_group("rollouts")
+    r.add_argument(
+        "--api-token",
+        default=None,
+        help=f"bearer token for API writes (default: ${TOKEN_ENV}; none: read-only API)",
+    )
+    r.add_argument(
+        "--min-ready", type=_positive_int, default=1, help="ready replicas a target needs (1)"
+    )
+    r.add_argument(
+        "--drain-settle",
+        type=_non_negative,
+        default=1.0,
+        metavar="S",
+        help="routes move off a version this long before its hosts turn DRAINING (1.0)",
+    )
+    r.add_argument(
+        "--drain",
+        type=_non_negative,
+        default=30.0,
+        metavar="S",
+        help="a version stays DRAINING this long before its cluster is removed (30)",
+    )
+    r.add_argument(
+        "--lrs-interval",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="load-reporting interval asked of Envoys (1.0)",
+    )
+    r.add_argument(
+        "--no-auto-rollback",
+        action="store_true",
+        help="judge canaries and report, but never roll back by itself",
+    )
+    r.add_argument(
+        "--rollback-window",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="seconds of load a canary is judged on (10)",
+    )
+    r.add_argument(
+        "--rollback-min-requests",
+        type=_positive_int,
+        default=20,
+        metavar="N",
+        help="canary requests needed in the window (20)",
+    )
+    r.add_argument(
+        "--rollback-margin",
+        type=_fraction,
+        default=0.05,
+        metavar="F",
+        help="roll back when the canary's error rate exceeds the stable's by more (0.05)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -64,12 +124,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
         coalesce_ms=args.coalesce_ms,
         resync_s=args.resync,
         test_hooks=args.test_hooks,
+        api_token=args.api_token if args.api_token is not None else os.environ.get(TOKEN_ENV, ""),
+        min_ready=args.min_ready,
+        drain_settle_s=args.drain_settle,
+        drain_s=args.drain,
+        lrs_interval_s=args.lrs_interval,
+        auto_rollback=not args.no_auto_rollback,
+        rollback_window_s=args.rollback_window,
+        rollback_min_requests=args.rollback_min_requests,
+        rollback_margin=args.rollback_margin,
     )
     try:
         return asyncio.run(serve(s))
     except ConfigError as e:
         print(f"aixds serve: {e}", file=sys.stderr)
         return 2
+
+
+def _number(kind: type[float] | type[int], ok: Callable[[float], bool], what: str) -> Any:
+    def parse(v: str) -> float | int:
+        try:
+            n = kind(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {v!r}") from None
+        if not math.isfinite(n) or not ok(n):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {v}")
+        return n
+
+    return parse
+
+
+_positive = _number(float, lambda x: x > 0, "> 0")
+_non_negative = _number(float, lambda x: x >= 0, ">= 0")
+_positive_int = _number(int, lambda x: x >= 1, ">= 1")
+_fraction = _number(float, lambda x: 0 <= x <= 1, "in [0, 1]")
 
 
 def _status_parser(p: argparse.ArgumentParser) -> None:
@@ -109,6 +197,10 @@ COMMANDS: dict[
     ),
     "demo": ("run the whole local fleet with live table", *_delegate("controlplane.demo")),
     "status": ("show node groups, endpoints and xDS state", _status_parser, cmd_status),
+    "rollout": (
+        "blue-green switches, canaries, promote and rollback through the config API",
+        *_delegate("controlplane.api.rollout_cli"),
+    ),
 }
 
 

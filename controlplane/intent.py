@@ -1,14 +1,36 @@
 """Operator intent: what the fleet should do, as written through the config API.
 
 Intent is plain data (stored in Redis as JSON with a revision number, never expiring).
-``decide()`` reads it together with the observed fleet state.
+``decide()`` reads it together with the observed fleet state. ``intent_to_doc`` and
+``intent_from_doc`` are its JSON codec; the fleet.yaml part (region distances, session
+header) is not stored: ``with_base`` puts it back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any, Literal
+
+SCHEMA = 1
+"""Version of the intent document; a document of another schema is refused, not guessed."""
+
+Trigger = Literal["auto", "manual"]
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    """Why and when traffic last went back from a version to the one before it."""
+
+    from_version: str
+    to_version: str
+    reason: str
+    trigger: Trigger
+    """``auto``: the control plane's error-rate guard; ``manual``: an operator."""
+    at: float
+    """Wall clock, seconds since the epoch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +43,31 @@ class Rollout:
     """The version being rolled out; empty when no rollout is in progress."""
     canary_percent: float = 0.0
     """Share of traffic for ``canary``, 0..100."""
+    previous: str = ""
+    """The version that was stable before the last switch or promote: where a rollback
+    goes when no canary is in progress. Empty if there is none."""
+    started_at: float = 0.0
+    """Wall clock when the current canary (or switch) began; the automatic rollback
+    counts load reports from here on."""
+    last_rollback: RollbackRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DrainingVersion:
+    """A version leaving service: routes moved away at once, then its endpoints are
+    DRAINING, then its cluster is removed. Times are wall clock (seconds since the epoch)."""
+
+    drain_at: float
+    """Until then its endpoints stay HEALTHY so the route change reaches Envoy first."""
+    remove_at: float
+    """From then on its cluster (and its ``x-model-version`` route) is gone."""
 
 
 def _empty() -> Mapping[str, Mapping[str, int]]:
+    return MappingProxyType({})
+
+
+def _no_draining() -> Mapping[str, Mapping[str, DrainingVersion]]:
     return MappingProxyType({})
 
 
@@ -40,6 +84,143 @@ class Intent:
     """``region_distance[a][b]``: how far region b is from region a (failover order)."""
     session_header: str = "x-session-id"
     """Header whose value keeps a session on one version (sticky canaries)."""
+    draining_versions: Mapping[str, Mapping[str, DrainingVersion]] = field(
+        default_factory=_no_draining
+    )
+    """``draining_versions[model][version]``: versions leaving service (see
+    ``DrainingVersion``); a version listed here takes no share of the model's traffic."""
 
 
 EMPTY_INTENT = Intent()
+
+
+def with_base(stored: Intent, base: Intent) -> Intent:
+    """The stored intent with fleet.yaml's part (region distances, session header)."""
+    return replace(stored, region_distance=base.region_distance, session_header=base.session_header)
+
+
+# -- JSON codec ---------------------------------------------------------------------------
+
+
+class IntentError(ValueError):
+    """A stored intent document that does not follow the schema."""
+
+
+def intent_to_doc(intent: Intent) -> dict[str, Any]:
+    """The stored part of ``intent`` as a JSON-ready dict (no revision, no fleet.yaml part)."""
+    return {
+        "schema": SCHEMA,
+        "rollouts": {m: _rollout_doc(r) for m, r in sorted(intent.rollouts.items())},
+        "drained": sorted(intent.drained),
+        "draining_versions": {
+            m: {
+                v: {"drain_at": d.drain_at, "remove_at": d.remove_at} for v, d in sorted(vs.items())
+            }
+            for m, vs in sorted(intent.draining_versions.items())
+            if vs
+        },
+    }
+
+
+def _rollout_doc(r: Rollout) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "stable": r.stable,
+        "canary": r.canary,
+        "canary_percent": r.canary_percent,
+        "previous": r.previous,
+        "started_at": r.started_at,
+        "last_rollback": None,
+    }
+    if r.last_rollback is not None:
+        lr = r.last_rollback
+        doc["last_rollback"] = {
+            "from": lr.from_version,
+            "to": lr.to_version,
+            "reason": lr.reason,
+            "trigger": lr.trigger,
+            "at": lr.at,
+        }
+    return doc
+
+
+def intent_from_doc(doc: Any, revision: int) -> Intent:
+    """Decode a stored document; ``IntentError`` says what does not fit."""
+    if not isinstance(doc, dict):
+        raise IntentError("intent document must be a JSON object")
+    if doc.get("schema") != SCHEMA:
+        raise IntentError(f"intent schema {doc.get('schema')!r} is not {SCHEMA}")
+    rollouts_doc = _obj(doc.get("rollouts", {}), "rollouts")
+    rollouts = {_name(m, "model"): _rollout(m, r) for m, r in rollouts_doc.items()}
+    drained = doc.get("drained", [])
+    if not isinstance(drained, list) or not all(isinstance(x, str) for x in drained):
+        raise IntentError("drained must be a list of replica ids")
+    draining: dict[str, Mapping[str, DrainingVersion]] = {}
+    for m, vs in _obj(doc.get("draining_versions", {}), "draining_versions").items():
+        entries = {}
+        for v, d in _obj(vs, f"draining_versions.{m}").items():
+            d = _obj(d, f"draining_versions.{m}.{v}")
+            entries[_name(v, "version")] = DrainingVersion(
+                drain_at=_num(d.get("drain_at"), "drain_at"),
+                remove_at=_num(d.get("remove_at"), "remove_at"),
+            )
+        draining[_name(m, "model")] = MappingProxyType(entries)
+    return Intent(
+        revision=revision,
+        rollouts=MappingProxyType(rollouts),
+        drained=frozenset(drained),
+        draining_versions=MappingProxyType(draining),
+    )
+
+
+def _rollout(model: str, doc: Any) -> Rollout:
+    d = _obj(doc, f"rollouts.{model}")
+    pct = _num(d.get("canary_percent", 0.0), "canary_percent")
+    if not 0.0 <= pct <= 100.0:
+        raise IntentError(f"rollouts.{model}.canary_percent must be in [0, 100]")
+    lr_doc = d.get("last_rollback")
+    last: RollbackRecord | None = None
+    if lr_doc is not None:
+        lr = _obj(lr_doc, f"rollouts.{model}.last_rollback")
+        trigger = lr.get("trigger")
+        if trigger not in ("auto", "manual"):
+            raise IntentError(f"rollouts.{model}.last_rollback.trigger must be auto or manual")
+        last = RollbackRecord(
+            from_version=_str(lr.get("from"), "last_rollback.from"),
+            to_version=_str(lr.get("to"), "last_rollback.to"),
+            reason=_str(lr.get("reason"), "last_rollback.reason"),
+            trigger=trigger,
+            at=_num(lr.get("at"), "last_rollback.at"),
+        )
+    return Rollout(
+        stable=_name(d.get("stable"), "stable"),
+        canary=_str(d.get("canary", ""), "canary"),
+        canary_percent=pct,
+        previous=_str(d.get("previous", ""), "previous"),
+        started_at=_num(d.get("started_at", 0.0), "started_at"),
+        last_rollback=last,
+    )
+
+
+def _obj(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise IntentError(f"{what} must be a JSON object")
+    return v
+
+
+def _str(v: Any, what: str) -> str:
+    if not isinstance(v, str):
+        raise IntentError(f"{what} must be a string")
+    return v
+
+
+def _name(v: Any, what: str) -> str:
+    s = _str(v, what)
+    if not s:
+        raise IntentError(f"{what} must not be empty")
+    return s
+
+
+def _num(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise IntentError(f"{what} must be a finite number")
+    return float(v)

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from controlplane.decide.rollback import RollbackPolicy
+from controlplane.decide.rollout import RolloutPolicy
 from controlplane.intent import Intent
 
 
@@ -34,6 +36,54 @@ class ServeSettings:
     """On shutdown, open xDS streams get this long before they are cut."""
     test_hooks: bool = False
     """Enable test-only API switches (never in production)."""
+    api_token: str = ""
+    """Bearer token that API writes must carry (``--api-token`` or ``AIXDS_API_TOKEN``).
+    Empty: the API is read-only and refuses writes with 403 saying how to enable them."""
+    min_ready: int = 1
+    """Ready replicas a version needs before it may take traffic (switch, canary, promote)."""
+    drain_settle_s: float = 1.0
+    """After routes move off a version, its endpoints stay HEALTHY this long (so Envoy has
+    the new routes before any host of the old version is DRAINING), then turn DRAINING."""
+    drain_s: float = 30.0
+    """A draining version's endpoints stay DRAINING this long before its cluster is removed
+    (bounds how long an in-flight request on it may take)."""
+    apply_timeout_s: float = 2.0
+    """A rollout change is answered once this replica's Envoys ACKed it, or after this."""
+    intent_resync_s: float = 5.0
+    """Periodic re-read of the intent, on top of the intent-events channel."""
+    lrs_interval_s: float = 1.0
+    """The load-reporting interval Envoys are told to use (LRS)."""
+    load_flush_s: float = 0.25
+    """How often received load reports are added to the shared per-second counts in Redis."""
+    auto_rollback: bool = True
+    """Roll canaries back automatically on errors (False: judge and report only)."""
+    rollback_interval_s: float = 0.5
+    """How often canaries are judged (and the rollback lock renewed)."""
+    rollback_window_s: float = 10.0
+    """Seconds of load reports a canary is judged on (fewer if it is younger)."""
+    rollback_min_requests: int = 20
+    """Canary requests needed in the window before it can be judged."""
+    rollback_margin: float = 0.05
+    """Roll back when the canary's error rate exceeds the stable's by more than this."""
+    rollback_z: float = 2.5
+    """...judged in the canary's favour by this many standard errors (Wilson bounds)."""
+    leader_ttl_s: float = 5.0
+    """TTL of the automatic-rollback lock: how soon another replica acts if its holder dies."""
+    instance_id: str = ""
+    """This replica's name in the rollback lock; empty: ``host:pid:random``."""
+
+    def rollout_policy(self) -> RolloutPolicy:
+        return RolloutPolicy(
+            min_ready=self.min_ready, drain_settle_s=self.drain_settle_s, drain_s=self.drain_s
+        )
+
+    def rollback_policy(self) -> RollbackPolicy:
+        return RollbackPolicy(
+            window_s=self.rollback_window_s,
+            min_requests=self.rollback_min_requests,
+            margin=self.rollback_margin,
+            z=self.rollback_z,
+        )
 
 
 @dataclass(frozen=True, slots=True)

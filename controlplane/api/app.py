@@ -1,42 +1,26 @@
 """The FastAPI application of ``aixds serve --api``.
 
-Read endpoints are open; there are no write endpoints yet except the test-only switch,
-which exists only when the server runs with ``--test-hooks``.
+Read endpoints are open. Writes (rollouts, see ``rollouts``) need the bearer token; the
+test-only switch exists only when the server runs with ``--test-hooks``. Every error is a
+JSON body with an ``error`` code (``errors``); 5xx only for "retry later" (503) and bugs.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
+from controlplane.api import errors, faults, rollouts
+from controlplane.api.context import ApiContext, TestHooks
 from controlplane.fleet.codec import encode_record
-from controlplane.runtime.fleet_watch import FleetWatcher
-from controlplane.runtime.reconcile import Reconciler
 
-
-@dataclass
-class ApiContext:
-    """What the API reads. ``xds_status`` returns the ADS server's per-stream status."""
-
-    watcher: FleetWatcher
-    reconciler: Reconciler
-    registry: CollectorRegistry
-    xds_status: Callable[[], dict[str, Any]]
-    test_hooks: TestHooks | None = None
-
-
-class TestHooks:
-    """Test-only switches, enabled by ``aixds serve --test-hooks``."""
-
-    def __init__(self) -> None:
-        self.invalid_xds = False
+__all__ = ["ApiContext", "TestHooks", "create_app"]
 
 
 class InvalidXds(BaseModel):
@@ -49,6 +33,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         description="Envoy xDS control plane for AI inference fleets",
         version="0.1.0",
     )
+    errors.install(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -58,16 +43,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "fleet_synced": ctx.watcher.synced_once,
             "replicas": len(ctx.watcher.view),
             "node_groups": len(ctx.reconciler.groups),
+            "intent_synced": ctx.intents.synced if ctx.intents is not None else False,
+            "intent_revision": ctx.intents.revision if ctx.intents is not None else 0,
+            "published_revision": ctx.reconciler.applied_revision,
+            "writes_enabled": bool(ctx.api_token),
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/fleet")
     def fleet() -> dict[str, Any]:
-        import json
-
         now = time.time()
         return {
             "replicas": [
@@ -113,6 +100,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.get("/v1/xds")
     def xds() -> dict[str, Any]:
         return ctx.xds_status()
+
+    app.include_router(rollouts.router(ctx))
+    app.include_router(faults.router(ctx))
 
     if ctx.test_hooks is not None:
         hooks = ctx.test_hooks

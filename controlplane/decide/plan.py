@@ -3,15 +3,29 @@
 One cluster per (model, version) seen in any fresh record (so a loading version's cluster
 exists, empty, before any route points at it); endpoints are the replicas eligible for it;
 routes send each model's traffic to its versions as intent (or the default rule) says.
+
+A version in ``intent.draining_versions`` takes no share of its model's traffic; its
+endpoints stay HEALTHY while it settles, then turn DRAINING, then its cluster is left out
+(see ``rollout.Phase``). Fail open: if no other version of the model can serve, the
+draining list is ignored for that model, since an old version beats no version.
+
+A canary's cluster never ejects all of its hosts (``CANARY_OUTLIER``): its share of the
+traffic has no other cluster to go to (healthy_panic_threshold is 0), so ejecting a lone
+canary host would turn its errors into 100 % "no healthy upstream" replies that Envoy's
+load reports do not count, hiding them from the automatic rollback. The rollback moves
+that traffic to the stable version instead.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
+from typing import Final
 
 from controlplane.decide.eligibility import Candidate, candidate, is_fresh
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
+from controlplane.decide.rollout import Phase, phase
 from controlplane.decide.routes import model_route
 from controlplane.decide.weights import raw_score, weights
 from controlplane.fleet.model import FleetView
@@ -22,6 +36,7 @@ from controlplane.ir import (
     Health,
     ListenerIR,
     ModelRouteIR,
+    OutlierIR,
     Plan,
     RouteConfigIR,
     cluster_name,
@@ -29,6 +44,8 @@ from controlplane.ir import (
 
 ROUTE_CONFIG_NAME = "aixds-routes"
 LISTENER_NAME = "aixds-listener"
+CANARY_OUTLIER: Final = OutlierIR(max_ejection_percent=50, always_eject_one_host=False)
+"""At most half of a canary's hosts are ejected, never a lone one."""
 
 
 def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Plan:
@@ -42,14 +59,25 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
     clusters: list[ClusterIR] = []
     routes: list[ModelRouteIR] = []
     for model in sorted(versions):
+        by_version = {
+            v: [c for o in fresh if (c := candidate(o, model, v, intent, now))]
+            for v in sorted(versions[model])
+        }
+        phases = _phases(intent, model, by_version, now)
+        rollout = intent.rollouts.get(model)
         serving: dict[str, int] = {}
-        for version in sorted(versions[model]):
-            cands = [c for o in fresh if (c := candidate(o, model, version, intent, now))]
-            clusters.append(_cluster(model, version, cands, prio))
+        for version, cands in by_version.items():
+            ph = phases.get(version)
+            if ph is Phase.REMOVED:
+                continue
+            if ph is Phase.DRAINING:
+                cands = [replace(c, health=Health.DRAINING) for c in cands]
+            canary = rollout is not None and rollout.canary == version != rollout.stable
+            clusters.append(_cluster(model, version, cands, prio, canary=canary))
             n = sum(1 for c in cands if c.health is Health.HEALTHY)
             if n:
                 serving[version] = n
-        route = model_route(model, serving, intent)
+        route = model_route(model, serving, intent, exclude=frozenset(phases))
         if route is not None:
             routes.append(route)
 
@@ -67,7 +95,30 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
     )
 
 
-def _cluster(model: str, version: str, cands: list[Candidate], prio: dict[str, int]) -> ClusterIR:
+def _phases(
+    intent: Intent, model: str, by_version: dict[str, list[Candidate]], now: float
+) -> dict[str, Phase]:
+    """Draining versions of ``model`` and their phase; none if nothing else could serve."""
+    draining = intent.draining_versions.get(model, {})
+    if not draining:
+        return {}
+    others_serve = any(
+        c.health is Health.HEALTHY
+        for v, cands in by_version.items()
+        if v not in draining
+        for c in cands
+    )
+    return {v: phase(d, now) for v, d in draining.items()} if others_serve else {}
+
+
+def _cluster(
+    model: str,
+    version: str,
+    cands: list[Candidate],
+    prio: dict[str, int],
+    *,
+    canary: bool = False,
+) -> ClusterIR:
     healthy = [c for c in cands if c.health is Health.HEALTHY]
     ws = weights([raw_score(c.record, warming=c.warming) for c in healthy])
     weight_of = {c.record.replica_id: w for c, w in zip(healthy, ws, strict=True)}
@@ -85,5 +136,9 @@ def _cluster(model: str, version: str, cands: list[Candidate], prio: dict[str, i
         for c in cands
     )
     return ClusterIR(
-        name=cluster_name(model, version), model=model, version=version, endpoints=endpoints
+        name=cluster_name(model, version),
+        model=model,
+        version=version,
+        endpoints=endpoints,
+        outlier=CANARY_OUTLIER if canary else OutlierIR(),
     )

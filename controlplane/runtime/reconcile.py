@@ -2,8 +2,10 @@
 
 Changes (fleet events, intent, a new node group) are coalesced over a short window. The
 loop also wakes when a replica's record reaches its expiry on our clock, so a replica whose
-agent died leaves EDS within its TTL even if no event arrives. Nothing is published until
-the fleet view has been read from Redis once, nor while Redis is unreachable (fail static):
+agent died leaves EDS within its TTL even if no event arrives, and when a draining model
+version changes phase (see ``decide.rollout``). Nothing is published until the fleet view
+and the intent have been read from Redis once (a restarted control plane must not publish
+default routes in the middle of a canary), nor while Redis is unreachable (fail static):
 Envoy keeps serving its last config. A plan that fails validation is never published.
 """
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controlplane.decide import EnvoyNode, decide
+from controlplane.decide.rollout import next_deadline
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import Plan
@@ -73,6 +76,7 @@ class Reconciler:
         coalesce_s: float = 0.002,
         tick_s: float = 0.1,
         clock: Clock = time.time,
+        intent_ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._watcher = watcher
         self._intent = intent
@@ -81,12 +85,15 @@ class Reconciler:
         self._coalesce_s = coalesce_s
         self._tick_s = tick_s
         self._clock = clock
+        self._intent_ready = intent_ready
         self._wake = asyncio.Event()
         self._nodes: dict[str, EnvoyNode] = {}
         self.groups: dict[str, GroupState] = {}
         self._next_expiry = float("inf")
         self.resource_hook: ResourceHook | None = None
         """Test-only: mutates built resources before publishing (see ``testhooks``)."""
+        self.applied_revision = -1
+        """Intent revision of the last completed reconcile (-1: none yet)."""
 
     def add_group(self, group: str, node: EnvoyNode) -> None:
         if group not in self._nodes:
@@ -110,7 +117,7 @@ class Reconciler:
 
     def reconcile_once(self) -> None:
         w = self._watcher
-        if not w.synced_once or not w.connected:
+        if not w.synced_once or not w.connected or not self._intent_ready():
             return  # fail static: keep whatever Envoy has
         t0 = time.perf_counter()
         now = self._clock()
@@ -119,8 +126,10 @@ class Reconciler:
         for group, node in list(self._nodes.items()):
             self._reconcile_group(group, node, view, intent, now)
         self._next_expiry = min(
-            (o.expires_at for o in view.values() if o.expires_at > now), default=float("inf")
+            min((o.expires_at for o in view.values() if o.expires_at > now), default=float("inf")),
+            next_deadline(intent, now),
         )
+        self.applied_revision = intent.revision
         self._m.runs.observe(time.perf_counter() - t0)
 
     def _reconcile_group(

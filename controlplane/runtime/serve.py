@@ -1,4 +1,5 @@
-"""``aixds serve``: wire registry, fleet watcher, reconcile loop, ADS server and API.
+"""``aixds serve``: wire registry, fleet and intent watchers, reconcile loop, ADS and LRS
+servers, load flushing, automatic rollback and the API.
 
 All loops are started in ``serve()`` through one ``Supervisor`` and stopped in reverse
 order; the xDS server gets a bounded grace so open streams cannot hold shutdown.
@@ -9,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
+import socket
 from collections.abc import Generator
 from typing import Any
 
@@ -18,14 +22,24 @@ from prometheus_client import CollectorRegistry
 
 from controlplane.api.app import ApiContext, TestHooks, create_app
 from controlplane.decide import EnvoyNode
+from controlplane.fleet import schema
+from controlplane.fleet.intent_store import RedisIntentStore
+from controlplane.fleet.leader import RedisLock
+from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
+from controlplane.runtime.converge import Convergence
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
+from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
+from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
+from controlplane.runtime.rollout_ops import RolloutMetrics, RolloutService
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.runtime.testhooks import invalid_cluster_hook
 from controlplane.settings import ServeSettings, load_fleet_config
 from controlplane.xds.ads import start_xds_server, stop_xds_server, tune_gc
 from controlplane.xds.cache import NodeInfo, SnapshotCache
+from controlplane.xds.lrs import LrsMetrics, LrsServer
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +91,21 @@ async def serve(s: ServeSettings) -> int:
         resync_interval_s=s.resync_s,
         recovery_grace_s=s.recovery_grace_s,
     )
+    intent_store = RedisIntentStore(client)
+    intents = IntentWatcher(
+        intent_store,
+        base_intent,
+        on_change,
+        IntentMetrics(registry),
+        resync_s=s.intent_resync_s,
+    )
     reconciler = Reconciler(
         watcher,
-        lambda: base_intent,
+        intents.current,
         cache,
         ReconcileMetrics(registry),
         coalesce_s=s.coalesce_ms / 1000.0,
+        intent_ready=lambda: intents.synced,
     )
     rec = reconciler
     cache.on_new_group = lambda group, info: rec.add_group(group, envoy_node(info))
@@ -91,13 +114,53 @@ async def serve(s: ServeSettings) -> int:
     if hooks is not None:
         reconciler.resource_hook = invalid_cluster_hook(hooks)
 
+    loads = LoadAccumulator(RedisLoadStore(client), interval_s=s.load_flush_s)
+    lrs = LrsServer(loads.add, LrsMetrics(registry), interval_s=s.lrs_interval_s)
+
     tune_gc()
-    xds_server, ads = await start_xds_server(cache, s.xds_host, s.xds_port, registry=registry)
+    xds_server, ads = await start_xds_server(
+        cache, s.xds_host, s.xds_port, registry=registry, handlers=[lrs.generic_handler()]
+    )
 
     def xds_status() -> dict[str, Any]:
         return ads.status()
 
-    app = create_app(ApiContext(watcher, reconciler, registry, xds_status, hooks))
+    service = RolloutService(
+        intent_store,
+        intents,
+        watcher,
+        reconciler,
+        s.rollout_policy(),
+        RolloutMetrics(registry),
+        converge=Convergence(ads, cache).wait,
+        apply_timeout_s=s.apply_timeout_s,
+    )
+    instance = s.instance_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    guard = AutoRollback(
+        service,
+        intents,
+        RedisLoadStore(client),
+        RedisLock(client, schema.ROLLBACK_LOCK_KEY, instance, s.leader_ttl_s),
+        s.rollback_policy(),
+        GuardMetrics(registry),
+        interval_s=s.rollback_interval_s,
+        enabled=s.auto_rollback,
+    )
+    app = create_app(
+        ApiContext(
+            watcher,
+            reconciler,
+            registry,
+            xds_status,
+            hooks,
+            intents=intents,
+            rollouts=service,
+            guard=guard,
+            loads=loads,
+            api_token=s.api_token,
+            redis=client,
+        )
+    )
     api = _Uvicorn(
         uvicorn.Config(
             app,
@@ -116,15 +179,20 @@ async def serve(s: ServeSettings) -> int:
 
     sup = Supervisor()
     sup.spawn("fleet-watch", watcher.run)
+    sup.spawn("intent-watch", intents.run)
     sup.spawn("reconcile", reconciler.run)
+    sup.spawn("load-flush", loads.run)
+    sup.spawn("auto-rollback", guard.run)
     sup.spawn("api", api.serve)
     log.info(
-        "aixds serve: xDS on %s:%d, API on %s:%d, Redis %s",
+        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s, instance %s",
         s.xds_host,
         s.xds_port,
         s.api_host,
         s.api_port,
+        "enabled" if s.api_token else "disabled: no API token",
         s.redis_url,
+        instance,
     )
     try:
         await stop.wait()
@@ -132,6 +200,7 @@ async def serve(s: ServeSettings) -> int:
         log.info("shutting down")
         api.should_exit = True
         await sup.stop()
+        await lrs.close(s.xds_grace_s / 4)
         await stop_xds_server(xds_server, s.xds_grace_s, ads)
         await client.aclose()
     return 0

@@ -565,8 +565,10 @@ async def start_xds_server(
     *,
     on_ack: AckHook | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
+    handlers: Sequence[Any] = (),
 ) -> tuple[Any, AdsServer]:
-    """Start a ``grpc.aio.Server`` serving ADS on ``host:port``.
+    """Start a ``grpc.aio.Server`` serving ADS on ``host:port``, plus any other generic
+    ``handlers`` on the same port (the LRS server).
 
     Returns the server (stop it with :func:`stop_xds_server`) and its :class:`AdsServer`
     (for ``status()``). Metrics go to ``registry``. Raises ``RuntimeError`` when the port
@@ -575,7 +577,7 @@ async def start_xds_server(
     metrics = registry if isinstance(registry, AdsMetrics) else AdsMetrics(registry)
     servicer = AdsServer(cache, metrics, on_ack=on_ack)
     server = grpc.aio.server(options=list(options) if options is not None else server_options())
-    server.add_generic_rpc_handlers((servicer.generic_handler(),))
+    server.add_generic_rpc_handlers((servicer.generic_handler(), *handlers))
     server.add_insecure_port(f"{host}:{port}")
     await server.start()
     log.info("xDS (ADS) server listening on %s:%d", host, port)

@@ -1,0 +1,379 @@
+"""Models, versions and rollouts: the read views and the write endpoints of the config API.
+
+Reads (open):
+  ``GET /v1/models``, ``GET /v1/models/{model}``: versions, replicas, traffic, rollout.
+  ``GET /v1/rollouts``, ``GET /v1/rollouts/{model}``: rollout state, canary health,
+  last rollback and its reason. ``GET /v1/intent``: the stored intent document.
+  ``GET /v1/load``: the latest load report per Envoy and cluster (this replica).
+Writes (``Authorization: Bearer <token>``), each answered once this replica's Envoys run it:
+  ``POST /v1/rollouts/{model}``            start: blue-green switch or canary
+  ``POST /v1/rollouts/{model}/percent``    set the canary's share
+  ``POST /v1/rollouts/{model}/promote``    the canary becomes stable
+  ``POST /v1/rollouts/{model}/rollback``   back to stable / previous, reason recorded
+  ``POST /v1/rollouts/{model}/abort``      stop the canary without blame
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from controlplane.api.auth import writer
+from controlplane.api.context import ApiContext
+from controlplane.api.errors import ApiError, ErrorBody
+from controlplane.api.schemas import (
+    ChangeResult,
+    IntentView,
+    ModelsView,
+    ModelView,
+    RevisionOnly,
+    RollbackBody,
+    RolloutsView,
+    RolloutView,
+    SetPercent,
+    StartRollout,
+)
+from controlplane.decide import EnvoyNode, decide
+from controlplane.decide.rollback import Verdict
+from controlplane.decide.rollout import (
+    VersionCount,
+    abort,
+    current_stable,
+    phase,
+    promote,
+    rollback,
+    set_percent,
+    start,
+    version_counts,
+)
+from controlplane.fleet.model import FleetView
+from controlplane.intent import Intent
+from controlplane.ir import cluster_name
+from controlplane.runtime.rollout_ops import Applied, RolloutService
+
+VERSION_HEADER = "x-model-version"
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorBody, "description": d}
+    for s, d in (
+        (400, "the body could not be parsed"),
+        (401, "missing or wrong API token"),
+        (403, "the server has no API token: writes are disabled"),
+        (404, "unknown model or version"),
+        (409, "revision conflict, or the change does not fit the rollout state / fleet"),
+        (422, "invalid body"),
+        (503, "Redis unreachable or state not read yet: retry"),
+    )
+}
+_READ_ERRORS: dict[int | str, dict[str, Any]] = {s: _ERRORS[s] for s in (404, 422, 503)}
+_LIST_ERRORS: dict[int | str, dict[str, Any]] = {503: _ERRORS[503]}
+
+
+def traffic(view: FleetView, intent: Intent, now: float) -> dict[str, dict[str, float]]:
+    """model -> version -> percent of new requests, as the routes now split them."""
+    plan = decide(view, intent, EnvoyNode(), now)
+    version_of = {c.name: c.version for c in plan.clusters}
+    return {
+        m.model: {version_of[w.cluster]: w.weight / 100 for w in m.clusters}
+        for rc in plan.route_configs
+        for m in rc.models
+    }
+
+
+def rollout_view(
+    model: str,
+    intent: Intent,
+    counts: dict[str, dict[str, VersionCount]],
+    split: dict[str, float],
+    verdict: Verdict | None,
+    now: float,
+) -> dict[str, Any]:
+    r = intent.rollouts.get(model)
+    lr = r.last_rollback if r is not None else None
+    health = None
+    if verdict is not None and r is not None and verdict.canary.version == r.canary:
+        health = {
+            "stable": _rate(verdict.stable),
+            "canary": _rate(verdict.canary),
+            "window_start": verdict.window_start,
+            "canary_low": verdict.canary_low,
+            "stable_high": verdict.stable_high,
+            "rollback": verdict.rollback,
+            "reason": verdict.reason,
+        }
+    return {
+        "model": model,
+        "stable": current_stable(model, counts, intent),
+        "canary": (r.canary or None) if r is not None else None,
+        "canary_percent": r.canary_percent if r is not None and r.canary else 0.0,
+        "previous": (r.previous or None) if r is not None else None,
+        "started_at": r.started_at if r is not None else None,
+        "traffic": split,
+        "draining": {
+            v: {"phase": phase(d, now).value, "drain_at": d.drain_at, "remove_at": d.remove_at}
+            for v, d in sorted(intent.draining_versions.get(model, {}).items())
+        },
+        "last_rollback": None
+        if lr is None
+        else {
+            "from_version": lr.from_version,
+            "to_version": lr.to_version,
+            "reason": lr.reason,
+            "trigger": lr.trigger,
+            "at": lr.at,
+        },
+        "health": health,
+    }
+
+
+def _rate(r: Any) -> dict[str, Any]:
+    return {"version": r.version, "requests": r.requests, "errors": r.errors, "error_rate": r.rate}
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter(tags=["rollouts"])
+    require_writer = writer(ctx.api_token)
+
+    def intent() -> Intent:
+        if ctx.intents is None:
+            raise ApiError(503, "no_intent", "this server does not track intent")
+        return ctx.intents.current()
+
+    def service() -> RolloutService:
+        if ctx.rollouts is None:
+            raise ApiError(503, "no_rollouts", "rollouts are not enabled on this server")
+        return ctx.rollouts
+
+    def verdicts() -> dict[str, Verdict]:
+        return ctx.guard.verdicts if ctx.guard is not None else {}
+
+    def snapshot() -> tuple[Intent, dict[str, dict[str, VersionCount]], FleetView, float]:
+        it = intent()
+        now = time.time()
+        view = dict(ctx.watcher.view)
+        return it, version_counts(view, it, now), view, now
+
+    def models_of(it: Intent, counts: dict[str, dict[str, VersionCount]]) -> list[str]:
+        return sorted(set(counts) | set(it.rollouts))
+
+    def known(model: str, it: Intent, counts: dict[str, dict[str, VersionCount]]) -> None:
+        if model not in counts and model not in it.rollouts:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"unknown model {model!r}; known models: {', '.join(models_of(it, counts))}",
+            )
+
+    def model_view(
+        model: str,
+        it: Intent,
+        counts: dict[str, dict[str, VersionCount]],
+        view: FleetView,
+        split: dict[str, float],
+        now: float,
+    ) -> dict[str, Any]:
+        ro = rollout_view(model, it, counts, split, verdicts().get(model), now)
+        draining = it.draining_versions.get(model, {})
+        ids: dict[str, list[str]] = {}
+        for rid, obs in sorted(view.items()):
+            for m in obs.record.models:
+                if m.name == model and now < obs.expires_at:
+                    ids.setdefault(m.version, []).append(rid)
+        versions = []
+        for v in sorted(set(counts.get(model, {})) | set(draining)):
+            c = counts.get(model, {}).get(v, VersionCount())
+            role = (
+                "stable"
+                if v == ro["stable"]
+                else "canary"
+                if v == ro["canary"]
+                else "draining"
+                if v in draining
+                else "idle"
+            )
+            versions.append(
+                {
+                    "version": v,
+                    "cluster": cluster_name(model, v),
+                    "role": role,
+                    "traffic_percent": split.get(v, 0.0),
+                    "replicas": {"total": c.total, "serving": c.serving, "ready": c.ready},
+                    "replica_ids": ids.get(v, []),
+                }
+            )
+        return {
+            "model": model,
+            "versions": versions,
+            "rollout": ro,
+            "version_header": VERSION_HEADER,
+            "session_header": it.session_header,
+        }
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @api.get("/v1/models", response_model=ModelsView, responses=_LIST_ERRORS)
+    def list_models() -> dict[str, Any]:
+        """Every model: its versions with replica counts, traffic split and rollout state."""
+        it, counts, view, now = snapshot()
+        split = traffic(view, it, now)
+        return {
+            "revision": it.revision,
+            "models": [
+                model_view(m, it, counts, view, split.get(m, {}), now)
+                for m in models_of(it, counts)
+            ],
+        }
+
+    @api.get("/v1/models/{model:path}", response_model=ModelView, responses=_READ_ERRORS)
+    def get_model(model: str) -> dict[str, Any]:
+        """One model (404 if no fresh replica serves it and intent does not name it)."""
+        it, counts, view, now = snapshot()
+        known(model, it, counts)
+        return model_view(model, it, counts, view, traffic(view, it, now).get(model, {}), now)
+
+    @api.get("/v1/rollouts", response_model=RolloutsView, responses=_LIST_ERRORS)
+    async def list_rollouts() -> dict[str, Any]:
+        """Rollout state of every model, canary health, and who acts for auto-rollback."""
+        it, counts, view, now = snapshot()
+        split = traffic(view, it, now)
+        guard = None
+        if ctx.guard is not None:
+            g = ctx.guard
+            try:
+                holder = await g.holder()
+            except Exception:
+                holder = None
+            guard = {
+                "enabled": g.enabled,
+                "this_replica": g.owner,
+                "acting": g.leader,
+                "lock_holder": holder,
+                "window_s": g.policy.window_s,
+                "min_requests": g.policy.min_requests,
+                "margin": g.policy.margin,
+                "z": g.policy.z,
+            }
+        return {
+            "revision": it.revision,
+            "guard": guard,
+            "rollouts": [
+                rollout_view(m, it, counts, split.get(m, {}), verdicts().get(m), now)
+                for m in models_of(it, counts)
+            ],
+        }
+
+    @api.get("/v1/rollouts/{model:path}", response_model=RolloutView, responses=_READ_ERRORS)
+    def get_rollout(model: str) -> dict[str, Any]:
+        """One model's rollout: split, canary health, draining versions, last rollback."""
+        it, counts, view, now = snapshot()
+        known(model, it, counts)
+        split = traffic(view, it, now).get(model, {})
+        return rollout_view(model, it, counts, split, verdicts().get(model), now)
+
+    @api.get("/v1/intent", response_model=IntentView, responses=_LIST_ERRORS)
+    def get_intent() -> dict[str, Any]:
+        """The stored intent document this replica acts on, with its revision."""
+        w = ctx.intents
+        if w is None:
+            raise ApiError(503, "no_intent", "this server does not track intent")
+        stored = w.stored
+        return {
+            "revision": w.revision,
+            "epoch": stored.epoch if stored is not None else "",
+            "doc": json.loads(stored.doc) if stored is not None and stored.doc else None,
+        }
+
+    @api.get("/v1/load")
+    def get_load() -> dict[str, Any]:
+        """The latest load report (LRS) per Envoy and cluster received by this replica."""
+        return {"reports": ctx.loads.view() if ctx.loads is not None else []}
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def respond(applied: Applied, model: str) -> dict[str, Any]:
+        it = applied.intent
+        now = time.time()
+        view = dict(ctx.watcher.view)
+        counts = version_counts(view, it, now)
+        split = traffic(view, it, now).get(model, {})
+        return {
+            "revision": it.revision,
+            "changed": applied.changed,
+            "converged": applied.envoys_current == applied.envoys_total,
+            "envoys": {"current": applied.envoys_current, "total": applied.envoys_total},
+            "rollout": rollout_view(model, it, counts, split, verdicts().get(model), now),
+        }
+
+    writes = APIRouter(tags=["rollouts"], dependencies=[Depends(require_writer)], responses=_ERRORS)
+
+    @writes.post("/v1/rollouts/{model:path}/percent", response_model=ChangeResult)
+    async def post_percent(model: str, body: SetPercent) -> dict[str, Any]:
+        """Set the share of the canary in progress (0..100)."""
+        svc = service()
+        applied = await svc.change(
+            "set",
+            model,
+            lambda it, c, now: set_percent(it, model, body.percent, c, svc.policy, now),
+            expected_revision=body.revision,
+        )
+        return await respond(applied, model)
+
+    @writes.post("/v1/rollouts/{model:path}/promote", response_model=ChangeResult)
+    async def post_promote(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
+        """The canary becomes stable; the old stable drains (DRAINING, then removed)."""
+        svc = service()
+        applied = await svc.change(
+            "promote",
+            model,
+            lambda it, c, now: promote(it, model, c, svc.policy, now),
+            expected_revision=body.revision if body else None,
+        )
+        return await respond(applied, model)
+
+    @writes.post("/v1/rollouts/{model:path}/rollback", response_model=ChangeResult)
+    async def post_rollback(model: str, body: RollbackBody | None = None) -> dict[str, Any]:
+        """Back to stable (canary in progress) or to the previous version; reason recorded."""
+        svc = service()
+        reason = (body.reason if body else "") or "manual rollback"
+        applied = await svc.change(
+            "rollback",
+            model,
+            lambda it, c, now: rollback(it, model, reason, "manual", c, svc.policy, now),
+            expected_revision=body.revision if body else None,
+        )
+        return await respond(applied, model)
+
+    @writes.post("/v1/rollouts/{model:path}/abort", response_model=ChangeResult)
+    async def post_abort(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
+        """Stop the canary in progress; no rollback is recorded."""
+        svc = service()
+        applied = await svc.change(
+            "abort",
+            model,
+            lambda it, c, now: abort(it, model, c, svc.policy, now),
+            expected_revision=body.revision if body else None,
+        )
+        return await respond(applied, model)
+
+    @writes.post("/v1/rollouts/{model:path}", response_model=ChangeResult)
+    async def post_start(model: str, body: StartRollout) -> dict[str, Any]:
+        """Start a rollout: a blue-green switch to ``to``, or a canary with ``canary_percent``.
+
+        Refused unless ``to`` has ``min_ready`` ready replicas. A switch drains the old
+        stable. Starting the current stable pins it (later versions never take over by the
+        default rule).
+        """
+        svc = service()
+        applied = await svc.change(
+            "start",
+            model,
+            lambda it, c, now: start(it, model, body.to, body.canary_percent, c, svc.policy, now),
+            expected_revision=body.revision,
+        )
+        return await respond(applied, model)
+
+    api.include_router(writes)
+    return api

@@ -1,0 +1,184 @@
+"""Rollout changes with effects: read intent, apply a pure change, compare-and-set, publish.
+
+``RolloutService.change`` is what the config API and the automatic rollback call:
+
+1. read the stored intent from Redis (fresh, not the watcher's copy);
+2. if the caller named the revision it saw and it is not the stored one: conflict;
+3. apply the pure change from ``decide.rollout`` to it and the current fleet view;
+4. write it with compare-and-set on the revision read (a concurrent writer: conflict);
+5. adopt it locally, reconcile and publish at once, then wait (bounded) until the Envoys
+   connected to this replica have ACKed the new snapshot. Other replicas follow through
+   the intent-events channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+from redis.exceptions import RedisError
+
+from controlplane.decide.rollout import Counts, RolloutPolicy, VersionCount, version_counts
+from controlplane.fleet.intent_store import IntentStore, RevisionConflict
+from controlplane.intent import Intent, IntentError, Rollout, intent_to_doc
+from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.intent_watch import IntentWatcher, decode_stored
+from controlplane.runtime.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+Change = Callable[[Intent, Counts, float], Intent]
+"""A pure change: (intent, version counts, now) -> new intent; raises ``RolloutError``."""
+
+Converge = Callable[[float], Awaitable[tuple[int, int]]]
+"""Wait up to the given seconds for Envoys to ACK; returns (current, total)."""
+
+
+class Unavailable(Exception):
+    """The change cannot be made now (Redis down, fleet view not read yet); retry later."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    model: str
+    action: str
+    intent: Intent
+    changed: bool
+    """False when the change was a no-op (nothing written)."""
+    envoys_current: int
+    envoys_total: int
+
+
+class RolloutMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.changes = Counter(
+            "aixds_rollout_changes",
+            "Rollout changes by action and result (ok, noop, conflict, refused, unavailable)",
+            ["action", "result"],
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "aixds_rollbacks",
+            "Rollbacks by model and trigger (auto: error-rate guard; manual: operator)",
+            ["model", "trigger"],
+            registry=registry,
+        )
+
+
+class RolloutService:
+    def __init__(
+        self,
+        store: IntentStore,
+        intents: IntentWatcher,
+        fleet: FleetWatcher,
+        reconciler: Reconciler,
+        policy: RolloutPolicy,
+        metrics: RolloutMetrics,
+        *,
+        converge: Converge | None = None,
+        apply_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._intents = intents
+        self._fleet = fleet
+        self._reconciler = reconciler
+        self.policy = policy
+        self.metrics = metrics
+        self._converge = converge
+        self._apply_timeout_s = apply_timeout_s
+        self._clock = clock
+
+    def counts(self) -> dict[str, dict[str, VersionCount]]:
+        """Version counts of the current fleet view (for the API)."""
+        return version_counts(self._fleet.view, self._intents.current(), self._clock())
+
+    async def change(
+        self,
+        action: str,
+        model: str,
+        change: Change,
+        *,
+        expected_revision: int | None = None,
+    ) -> Applied:
+        """Apply ``change`` to ``model``'s rollout (see the module docstring).
+
+        Raises ``RevisionConflict``, ``RolloutError`` or ``Unavailable``.
+        """
+        try:
+            applied = await self._change(action, model, change, expected_revision)
+        except RevisionConflict:
+            self.metrics.changes.labels(action, "conflict").inc()
+            raise
+        except Unavailable:
+            self.metrics.changes.labels(action, "unavailable").inc()
+            raise
+        except Exception:
+            self.metrics.changes.labels(action, "refused").inc()
+            raise
+        self.metrics.changes.labels(action, "ok" if applied.changed else "noop").inc()
+        return applied
+
+    async def _change(
+        self, action: str, model: str, change: Change, expected: int | None
+    ) -> Applied:
+        if not self._fleet.synced_once or not self._intents.synced:
+            raise Unavailable(
+                "not_synced", "the control plane has not read the fleet and intent from Redis yet"
+            )
+        try:
+            stored = await self._store.read()
+            if stored.doc is None and self._intents.stored is not None:
+                await self._intents.refresh()  # Redis lost it: put ours back first
+                stored = await self._store.read()
+        except (RedisError, OSError) as e:
+            raise Unavailable("redis_unavailable", f"cannot read intent from Redis: {e}") from e
+        if expected is not None and expected != stored.revision:
+            raise RevisionConflict(expected, stored.revision)
+        try:
+            current = decode_stored(stored, self._intents.base)
+        except IntentError as e:
+            raise Unavailable(
+                "intent_malformed", f"the stored intent does not decode; fix it in Redis: {e}"
+            ) from e
+        now = self._clock()
+        counts = version_counts(self._fleet.view, current, now)
+        new = change(current, counts, now)
+        if intent_to_doc(new) == intent_to_doc(current):
+            return Applied(model, action, current, False, 0, 0)
+        doc = json.dumps(intent_to_doc(new), separators=(",", ":"), sort_keys=True)
+        try:
+            written = await self._store.write(stored.revision, doc)
+        except (RedisError, OSError) as e:
+            raise Unavailable("redis_unavailable", f"cannot write intent to Redis: {e}") from e
+        self._intents.adopt(written)
+        result = self._intents.current()
+        self._reconciler.reconcile_once()  # publish now; the loop would, a moment later
+        cur, total = 0, 0
+        if self._converge is not None:
+            cur, total = await self._converge(self._apply_timeout_s)
+        r = result.rollouts.get(model)
+        if action == "rollback" and r is not None and r.last_rollback is not None:
+            self.metrics.rollbacks.labels(model, r.last_rollback.trigger).inc()
+        log.info(
+            "rollout %s of %s: intent revision %d (%s); %d/%d Envoys current",
+            action, model, written.revision, _describe(r), cur, total,
+        )  # fmt: skip
+        return Applied(model, action, result, True, cur, total)
+
+
+def _describe(r: Rollout | None) -> str:
+    if r is None:
+        return "no rollout"
+    if r.canary:
+        return f"stable {r.stable}, canary {r.canary} at {r.canary_percent:g}%"
+    return f"stable {r.stable}"

@@ -1,0 +1,93 @@
+"""The config API in-process, on in-memory stores: for API tests without Redis or Envoy.
+
+``build()`` wires the real watchers, reconciler, rollout service and rollback guard to
+``MemoryIntentStore``/``MemoryLoadStore``/``MemoryLock`` and a fleet view set directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from controlplane.api.app import ApiContext, create_app
+from controlplane.decide.rollback import RollbackPolicy
+from controlplane.decide.rollout import RolloutPolicy
+from controlplane.fleet.intent_store import MemoryIntentStore
+from controlplane.fleet.leader import MemoryLock
+from controlplane.fleet.load_store import MemoryLoadStore
+from controlplane.fleet.model import ModelState, ObservedReplica
+from controlplane.fleet.store import MemoryRegistry
+from controlplane.intent import Intent
+from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
+from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
+from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
+from controlplane.runtime.load_flush import LoadAccumulator
+from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
+from controlplane.runtime.rollout_ops import RolloutMetrics, RolloutService
+from controlplane.xds.cache import SnapshotCache
+from tests.fleetgen import replica
+
+FAR = time.time() + 10 * 365 * 86400
+"""Records that never expire during a test."""
+
+
+def default_fleet() -> dict[str, ObservedReplica]:
+    """llama v1 x2 (stable by the default rule), v2 x1, v3 loading; qwen q1 x1."""
+    reps = [
+        replica("n1/a", port=8001, models=(("llama", "v1", ModelState.READY),), expires_at=FAR),
+        replica("n2/a", port=8002, models=(("llama", "v1", ModelState.READY),), expires_at=FAR),
+        replica("n3/a", port=8003, models=(("llama", "v2", ModelState.READY),), expires_at=FAR),
+        replica("n4/a", port=8004, models=(("llama", "v3", ModelState.LOADING),), expires_at=FAR),
+        replica("n5/a", port=8005, models=(("qwen", "q1", ModelState.READY),), expires_at=FAR),
+    ]
+    return {r.record.replica_id: r for r in reps}
+
+
+@dataclass
+class App:
+    app: FastAPI
+    store: MemoryIntentStore
+    intents: IntentWatcher
+    watcher: FleetWatcher
+    service: RolloutService
+    guard: AutoRollback
+    loads: MemoryLoadStore
+    registry: CollectorRegistry
+
+
+def build(token: str = "tok", fleet: dict[str, ObservedReplica] | None = None) -> App:
+    reg = CollectorRegistry()
+    watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
+    watcher.view = fleet if fleet is not None else default_fleet()
+    watcher.synced_once = watcher.connected = True
+    store = MemoryIntentStore()
+    cache = SnapshotCache()
+    holder: list[Reconciler] = []
+    intents = IntentWatcher(
+        store, Intent(), lambda: holder[0].trigger() if holder else None, IntentMetrics(reg)
+    )
+    intents.synced = True
+    reconciler = Reconciler(watcher, intents.current, cache, ReconcileMetrics(reg))
+    holder.append(reconciler)
+    service = RolloutService(
+        store, intents, watcher, reconciler, RolloutPolicy(drain_s=5.0), RolloutMetrics(reg)
+    )
+    loads = MemoryLoadStore()
+    guard = AutoRollback(
+        service, intents, loads, MemoryLock("test-replica"), RollbackPolicy(), GuardMetrics(reg)
+    )
+    ctx = ApiContext(
+        watcher,
+        reconciler,
+        reg,
+        lambda: {"streams": [], "nacks": {}},
+        intents=intents,
+        rollouts=service,
+        guard=guard,
+        loads=LoadAccumulator(loads),
+        api_token=token,
+    )
+    return App(create_app(ctx), store, intents, watcher, service, guard, loads, reg)
