@@ -62,7 +62,7 @@ Each server becomes one replica, id NODE/KIND-PORT (or NODE/NAME), published to 
 every --interval seconds and at once when its models or load change. Kinds: vllm,
 sglang, tgi, triton, trtllm, ollama. The agent also loads and unloads models as the
 node's desired-models key asks (vllm LoRA, triton, ollama). One agent per node: a second
-exits with code 3 unless --takeover. See docs/agent.md.
+exits with code 3 unless --takeover. See the README, section "The node agent".
 """
 
 
