@@ -1,7 +1,7 @@
 """Which model servers this node runs: ``--server`` flags, a config file, Docker containers.
 
 ``ServerSpec`` is one server to probe and publish. ``parse_server`` reads a flag,
-``load_config`` an ``agent.yaml`` (see the README, section "The node agent"), ``docker_source`` the labelled
+``load_config`` an ``agent.yaml`` (README: "The node agent"), ``docker_source`` the labelled
 containers. ``Discovery.scan`` merges them (flags first, then the file, then Docker; a
 replica name seen twice keeps its first server) and gives each the IP address Envoy
 should use. It is called again every ``--discover-interval``: servers come and go. A
