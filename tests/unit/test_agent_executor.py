@@ -30,7 +30,7 @@ FAST = Timing(interval_s=0.2, ttl_s=1.0, poll_interval_s=0.02, min_gap_s=0.01)
 EXEC = ExecTiming(
     sync_s=0.05,
     warmup_s=0.3,
-    drain_s=0.3,
+    drain_s=0.8,  # several publish intervals: the UNLOADING record must be seen
     appear_s=2.0,
     backoff_min_s=0.2,
     backoff_max_s=1.0,
