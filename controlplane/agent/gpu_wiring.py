@@ -2,7 +2,8 @@
 
 ``none`` and ``nvml`` share one node-wide source among all servers; ``sim`` reads each
 fake server's own simulated GPU, so it is made when the server appears and closed when it
-leaves. (Selecting GPUs per server belongs here too, keyed by the server's spec.)
+leaves. ``--server-gpus PORT=GPUS`` narrows a server's source to its own GPUs
+(CUDA_VISIBLE_DEVICES-style indices or UUIDs), keyed by the server's port.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from controlplane.agent.discovery import ServerSpec
 from controlplane.agent.gpu import GpuSource, make_gpu_source
+from controlplane.agent.gpu_select import GpuSelection, SelectedGpus
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +21,10 @@ log = logging.getLogger(__name__)
 class NodeGpus:
     """Hands out GPU sources per server; ``close`` ends every one it made."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, selections: dict[int, GpuSelection] | None = None) -> None:
         """``ValueError`` for a source that cannot be made (so the agent exits 2 at once)."""
         self.kind = kind
+        self._selections = dict(selections or {})
         self._shared: GpuSource | None = None if kind == "sim" else make_gpu_source(kind)
         self._own: dict[str, GpuSource] = {}
 
@@ -29,9 +32,11 @@ class NodeGpus:
         if self.kind == "sim":
             src = make_gpu_source("sim", spec.url)
             self._own[spec.replica_name] = src
-            return src
-        assert self._shared is not None
-        return self._shared
+        else:
+            assert self._shared is not None
+            src = self._shared
+        sel = self._selections.get(spec.port)
+        return src if sel is None else SelectedGpus(src, sel)
 
     def release(self, spec: ServerSpec) -> None:
         """The server left: close its own source (shared ones stay)."""

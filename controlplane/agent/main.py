@@ -29,6 +29,7 @@ from controlplane.agent.discovery import (
 )
 from controlplane.agent.docker_source import DockerSource, connect, node_address
 from controlplane.agent.gpu import GPU_SOURCES, GpuSource
+from controlplane.agent.gpu_select import parse_server_gpus
 from controlplane.agent.gpu_wiring import NodeGpus
 from controlplane.agent.lock import LockHeld, lock_key
 from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
@@ -187,6 +188,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--gpu", default="none", choices=GPU_SOURCES, help="GPU telemetry source (%(default)s)"
     )
     p.add_argument(
+        "--server-gpus",
+        action="append",
+        metavar="PORT=GPUS",
+        help="GPUs of the server on PORT, as its CUDA_VISIBLE_DEVICES (indices in nvidia-smi "
+        "order, or UUIDs); repeatable; default: all of the node's GPUs",
+    )
+    p.add_argument(
         "--interval", type=float, default=1.0, help="heartbeat publish period, s (%(default)s)"
     )
     p.add_argument("--ttl", type=float, default=3.0, help="record lifetime, s (%(default)s)")
@@ -249,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         cfg = config_from_args(args)
-        gpus = NodeGpus(cfg.gpu)
+        gpus = NodeGpus(cfg.gpu, parse_server_gpus(args.server_gpus))
     except ValueError as e:
         print(f"aixds agent: error: {e}", file=sys.stderr)
         return 2

@@ -212,7 +212,12 @@ async def run_node(
                 roots.append(_spawn("node lock", lock.keep(lost)))
             if redis is not None:
                 clears = FaultClearWatcher(
-                    redis.get, cfg.node, lambda: [r.publisher.gpus for r in node.replicas.values()]
+                    redis.get,
+                    cfg.node,
+                    lambda: [
+                        getattr(r.publisher.gpus, "source", r.publisher.gpus)
+                        for r in node.replicas.values()
+                    ],
                 )
                 roots.append(_spawn("fault clear", clears.run()))
             waits = [
