@@ -22,10 +22,18 @@ from pathlib import Path
 
 import httpx
 
-from controlplane.decide.weights import quantize
+from controlplane.decide import EnvoyNode, decide
 from controlplane.demo.procs import ProcessGroup, free_port, wait_port
-from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ReplicaRecord, ServerKind
+from controlplane.fleet.model import (
+    LoadStats,
+    ModelInfo,
+    ModelState,
+    ObservedReplica,
+    ReplicaRecord,
+    ServerKind,
+)
 from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.intent import Intent
 
 TARGET_P99_MS = 20.0
 CLUSTER = "bench@v1"
@@ -44,6 +52,14 @@ def records() -> tuple[ReplicaRecord, ReplicaRecord]:
         timestamp=time.time(),
     )
     return base, replace(base, replica_id="node-b/vllm-2", node="node-b", port=2)
+
+
+def expected_weight(a: ReplicaRecord, b: ReplicaRecord) -> int:
+    """The weight decide() gives ``a`` next to ``b``: what Envoy must end up showing."""
+    view = {r.replica_id: ObservedReplica(r, float("inf")) for r in (a, b)}
+    plan = decide(view, Intent(), EnvoyNode(region="us"), time.time())
+    (cluster,) = plan.clusters
+    return next(e.weight for e in cluster.endpoints if e.replica_id == a.replica_id)
 
 
 def admin_weight(client: httpx.Client, admin: int, port: int) -> int | None:
@@ -96,15 +112,16 @@ async def run(updates: int, log_dir: Path) -> list[float]:
         await reg.publish(a, ttl_s=600)
         http = httpx.Client(timeout=2.0)
         deadline = time.monotonic() + 20
-        while admin_weight(http, admin, 1) != 100:
+        first = expected_weight(a, b)
+        while admin_weight(http, admin, 1) != first:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Envoy never got the endpoints; logs in {log_dir}")
             await asyncio.sleep(0.05)
         samples: list[float] = []
         for i in range(updates):
-            running = 3.0 if i % 2 == 0 else 0.0
-            expect = quantize(100 / (1 + running))
+            running = 8.0 if i % 2 == 0 else 0.0
             rec = replace(a, load=LoadStats(running=running), timestamp=time.time())
+            expect = expected_weight(rec, b)
             t0 = time.perf_counter()
             await reg.publish(rec, ttl_s=600)
             while admin_weight(http, admin, 1) != expect:

@@ -4,7 +4,7 @@ from types import MappingProxyType
 
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.priorities import region_priorities
-from controlplane.decide.weights import LEVELS, quantize, weights
+from controlplane.decide.weights import LEVELS, MAX_WEIGHT, REFERENCE_WEIGHT, quantize, weights
 from controlplane.fleet.model import GpuStats, ModelState
 from controlplane.intent import Intent, Rollout
 from controlplane.ir import Health, Plan
@@ -66,7 +66,7 @@ def test_busier_replica_gets_smaller_weight_and_weights_are_at_least_one() -> No
         replica("n3/a", speed=2.0),
     )
     w = {k: v[0] for k, v in eps(decide(f, Intent(), NODE, NOW), "llama@v1").items()}
-    assert w["n3/a"] == 100
+    assert w["n3/a"] == max(w.values())
     assert w["n1/a"] < w["n3/a"]
     assert 1 <= w["n2/a"] < w["n1/a"]
 
@@ -78,7 +78,8 @@ def test_throttled_and_warming_lower_the_weight() -> None:
         replica("n3/a", models=(("llama", "v1", ModelState.WARMING),)),
     )
     w = {k: v[0] for k, v in eps(decide(f, Intent(), NODE, NOW), "llama@v1").items()}
-    assert w["n1/a"] == 100 and w["n2/a"] < 100 and w["n3/a"] < w["n2/a"]
+    top = REFERENCE_WEIGHT  # an idle replica of speed 1
+    assert w["n1/a"] == top and w["n2/a"] < top and w["n3/a"] < w["n2/a"]
 
 
 def test_own_region_is_priority_zero_and_others_follow_by_distance() -> None:
@@ -144,11 +145,11 @@ def test_decide_is_deterministic_regardless_of_input_order() -> None:
 
 
 def test_quantize_snaps_to_ladder_and_bounds() -> None:
-    assert quantize(0.0) == 1 and quantize(1e9) == 100
+    assert quantize(0.0) == 1 and quantize(1e9) == MAX_WEIGHT
     assert all(quantize(x) in LEVELS for x in (1.3, 5, 7.7, 50, 99))
     # noise inside one level does not change the weight
-    assert quantize(40) == quantize(44) == 42
-    assert weights([1.0, 0.5]) == [100, quantize(50)]
+    assert quantize(40) == quantize(44) == 39
+    assert weights([1.0, 0.5]) == [REFERENCE_WEIGHT, quantize(REFERENCE_WEIGHT / 2)]
     assert weights([]) == []
 
 

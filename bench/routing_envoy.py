@@ -1,0 +1,110 @@
+"""Static Envoy bootstraps for the baselines, built by aixds's own xDS builders.
+
+For a fair comparison the baselines get exactly the cluster, listener and routes aixds
+would push (same retries, timeouts, circuit breakers, outlier detection, body routing),
+except that the endpoints are static with equal weights and the load-balancing policy is
+the baseline's. The builders' protobuf messages are turned into JSON (a YAML subset Envoy
+reads as a bootstrap): the EDS cluster becomes STATIC with its load assignment inline, and
+the listener's RDS becomes an inline route configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from google.protobuf import json_format  # type: ignore[import-untyped]
+
+from controlplane.decide import EnvoyNode, decide
+from controlplane.fleet.model import (
+    FleetView,
+    ModelInfo,
+    ModelState,
+    ObservedReplica,
+    ReplicaRecord,
+    ServerKind,
+)
+from controlplane.intent import Intent
+from controlplane.ir import LbPolicy
+from controlplane.xds.build import build_resources
+from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+_LB = {
+    LbPolicy.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    LbPolicy.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+}
+
+
+def static_fleet(
+    replicas: Sequence[tuple[str, int]], model: str, version: str, region: str, zone: str
+) -> FleetView:
+    """(replica_id, port) on 127.0.0.1 -> a fleet view of idle, ready replicas."""
+    out: dict[str, ObservedReplica] = {}
+    for rid, port in replicas:
+        rec = ReplicaRecord(
+            replica_id=rid,
+            node=rid.split("/")[0],
+            region=region,
+            zone=zone,
+            address="127.0.0.1",
+            port=port,
+            server_kind=ServerKind.VLLM,
+            models=(ModelInfo(model, version, ModelState.READY),),
+        )
+        out[rid] = ObservedReplica(record=rec, expires_at=float("inf"))
+    return out
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    d: dict[str, Any] = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    return d
+
+
+def static_bootstrap(
+    *,
+    policy: LbPolicy,
+    replicas: Sequence[tuple[str, int]],
+    node_id: str,
+    listen_port: int,
+    admin_port: int,
+    model: str,
+    version: str,
+    region: str = "us",
+    zone: str = "us-a",
+) -> str:
+    """The bootstrap JSON of one static edge Envoy with ``policy`` over ``replicas``."""
+    node = EnvoyNode(region=region, zone=zone, listen_port=listen_port)
+    plan = decide(static_fleet(replicas, model, version, region, zone), Intent(), node, 0.0)
+    res = build_resources(plan)
+    cla_by_name = {c.cluster_name: c for c in res[ENDPOINT]}
+    clusters: list[dict[str, Any]] = []
+    for c in res[CLUSTER]:
+        c.type = cluster_pb2.Cluster.STATIC
+        c.lb_policy = _LB[policy]
+        c.ClearField("eds_cluster_config")
+        cla = cla_by_name[c.name]
+        for loc in cla.endpoints:
+            for ep in loc.lb_endpoints:
+                ep.load_balancing_weight.value = 1  # static: every host the same
+        c.load_assignment.CopyFrom(cla)
+        clusters.append(_dict(c))
+    (route_config,) = res[ROUTE]
+    listeners: list[dict[str, Any]] = []
+    for lis in res[LISTENER]:
+        d = _dict(lis)
+        for chain in d["filter_chains"]:
+            for f in chain["filters"]:
+                hcm = f["typed_config"]
+                hcm.pop("rds")
+                hcm["route_config"] = _dict(route_config)
+        listeners.append(d)
+    doc = {
+        "node": {"id": node_id, "cluster": "bench-static", "locality": {"region": region}},
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {"clusters": clusters, "listeners": listeners},
+    }
+    return json.dumps(doc, indent=1)
