@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from controlplane.fleet.codec import RecordError
 from controlplane.fleet.model import ObservedReplica
 from controlplane.fleet.store import RawEntry, RegistryReader, decode_entry
+from controlplane.runtime.reconnect import reconnect_forever, reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -120,22 +121,18 @@ class FleetWatcher:
     # -- the loops ------------------------------------------------------------------
     async def run(self) -> None:
         """Connect, resync, follow events; on any Redis error freeze and reconnect."""
-        backoff = 0.05
-        while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                _reraise_if_cancelling()
-                if self.connected:
-                    log.warning("Redis unreachable, fleet view frozen: %s", e)
-                    self._m.disconnects.inc()
-                self._set_connected(False)
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff_s, backoff * 2)
-                continue
-            backoff = 0.05
+        await reconnect_forever(
+            self._session,
+            self._on_down,
+            max_backoff_s=self._max_backoff_s,
+            was_up=lambda: self.connected,
+        )
+
+    def _on_down(self, e: Exception) -> None:
+        if self.connected:
+            log.warning("Redis unreachable, fleet view frozen: %s", e)
+            self._m.disconnects.inc()
+        self._set_connected(False)
 
     async def _session(self) -> None:
         events = self._reader.events()
@@ -152,7 +149,7 @@ class FleetWatcher:
             await self._resync(first=True)
             next_resync = asyncio.get_running_loop().time() + self._resync_interval_s
             while True:
-                _reraise_if_cancelling()
+                reraise_if_cancelling()
                 timeout = max(0.0, next_resync - asyncio.get_running_loop().time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
@@ -195,10 +192,3 @@ class FleetWatcher:
             log.info("Redis connected, fleet view live (%d replicas)", len(self.view))
         self.connected = up
         self._m.connected.set(1 if up else 0)
-
-
-def _reraise_if_cancelling() -> None:
-    """redis-py may turn a cancellation into a connection error; do not lose it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.fleet.intent_store import IntentStore, StoredIntent
 from controlplane.intent import Intent, IntentError, intent_from_doc, with_base
+from controlplane.runtime.reconnect import reconnect_forever
 
 log = logging.getLogger(__name__)
 
@@ -132,25 +133,18 @@ class IntentWatcher:
             self._on_change()
 
     async def run(self) -> None:
-        backoff = 0.05
-        while True:
-            try:
-                await self._session()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None
-                if self.connected:
-                    log.warning(
-                        "intent watch lost Redis, keeping revision %d: %s", self.revision, e
-                    )
-                self.connected = False
-                await asyncio.sleep(backoff)
-                backoff = min(self._max_backoff_s, backoff * 2)
-                continue
-            backoff = 0.05
+        """Follow the intent; while Redis is unreachable keep the last one and reconnect."""
+        await reconnect_forever(
+            self._session,
+            self._on_down,
+            max_backoff_s=self._max_backoff_s,
+            was_up=lambda: self.connected,
+        )
+
+    def _on_down(self, e: Exception) -> None:
+        if self.connected:
+            log.warning("intent watch lost Redis, keeping revision %d: %s", self.revision, e)
+        self.connected = False
 
     async def _session(self) -> None:
         events = self._store.events()
