@@ -196,7 +196,7 @@ COMMANDS: dict[
         *_delegate("controlplane.sim.fake_llm"),
     ),
     "demo": ("run the whole local fleet with live table", *_delegate("controlplane.demo")),
-    "status": ("show node groups, endpoints and xDS state", _status_parser, cmd_status),
+    "status": ("show node groups, endpoints, xDS state and rollouts", _status_parser, cmd_status),
     "rollout": (
         "blue-green switches, canaries, promote and rollback through the config API",
         *_delegate("controlplane.api.rollout_cli"),

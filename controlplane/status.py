@@ -1,11 +1,14 @@
-"""``aixds status``: a terminal view of the control plane's node groups and xDS streams."""
+"""``aixds status``: a terminal view of the control plane's node groups, xDS, rollouts."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from typing import Any
 
 import httpx
+
+from controlplane.api.rollout_cli import format_rollout
 
 
 def print_status(api: str) -> int:
@@ -14,6 +17,7 @@ def print_status(api: str) -> int:
             health = c.get("/healthz").json()
             groups = c.get("/v1/groups").json()["groups"]
             xds = c.get("/v1/xds").json()
+            rollouts = _rollout_lines(c)
     except (httpx.HTTPError, ValueError, KeyError) as err:
         print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
         return 1
@@ -46,4 +50,22 @@ def print_status(api: str) -> int:
         print(f"NACKs: {len(nacks)}")
         for n in nacks[-5:]:
             print(f"  {n}")
+    print("\n" + "\n".join(rollouts))
     return 0
+
+
+def _rollout_lines(c: httpx.Client) -> list[str]:
+    """The rollouts section, from ``GET /v1/rollouts`` (a server without intent answers 503)."""
+    r = c.get("/v1/rollouts")
+    if r.status_code != 200:
+        try:
+            reason = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = r.reason_phrase
+        return [f"rollouts: unavailable ({r.status_code} {reason})"]
+    doc = r.json()
+    if not doc["rollouts"]:
+        return ["rollouts: none"]
+    lines = [f"rollouts (intent revision {doc['revision']})"]
+    lines += [textwrap.indent(format_rollout(ro), "  ") for ro in doc["rollouts"]]
+    return lines

@@ -1,0 +1,65 @@
+"""``aixds status`` against the real config API (in-process, memory stores) over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controlplane.status import print_status
+from tests.rollout_app import build
+from tests.unit.httpstub import StubRequest, StubResponse, StubServer
+
+AUTH = {"authorization": "Bearer tok"}
+
+
+def forward(c: TestClient) -> Callable[[StubRequest], StubResponse]:
+    """A stub handler that answers every GET from the in-process app."""
+
+    def handler(req: StubRequest) -> StubResponse:
+        r = c.get(req.path)
+        return StubResponse(r.status_code, r.content, {"Content-Type": r.headers["content-type"]})
+
+    return handler
+
+
+def run_status(handler: Callable[[StubRequest], StubResponse]) -> None:
+    with StubServer(handler) as stub:
+        assert print_status(stub.url) == 0
+
+
+def test_status_lists_every_models_rollout(capsys: pytest.CaptureFixture[str]) -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    r = c.post("/v1/rollouts/llama", json={"to": "v2", "canary_percent": 10}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    run_status(forward(c))
+    out = capsys.readouterr().out
+    section = out[out.index("\nrollouts") :].strip().splitlines()
+    assert section[0] == "rollouts (intent revision 1)"
+    assert section[1] == "  llama: traffic v1 90%, v2 10%"
+    assert section[2].startswith("    stable v1, canary v2 at 10% since ")
+    assert section[3:] == ["  qwen: traffic q1 100%", "    stable q1"]
+
+
+def test_status_says_none_without_models(capsys: pytest.CaptureFixture[str]) -> None:
+    c = TestClient(build(fleet={}).app, raise_server_exceptions=False)
+    run_status(forward(c))
+    assert capsys.readouterr().out.rstrip().endswith("\nrollouts: none")
+
+
+def test_a_server_without_rollouts_still_shows_the_rest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    inner = forward(c)
+
+    def handler(req: StubRequest) -> StubResponse:
+        if req.path == "/v1/rollouts":
+            return StubResponse(503, {"error": "no_intent", "detail": "not tracked"})
+        return inner(req)
+
+    run_status(handler)
+    out = capsys.readouterr().out
+    assert out.startswith("redis connected: True  replicas: 5")
+    assert out.rstrip().endswith("\nrollouts: unavailable (503 no_intent)")
