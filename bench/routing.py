@@ -71,9 +71,6 @@ from controlplane.proxy.runner import envoy_binary
 
 EDGES = 4
 POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "aixds")
-AIXDS_STOCK = "aixds-stock"
-"""aixds with the agent as it ships (no measured speed): an optional fourth policy."""
-ALL_POLICIES = (*POLICIES, AIXDS_STOCK)
 REGION, ZONE = "us", "us-a"
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "docs" / "routing-p99.png"
@@ -194,14 +191,12 @@ class Edge:
 
 
 class Bench:
-    def __init__(self, log_dir: Path, shape: ServerShape, gpu: str, agent: str) -> None:
+    def __init__(self, log_dir: Path, shape: ServerShape, gpu: str) -> None:
         self.log_dir = log_dir
         self.group = ProcessGroup(log_dir)
         self.shape = shape
         self.gpu = gpu
-        self.agent = agent
         self.agents: list[Child] = []
-        self.agent_kind = ""
         self.http = httpx.Client(timeout=5.0, trust_env=False)
         self.replicas: list[Replica] = []
         # The same edge ports for every run: the control plane keys node groups by listen
@@ -248,30 +243,14 @@ class Bench:
             f"127.0.0.1:{self.api_port}",
         )
         wait_port(self.api_port, timeout=30)
-        self.use_agents(self.agent)
-
-    def use_agents(self, kind: str) -> None:
-        """Run ``kind`` agents (``stock``: aixds agent; ``speed``: bench.routing_agent)."""
-        if kind == self.agent_kind:
-            return
-        self.stop(self.agents)
         url = f"redis://127.0.0.1:{self.redis_port}/0"
-        self.agents = []
         for r in self.replicas:
             args = ["--redis", url, "--node", r.node, "--region", REGION, "--zone", ZONE]
             args += ["--server", f"vllm={r.url}", "--gpu", self.gpu]
-            name = f"agent-{r.node}"
-            if kind == "speed":
-                argv = [sys.executable, "-m", "bench.routing_agent", *args]
-                self.agents.append(self.group.start(name, argv))
-            else:
-                self.agents.append(self.group.aixds(name, "agent", *args))
-        self.agent_kind = kind
+            self.agents.append(self.group.aixds(f"agent-{r.node}", "agent", *args))
 
     def start_edges(self, policy: str) -> list[Edge]:
         """Start the 4 edge Envoys of ``policy``; once more on new ports if one cannot bind."""
-        if policy.startswith("aixds"):
-            self.use_agents("stock" if policy == AIXDS_STOCK else self.agent)
         try:
             return self._start_edges(policy)
         except RuntimeError as e:
@@ -498,6 +477,10 @@ class Bench:
         return res
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def quiet_port() -> int:
     """A free port below the kernel's ephemeral range (32768+), so no outgoing connection
     of this machine takes it between now and when an Envoy binds it."""
@@ -605,14 +588,13 @@ def write_plot(results: list[RunResult], path: Path, title: str) -> None:
         "ROUND_ROBIN": ("o", "-", "tab:blue"),
         "LEAST_REQUEST": ("s", "-", "tab:orange"),
         "aixds": ("D", "-", "tab:green"),
-        AIXDS_STOCK: ("v", "--", "tab:olive"),
     }
     loads = sorted({r.load * 100 for r in results})
     for policy, (marker, line, color) in styles.items():
         rs = sorted((r for r in results if r.policy == policy), key=lambda r: r.load)
         if not rs:
             continue
-        label = "aixds, stock agent (no speed)" if policy == AIXDS_STOCK else policy
+        label = policy
         xs = [r.load * 100 for r in rs]
         for ax, ys in zip(axes, ([r.e2e[2] for r in rs], [r.ttft[2] for r in rs]), strict=True):
             ax.plot(xs, ys, marker=marker, linestyle=line, color=color, label=label)
@@ -654,13 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacity", type=float, help="skip the capacity run: use this req/s")
     ap.add_argument(
         "--policies",
-        help=f"comma-separated, of {', '.join(ALL_POLICIES)} (quick: the first 3; else all)",
-    )
-    ap.add_argument(
-        "--agent",
-        choices=("speed", "stock"),
-        default="speed",
-        help="agents behind 'aixds': stock aixds agent, or with a measured speed (default)",
+        help=f"comma-separated, of {', '.join(POLICIES)} (default: all)",
     )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--gpu", choices=("auto", "sim", "none"), default="auto")
@@ -679,9 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     window = args.window or (24.0 if args.quick else 90.0)
     warmup = args.warmup if args.warmup is not None else 4.0
     cap_window = args.capacity_window or (16.0 if args.quick else 40.0)
-    default_policies = POLICIES if args.quick else ALL_POLICIES
-    policies = [p for p in (args.policies or ",".join(default_policies)).split(",") if p]
-    unknown = set(policies) - set(ALL_POLICIES)
+    policies = [p for p in (args.policies or ",".join(POLICIES)).split(",") if p]
+    unknown = set(policies) - set(POLICIES)
     if unknown:
         ap.error(f"unknown policies {sorted(unknown)}")
     gpu = args.gpu
@@ -690,9 +665,10 @@ def main(argv: list[str] | None = None) -> int:
 
     log_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="aixds-routing-"))
     t_start = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # stop every child, as on Ctrl-C
     print(f"routing bench: load average {loadavg()} on {_cpus()} CPUs; logs in {log_dir}")
     shape = ServerShape()
-    bench = Bench(log_dir, shape, gpu, args.agent)
+    bench = Bench(log_dir, shape, gpu)
     results: list[RunResult] = []
     try:
         bench.start_fleet()
@@ -700,8 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"fleet: {len(SPEEDS)} replicas, speeds {list(SPEEDS)}, max_running "
             f"{shape.max_running}, tpot {shape.tpot_ms:.0f} ms, batch slowdown "
-            f"{shape.batch_slowdown}, KV {shape.kv_capacity_tokens} tokens; agents --gpu {gpu}, "
-            f"'aixds' with the {args.agent} agent"
+            f"{shape.batch_slowdown}, KV {shape.kv_capacity_tokens} tokens; agents --gpu {gpu}"
         )
         for ev in EVENTS:
             print(f"event at {ev.at * 100:.0f}% of each window: {ev.what}")
@@ -757,7 +732,7 @@ def report(results: list[RunResult], plot: Path, window: float) -> None:
         a = by.get(("aixds", load))
         if a is None:
             continue
-        for base in ("ROUND_ROBIN", "LEAST_REQUEST", AIXDS_STOCK):
+        for base in ("ROUND_ROBIN", "LEAST_REQUEST"):
             b = by.get((base, load))
             if b is None:
                 continue

@@ -28,9 +28,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.routing_agent import DecodeSpeed
 from bench.routing_workload import EVENTS, OUTPUT, PROMPT, SPEEDS, ServerShape
 from controlplane.agent.publisher import load_changed
+from controlplane.agent.speed import DecodeSpeed
 from controlplane.decide import weights as W
 from controlplane.fleet.model import (
     GpuStats,
@@ -307,7 +307,7 @@ class Sim:
     def poll(self, a: Agent) -> None:
         e = a.engine
         if self.estimate_speed:
-            a.speed = a.estimator.update(self.now, e.tokens, len(e.running))
+            a.speed = a.estimator.update(self.now, e.tokens, len(e.running)) or a.speed
         load = e.load()
         if (
             a.published is None
@@ -398,7 +398,7 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "ROUND_ROBIN": ("ROUND_ROBIN", False),
     "LEAST_REQUEST": ("LEAST_REQUEST", False),
     "aixds": ("aixds", True),
-    "aixds-stock": ("aixds", False),
+    "aixds-no-speed": ("aixds", False),
 }
 """Name -> (router, agents measure speed), as ``bench.routing`` names its policies."""
 

@@ -22,6 +22,8 @@ class Probe:
     models: tuple[ModelInfo, ...] = ()
     """Models present, each with its state; empty when down or not trustworthy."""
     load: LoadStats = field(default_factory=LoadStats)
+    speed: float | None = None
+    """Measured decode speed relative to the reference (``agent.speed``); ``None``: unknown."""
 
 
 UNREACHABLE = Probe(reachable=False)

@@ -9,6 +9,7 @@ import httpx
 from controlplane.agent.adapter import ModelServerAdapter
 from controlplane.agent.ollama import OllamaAdapter
 from controlplane.agent.sglang import SglangAdapter
+from controlplane.agent.speed import REFERENCE_TPS
 from controlplane.agent.tgi import TgiAdapter
 from controlplane.agent.triton import TritonAdapter
 from controlplane.agent.trtllm import TrtllmAdapter
@@ -24,12 +25,14 @@ def make_adapter(
     client: httpx.AsyncClient,
     versions: Mapping[str, str],
     metrics_url: str = "",
+    reference_tps: float = REFERENCE_TPS,
 ) -> ModelServerAdapter:
-    """The adapter for one server; ``metrics_url`` matters only for Triton."""
+    """The adapter for one server; ``metrics_url`` matters only for Triton, ``reference_tps``
+    (the decode rate that counts as speed 1.0) for those that measure speed: vLLM, SGLang."""
     if kind is ServerKind.VLLM:
-        return VllmAdapter(url, client, versions)
+        return VllmAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.SGLANG:
-        return SglangAdapter(url, client, versions)
+        return SglangAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.TGI:
         return TgiAdapter(url, client, versions)
     if kind is ServerKind.TRITON:

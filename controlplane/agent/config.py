@@ -9,6 +9,7 @@ from pathlib import Path
 from controlplane.agent.converge import ExecTiming
 from controlplane.agent.discovery import ServerSpec
 from controlplane.agent.publisher import Target, Timing
+from controlplane.agent.speed import REFERENCE_TPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class AgentConfig:
     servers: tuple[ServerSpec, ...] = ()
     """``--server`` flags."""
     gpu: str = "none"
+    reference_tps: float = REFERENCE_TPS
+    """``--reference-tps``: the per-sequence decode rate published as speed 1.0."""
     timing: Timing = field(default_factory=Timing)
     versions: Mapping[str, str] = field(default_factory=dict)
     """``--model-version MODEL=VERSION``: overrides what the server reports."""

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from controlplane.agent.adapter import Probe
 from controlplane.agent.aio import raise_if_cancelled, wait_event
@@ -78,7 +78,7 @@ class Executor:
     def overlay(self, server: str, probe: Probe) -> Probe:
         """``probe`` as published: the executor's phases and versions laid over its models."""
         models = self.converger.published(server, probe.models)
-        return probe if models == probe.models else Probe(probe.reachable, models, probe.load)
+        return probe if models == probe.models else replace(probe, models=models)
 
     async def run(self) -> None:
         """Step forever; cancel to stop (then ``close``)."""

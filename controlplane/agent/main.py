@@ -34,6 +34,7 @@ from controlplane.agent.gpu_wiring import NodeGpus
 from controlplane.agent.lock import LockHeld, lock_key
 from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
 from controlplane.agent.publisher import Timing
+from controlplane.agent.speed import REFERENCE_TPS
 from controlplane.fleet import registry
 from controlplane.fleet.store import RegistryWriter
 
@@ -106,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         "--discover-interval": args.discover_interval,
         "--lock-ttl": args.lock_ttl,
         "--load-timeout": args.load_timeout,
+        "--reference-tps": args.reference_tps,
     }
     for flag, v in positive.items():
         if not v > 0:
@@ -133,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         zone=args.zone,
         servers=servers,
         gpu=args.gpu,
+        reference_tps=args.reference_tps,
         timing=Timing(interval_s=args.interval, ttl_s=args.ttl, poll_interval_s=args.poll_interval),
         versions=_pairs(args.model_version, "--model-version"),
         advertise=advertise,
@@ -203,6 +206,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.25,
         help="model-server probe period, s (%(default)s)",
+    )
+    p.add_argument(
+        "--reference-tps",
+        type=float,
+        default=REFERENCE_TPS,
+        metavar="TOKENS_PER_S",
+        help="per-sequence decode rate published as speed 1.0; the same on every agent of a "
+        "fleet (%(default)s)",
     )
     p.add_argument(
         "--model-version",

@@ -114,7 +114,9 @@ class NodeAgent:
         cfg = self.cfg
         target = cfg.target(spec)
         versions = spec.version_map(cfg.versions)
-        adapter = make_adapter(spec.kind, spec.url, self._http, versions, spec.metrics_url)
+        adapter = make_adapter(
+            spec.kind, spec.url, self._http, versions, spec.metrics_url, cfg.reference_tps
+        )
         ex = self.executor
         name = spec.replica_name
         pub = ReplicaPublisher(

@@ -3,15 +3,17 @@
 State comes from ``/health`` (200 -> ``ready``; a loading code, 503 by default ->
 ``loading``, with the names from ``/v1/models`` or, if it lists none while loading, from
 the last time they were seen), names from ``/v1/models``, load from the server's metrics
-endpoint, which each subclass reads in ``read_load``. No answer at all -> unreachable,
-published with no models so that the control plane drops the replica at once.
+endpoint, which each subclass reads in ``read_load``; the same scrape's generated-token
+counter feeds the replica's measured decode speed (``agent.speed``). No answer at all ->
+unreachable, published with no models so that the control plane drops the replica at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import httpx
 
@@ -23,9 +25,10 @@ from controlplane.agent.scrape import (
     failure,
     fetch,
     json_of,
-    load_from,
     parse_openai_models,
+    reading_from,
 )
+from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 
 log = logging.getLogger(__name__)
@@ -43,13 +46,21 @@ class OpenAIServerAdapter:
     """``/health`` codes that mean "starting, weights loading"."""
 
     def __init__(
-        self, base_url: str, client: httpx.AsyncClient, versions: Mapping[str, str]
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        versions: Mapping[str, str],
+        *,
+        reference_tps: float = REFERENCE_TPS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._client = client
         self._versions = dict(versions)
         self._known: Names = ()
         self._notes = Notes(self._base, logging.getLogger(type(self).__module__))
+        self._speed = DecodeSpeed(reference_tps)
+        self._clock = clock
 
     @property
     def kind(self) -> ServerKind:
@@ -85,13 +96,18 @@ class OpenAIServerAdapter:
             self._known = names
         load, problem = (LoadStats(), "")
         if state is ModelState.READY:
-            load, problem = load_from(metrics, self.metrics_path, self.read_load)
+            reading, problem = reading_from(metrics, self.metrics_path, self.read_load)
+            if reading is not None:
+                load = reading.load()
+                if reading.generated_tokens is not None and reading.running is not None:
+                    self._speed.update(self._clock(), reading.generated_tokens, reading.running)
         self._notes.say("state", f"{state.value}: {', '.join(f'{n}@{v}' for n, v in names) or '-'}")
         self._notes.say("metrics", problem, logging.WARNING)
         return Probe(
             reachable=True,
             models=tuple(ModelInfo(n, v, state) for n, v in names),
             load=load,
+            speed=self._speed.speed,
         )
 
     async def _get(self, path: str) -> Reply | Exception:

@@ -74,6 +74,7 @@ def build_record(
         load=probe.load,
         gpus=gpus,
         timestamp=now,
+        speed=1.0 if probe.speed is None else probe.speed,
     )
 
 
@@ -93,7 +94,7 @@ def load_changed(a: LoadStats, b: LoadStats) -> bool:
 def worth_publishing(
     last: tuple[Probe, tuple[GpuStats, ...]] | None, now: tuple[Probe, tuple[GpuStats, ...]]
 ) -> bool:
-    """Models, their states, reachability, GPU faults or load changed meaningfully."""
+    """Models, their states, reachability, GPU faults, speed or load changed meaningfully."""
     if last is None:
         return True
     (p0, g0), (p1, g1) = last, now
@@ -102,6 +103,7 @@ def worth_publishing(
         or p0.models != p1.models
         or _gpu_flags(g0) != _gpu_flags(g1)
         or load_changed(p0.load, p1.load)
+        or p0.speed != p1.speed
     )
 
 

@@ -44,6 +44,8 @@ class Reading:
     running: float | None
     kv_cache_usage: float | None
     problems: tuple[str, ...] = ()
+    generated_tokens: float | None = None
+    """The server's generated-token counter (all series summed), if it has one."""
 
     def load(self) -> LoadStats:
         """What is published: an unreadable number counts as 0, never as nonsense."""
@@ -121,18 +123,26 @@ def failure(reply: Reply | Exception) -> str:
     return f"HTTP {reply.status}"
 
 
+def reading_from(
+    reply: Reply | Exception, where: str, read: Callable[[Reply], Reading]
+) -> tuple[Reading | None, str]:
+    """The reading in a metrics answer (``None`` if unreadable) and a problem to log."""
+    if isinstance(reply, Exception) or reply.status != 200:
+        return None, f"{where} failed ({failure(reply)}): load published as 0"
+    try:
+        reading = read(reply)
+    except ValueError as e:  # MetricsError, bad JSON, wrong shape
+        return None, f"{where}: {e}; load published as 0"
+    problem = reading.problem()
+    return reading, f"{where}: {problem}" if problem else ""
+
+
 def load_from(
     reply: Reply | Exception, where: str, read: Callable[[Reply], Reading]
 ) -> tuple[LoadStats, str]:
     """The load in a metrics answer and a problem to log ("" if none): never nonsense."""
-    if isinstance(reply, Exception) or reply.status != 200:
-        return LoadStats(), f"{where} failed ({failure(reply)}): load published as 0"
-    try:
-        reading = read(reply)
-    except ValueError as e:  # MetricsError, bad JSON, wrong shape
-        return LoadStats(), f"{where}: {e}; load published as 0"
-    problem = reading.problem()
-    return reading.load(), f"{where}: {problem}" if problem else ""
+    reading, problem = reading_from(reply, where, read)
+    return (LoadStats() if reading is None else reading.load()), problem
 
 
 Series = list[tuple[Mapping[str, str], float]]
@@ -182,6 +192,18 @@ def gauge(
         problems.append(f"{_describe(name, where)} has {bad[0]!r}, outside [0, {hi:g}]")
         return None
     return float(combine(_dedupe_ranks(series)))
+
+
+def counter_total(samples: Mapping[str, Series], names: tuple[str, ...]) -> float | None:
+    """The sum of a counter's series (first of ``names`` present); ``None`` if it is
+    missing or any value is not a finite count (optional metrics: no problem is noted)."""
+    name = next((n for n in names if n in samples), None)
+    if name is None:
+        return None
+    values = _dedupe_ranks(samples[name])
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        return None
+    return float(sum(values))
 
 
 def _select(series: Series, where: Mapping[str, str] | None) -> Series:

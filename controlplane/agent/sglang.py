@@ -16,6 +16,7 @@ from controlplane.agent.scrape import (
     MAX_COUNT,
     Reading,
     Reply,
+    counter_total,
     gauge,
     json_of,
     mean,
@@ -26,17 +27,19 @@ from controlplane.fleet.model import ServerKind
 
 WAITING = ("sglang:num_queue_reqs",)
 RUNNING = ("sglang:num_running_reqs",)
+GENERATED = ("sglang:generation_tokens_total",)
+"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
 KV_CACHE = ("sglang:token_usage",)
 
 
 def parse_metrics(text: str) -> Reading:
     """SGLang's load gauges from Prometheus text; ``MetricsError`` if it is not that."""
-    samples = read_samples(text, WAITING + RUNNING + KV_CACHE)
+    samples = read_samples(text, WAITING + RUNNING + KV_CACHE + GENERATED)
     problems: list[str] = []
     waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
     running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
     kv = gauge(samples, KV_CACHE, 1.0, mean, problems)
-    return Reading(waiting, running, kv, tuple(problems))
+    return Reading(waiting, running, kv, tuple(problems), counter_total(samples, GENERATED))
 
 
 def model_from_info(doc: object) -> str | None:

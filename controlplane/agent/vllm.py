@@ -22,6 +22,7 @@ from controlplane.agent.scrape import (
     MetricsError,
     Reading,
     Reply,
+    counter_total,
     gauge,
     mean,
     parse_openai_models,
@@ -41,6 +42,8 @@ __all__ = [
 
 WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
+GENERATED = ("vllm:generation_tokens_total",)
+"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 """The current name first; vLLM < 0.10 named it ``gpu_cache_usage_perc`` (also 0..1)."""
 
@@ -54,12 +57,12 @@ def parse_metrics(text: str) -> Reading:
     engines, per ``engine``). KV-cache use is a fraction, so it is averaged over series.
     One bad series makes the whole metric ``None``: a partial sum would understate load.
     """
-    samples = read_samples(text, WAITING + RUNNING + KV_CACHE)
+    samples = read_samples(text, WAITING + RUNNING + KV_CACHE + GENERATED)
     problems: list[str] = []
     waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
     running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
     kv = gauge(samples, KV_CACHE, 1.0, mean, problems)
-    return Reading(waiting, running, kv, tuple(problems))
+    return Reading(waiting, running, kv, tuple(problems), counter_total(samples, GENERATED))
 
 
 def parse_models(doc: Any, versions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

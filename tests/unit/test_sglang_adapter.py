@@ -27,6 +27,7 @@ K = "sglang"
 def test_documented_metrics() -> None:
     r = parse_metrics(fixture(K, "metrics.txt"))
     assert (r.waiting, r.running, r.kv_cache_usage, r.problems) == (5.0, 12.0, 0.28, ())
+    assert r.generated_tokens == 7.557572e06
 
 
 def test_tensor_parallel_ranks_count_once_data_parallel_ranks_add_up() -> None:

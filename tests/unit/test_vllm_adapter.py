@@ -39,6 +39,12 @@ def test_v1_metrics_with_engine_label() -> None:
     assert (r.waiting, r.running, r.kv_cache_usage) == (3.0, 7.0, 0.4375)
     assert r.problems == ()
     assert r.load() == LoadStats(queue_waiting=3.0, running=7.0, kv_cache_usage=0.4375)
+    assert r.generated_tokens == 204817.0
+
+
+def test_no_generation_counter_is_no_problem() -> None:
+    r = parse_metrics(fixture("v0_legacy.txt"))
+    assert r.generated_tokens is None and r.problems == ()
 
 
 def test_v0_metrics_use_deprecated_gpu_cache_name() -> None:
@@ -57,6 +63,7 @@ def test_data_parallel_engines_sum_counts_and_average_kv() -> None:
     r = parse_metrics(fixture("data_parallel.txt"))
     assert (r.waiting, r.running) == (3.0, 8.0)
     assert r.kv_cache_usage == pytest.approx(0.4)
+    assert r.generated_tokens == 1500.0
 
 
 def test_missing_metric_is_reported_and_counts_as_zero() -> None:
@@ -192,6 +199,42 @@ async def test_probe_loading_server_keeps_names_it_saw_before() -> None:
     p = await a.probe()
     assert p.models == (ModelInfo("m", "v1", ModelState.LOADING),)
     assert p.load == LoadStats()
+
+
+def metrics_text(generated: float, running: int) -> str:
+    return "\n".join(
+        [
+            "# TYPE vllm:num_requests_running gauge",
+            f'vllm:num_requests_running{{engine="0",model_name="m"}} {running}',
+            "# TYPE vllm:num_requests_waiting gauge",
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 0',
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.1',
+            "# TYPE vllm:generation_tokens_total counter",
+            f'vllm:generation_tokens_total{{engine="0",model_name="m"}} {generated}',
+            "",
+        ]
+    )
+
+
+async def test_probe_measures_decode_speed_from_the_token_counter() -> None:
+    state = {"generated": 0.0, "now": 100.0}
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        text = metrics_text(state["generated"], 4)
+        return server(200, {"data": [{"id": "m"}]}, text)(req)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    a = VllmAdapter(
+        "http://127.0.0.1:8000", client, {}, reference_tps=20.0, clock=lambda: state["now"]
+    )
+    assert (await a.probe()).speed is None  # one scrape: nothing to compare with yet
+    for _ in range(40):  # 4 sequences at 10 tokens/s each: half the reference rate
+        state["now"] += 0.25
+        state["generated"] += 4 * 10.0 * 0.25
+        p = await a.probe()
+    assert p.speed == pytest.approx(1.25**-3)  # 0.51, the rung nearest 0.5
+    assert p.load == LoadStats(queue_waiting=0.0, running=4.0, kv_cache_usage=0.1)
 
 
 async def test_probe_cold_loading_server_has_no_models() -> None:

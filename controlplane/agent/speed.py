@@ -1,0 +1,89 @@
+"""``DecodeSpeed``: how fast one model server decodes, measured from its own counters.
+
+The control plane favours fast replicas (``decide.weights``), so the record carries a
+``speed``: decode tokens per second *per running sequence*, relative to a reference rate
+(``reference_tps`` counts as 1.0). It is measured, not configured, because what matters
+is what the server delivers now: an older GPU, a throttled host, a GPU shared with a noisy
+neighbour or a server stuck in a slow mode all show up here before their queues grow.
+
+Per scrape the adapter feeds the server's generated-token counter (vLLM
+``vllm:generation_tokens_total``, SGLang ``sglang:generation_tokens_total``) and its
+running-requests gauge. The rate between two scrapes, divided by the mean batch, is one
+sample; samples are smoothed exponentially (time constant ``tau_s``), so one odd scrape
+moves little but a real change shows within a few seconds.
+
+The published value moves on a ladder (powers of ``step``) with hysteresis: it changes
+only once the estimate is more than ``HYSTERESIS`` of a rung away from the current one,
+so an estimate sitting on a rung boundary does not flap (each flap would be a publish and
+an xDS push). Idle intervals (no running sequences at either end) and counter resets
+(a restart) are not samples: the last estimate stays. Before the first sample the speed
+is unknown (``None``) and the record keeps its default (1.0).
+
+Only ratios between the replicas of one model matter (Envoy normalises weights), so every
+agent of a fleet must use the same ``reference_tps``; its value only keeps numbers
+readable (25 tokens/s = the fake server's default speed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+REFERENCE_TPS = 25.0
+"""Per-sequence decode tokens/s published as speed 1.0 (``aixds agent --reference-tps``)."""
+HYSTERESIS = 0.75
+"""A rung change needs the estimate this many rungs (log scale) away from the current one
+(0.5 would be plain rounding)."""
+MIN_SPEED, MAX_SPEED = 0.001, 1000.0
+"""The range the record's codec accepts."""
+
+
+def snap(value: float, step: float) -> float:
+    """The power of ``step`` nearest to ``value`` > 0 (log scale), kept in the codec's range."""
+    rung = float(step ** round(math.log(value) / math.log(step)))
+    return min(MAX_SPEED, max(MIN_SPEED, rung))
+
+
+def next_rung(current: float | None, estimate: float, step: float) -> float:
+    """What to publish for ``estimate`` when ``current`` is published (hysteresis)."""
+    if current is not None and abs(math.log(estimate / current) / math.log(step)) <= HYSTERESIS:
+        return current
+    return snap(estimate, step)
+
+
+@dataclass
+class DecodeSpeed:
+    """The decode speed of one model server; feed it every scrape with ``update``."""
+
+    reference_tps: float = REFERENCE_TPS
+    tau_s: float = 2.0
+    """Time constant of the exponential smoothing, s."""
+    step: float = 1.25
+    """The published speed is a power of this."""
+    speed: float | None = None
+    """The published estimate; ``None`` until the server has decoded something."""
+    rate_tps: float = 0.0
+    """The smoothed per-sequence decode rate, tokens/s (0 until measured)."""
+    _last: tuple[float, float, float] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not (self.reference_tps > 0 and self.tau_s > 0 and self.step > 1):
+            raise ValueError("reference_tps and tau_s must be > 0 and step > 1")
+
+    def update(self, now: float, generated_total: float, running: float) -> float | None:
+        """One scrape at monotonic time ``now``: the token counter and the running gauge."""
+        last, self._last = self._last, (now, generated_total, running)
+        if last is None:
+            return self.speed
+        t0, g0, r0 = last
+        dt, dg = now - t0, generated_total - g0
+        if dt <= 0 or dg <= 0 or min(r0, running) < 1.0:
+            return self.speed  # idle at either end, or a counter reset: keep what we knew
+        sample = dg / dt / ((r0 + running) / 2.0)
+        a = 1.0 - math.exp(-dt / self.tau_s)
+        self.rate_tps = (
+            sample if self.rate_tps == 0 else self.rate_tps + a * (sample - self.rate_tps)
+        )
+        estimate = min(MAX_SPEED, max(MIN_SPEED, self.rate_tps / self.reference_tps))
+        self.speed = next_rung(self.speed, estimate, self.step)
+        return self.speed

@@ -1,0 +1,99 @@
+"""The agent's measured decode speed (``agent.speed``) and the record it ends up in."""
+
+from __future__ import annotations
+
+import pytest
+
+from controlplane.agent.adapter import Probe
+from controlplane.agent.publisher import Target, build_record, worth_publishing
+from controlplane.agent.speed import DecodeSpeed, next_rung, snap
+from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
+
+
+def feed(est: DecodeSpeed, t0: float, seconds: float, tps_per_seq: float, running: int) -> float:
+    """Scrape every 0.25 s for ``seconds`` while ``running`` sequences decode; the speed."""
+    t, total = t0, 0.0
+    est.update(t, total, running)
+    for _ in range(int(seconds / 0.25)):
+        t += 0.25
+        total += tps_per_seq * running * 0.25
+        est.update(t, total, running)
+    assert est.speed is not None
+    return est.speed
+
+
+def test_speed_is_per_sequence_rate_over_the_reference_snapped() -> None:
+    assert feed(DecodeSpeed(reference_tps=25.0), 0.0, 10, 25.0, 4) == 1.0
+    assert feed(DecodeSpeed(reference_tps=25.0), 0.0, 10, 12.5, 4) == snap(0.5, 1.25)
+    assert feed(DecodeSpeed(reference_tps=25.0), 0.0, 10, 37.5, 1) == snap(1.5, 1.25)
+    assert feed(DecodeSpeed(reference_tps=50.0), 0.0, 10, 37.5, 1) == snap(0.75, 1.25)
+
+
+def test_unknown_until_measured_and_kept_while_idle() -> None:
+    est = DecodeSpeed()
+    assert est.update(0.0, 100.0, 0) is None  # nothing to compare with yet
+    assert est.update(1.0, 100.0, 0) is None  # idle: nothing measured
+    speed = feed(est, 2.0, 10, 12.5, 3)
+    assert speed < 1.0
+    assert est.update(20.0, 1e6, 0) == speed  # idle again: keep the last estimate
+    assert est.update(21.0, 0.0, 3) == speed  # counter went back (restart): ignored
+
+
+def test_smoothed_against_one_odd_scrape_but_follows_a_real_change() -> None:
+    est = DecodeSpeed(reference_tps=25.0, tau_s=2.0)
+    feed(est, 0.0, 10, 25.0, 4)
+    t, total = 10.0, 1000.0
+    est.update(t, total, 4)
+    est.update(t + 0.25, total + 5.0, 4)  # one slow scrape: a fifth of the usual tokens
+    assert est.speed == 1.0
+    assert feed(est, 20.0, 12, 7.5, 4) == snap(0.3, 1.25)  # a real slowdown shows
+
+
+def test_hysteresis_keeps_a_rung_until_the_estimate_is_clearly_elsewhere() -> None:
+    step = 1.25
+    assert snap(1.0 * step**0.5, step) in (1.0, step)  # plain rounding flips at half a rung
+    assert next_rung(1.0, step**0.6, step) == 1.0  # 0.6 rung up: stay
+    assert next_rung(1.0, step**-0.7, step) == 1.0
+    assert next_rung(1.0, step**0.8, step) == step  # 0.8 rung up: move to the nearest rung
+    assert next_rung(1.0, step**-2.2, step) == pytest.approx(step**-2)
+    assert next_rung(None, step**0.6, step) == step  # nothing published yet: just snap
+
+
+def test_estimate_wobbling_on_a_rung_boundary_does_not_flap() -> None:
+    est = DecodeSpeed(reference_tps=25.0, tau_s=0.5)
+    seen = set()
+    t, total = 0.0, 0.0
+    est.update(t, total, 4)
+    for i in range(400):  # the per-sequence rate alternates 1.08x / 1.16x of the reference
+        t += 0.25
+        total += (27.0 if (i // 8) % 2 else 29.0) * 4 * 0.25
+        seen.add(est.update(t, total, 4))
+    assert len(seen - {None}) == 1
+
+
+def test_snapped_speed_stays_inside_what_the_codec_accepts() -> None:
+    assert snap(1e4, 1.25) == 1000.0
+    assert snap(1e-6, 1.25) == 0.001
+
+
+def test_bad_parameters_are_refused() -> None:
+    for kw in ({"reference_tps": 0.0}, {"tau_s": -1.0}, {"step": 1.0}):
+        with pytest.raises(ValueError):
+            DecodeSpeed(**kw)  # type: ignore[arg-type]
+
+
+TARGET = Target("n/vllm-1", "n", "r", "z", "127.0.0.1", 8000, ServerKind.VLLM)
+MODELS = (ModelInfo("m", "v1", ModelState.READY),)
+
+
+def test_record_carries_the_measured_speed_or_the_default() -> None:
+    assert build_record(TARGET, Probe(True, MODELS, speed=0.64), (), 1.0).speed == 0.64
+    assert build_record(TARGET, Probe(True, MODELS), (), 1.0).speed == 1.0
+
+
+def test_a_speed_change_is_published_at_once() -> None:
+    before = (Probe(True, MODELS, LoadStats(running=4.0), speed=1.0), ())
+    same = (Probe(True, MODELS, LoadStats(running=4.0), speed=1.0), ())
+    slower = (Probe(True, MODELS, LoadStats(running=4.0), speed=0.8), ())
+    assert not worth_publishing(before, same)
+    assert worth_publishing(before, slower)
