@@ -17,6 +17,7 @@ def print_status(api: str) -> int:
             health = c.get("/healthz").json()
             groups = c.get("/v1/groups").json()["groups"]
             xds = c.get("/v1/xds").json()
+            fleet = c.get("/v1/fleet").json()["replicas"]
             rollouts = _rollout_lines(c)
     except (httpx.HTTPError, ValueError, KeyError) as err:
         print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
@@ -51,7 +52,25 @@ def print_status(api: str) -> int:
         for n in nacks[-5:]:
             print(f"  {n}")
     print("\n" + "\n".join(rollouts))
+    failures = _failure_lines(fleet)
+    if failures:
+        print("\n" + "\n".join(failures))
     return 0
+
+
+def _failure_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """Loads and unloads the agents could not do, from the records in ``GET /v1/fleet``."""
+    lines = []
+    for r in replicas:
+        for f in r.get("failures", []):
+            retry = (
+                "will not retry until the desired entry changes" if f["permanent"] else "retrying"
+            )
+            lines.append(
+                f"  {r['replica_id']}: {f['op']} {f['name']}@{f['version'] or '-'} failed "
+                f"{f['failures']}x ({retry}): {f['error']}"
+            )
+    return [f"model load failures: {len(lines)}", *lines] if lines else []
 
 
 def _rollout_lines(c: httpx.Client) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from controlplane.fleet.model import LoadStats, ModelInfo, ServerKind
+from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,8 @@ class Probe:
     load: LoadStats = field(default_factory=LoadStats)
     speed: float | None = None
     """Measured decode speed relative to the reference (``agent.speed``); ``None``: unknown."""
+    failures: tuple[ModelFailure, ...] = ()
+    """Failed loads/unloads (the executor's overlay adds them; adapters leave it empty)."""
 
 
 UNREACHABLE = Probe(reachable=False)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from controlplane.agent.desired import Desired
 from controlplane.agent.scrape import DEFAULT_VERSION
-from controlplane.fleet.model import ModelInfo, ModelState
+from controlplane.fleet.model import MAX_ERROR_CHARS, ModelFailure, ModelInfo, ModelState
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,22 @@ class Converger:
                 version = t.want.version or DEFAULT_VERSION
                 out.setdefault((name, version), ModelInfo(name, version, ModelState.LOADING))
         return tuple(out.values())
+
+    def failures(self, server: str) -> tuple[ModelFailure, ...]:
+        """This server's failed loads and unloads, as its record shows them: from the first
+        failure until a call succeeds or the entry changes (also while a retry runs)."""
+        return tuple(
+            ModelFailure(
+                name=m,
+                version=t.want.version,
+                op="unload" if t.failed_op is Op.UNLOAD else "load",
+                error=t.error[:MAX_ERROR_CHARS],
+                failures=t.failures,
+                permanent=t.phase is Phase.FAILED and math.isinf(t.retry_at),
+            )
+            for (s, m), t in sorted(self.tracks.items())
+            if s == server and t.managed and t.failures > 0
+        )
 
     def status(self) -> list[dict[str, object]]:
         """Every track, for logs and tests."""

@@ -76,9 +76,13 @@ class Executor:
         return self.converger.failures_total
 
     def overlay(self, server: str, probe: Probe) -> Probe:
-        """``probe`` as published: the executor's phases and versions laid over its models."""
+        """``probe`` as published: the executor's phases and versions laid over its models,
+        and its failed loads and unloads."""
         models = self.converger.published(server, probe.models)
-        return probe if models == probe.models else replace(probe, models=models)
+        failures = self.converger.failures(server)
+        if models == probe.models and failures == probe.failures:
+            return probe
+        return replace(probe, models=models, failures=failures)
 
     async def run(self) -> None:
         """Step forever; cancel to stop (then ``close``)."""

@@ -13,8 +13,10 @@ import math
 from typing import Any
 
 from controlplane.fleet.model import (
+    MAX_ERROR_CHARS,
     GpuStats,
     LoadStats,
+    ModelFailure,
     ModelInfo,
     ModelState,
     ReplicaRecord,
@@ -70,6 +72,18 @@ def encode_record(rec: ReplicaRecord) -> str:
         "speed": rec.speed,
         "draining": rec.draining,
     }
+    if rec.failures:  # optional: older readers ignore the key
+        doc["failures"] = [
+            {
+                "name": f.name,
+                "version": f.version,
+                "op": f.op,
+                "error": f.error,
+                "failures": f.failures,
+                "permanent": f.permanent,
+            }
+            for f in rec.failures
+        ]
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
@@ -86,6 +100,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         raise RecordError(f"schema version {doc.get('v')!r}, expected {SCHEMA_VERSION}")
     models_raw = _list(doc, "models", MAX_MODELS)
     gpus_raw = _list(doc, "gpus", MAX_GPUS, required=False)
+    failures_raw = _list(doc, "failures", MAX_MODELS, required=False)
     load = _obj(doc, "load", required=False)
     try:
         kind = ServerKind(_str(doc, "server_kind"))
@@ -109,6 +124,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         timestamp=_num(doc, "timestamp", lo=0, hi=1e11),
         speed=_num(doc, "speed", lo=0.001, hi=1000, default=1.0),
         draining=_bool(doc, "draining", default=False),
+        failures=tuple(_failure(f) for f in failures_raw),
     )
 
 
@@ -130,6 +146,25 @@ def _model(m: Any) -> ModelInfo:
     except ValueError:
         raise RecordError(f"unknown model state {m.get('state')!r}") from None
     return ModelInfo(name=_str(m, "name"), version=_str(m, "version"), state=state)
+
+
+def _failure(f: Any) -> ModelFailure:
+    if not isinstance(f, dict):
+        raise RecordError("failures[] entry is not an object")
+    op = _str(f, "op")
+    if op not in ("load", "unload"):
+        raise RecordError(f"failures[].op {op!r} is not load or unload")
+    error = _str(f, "error", allow_empty=True)
+    if len(error) > MAX_ERROR_CHARS:
+        raise RecordError(f"failures[].error is over {MAX_ERROR_CHARS} characters")
+    return ModelFailure(
+        name=_str(f, "name"),
+        version=_str(f, "version", allow_empty=True),
+        op=op,
+        error=error,
+        failures=int(_num(f, "failures", lo=1, hi=1e9, integer=True, default=1)),
+        permanent=_bool(f, "permanent", default=False),
+    )
 
 
 def _gpu(g: Any) -> GpuStats:

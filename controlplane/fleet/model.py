@@ -46,6 +46,25 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelFailure:
+    """A load or unload the agent was asked for and could not do (it keeps retrying)."""
+
+    name: str
+    version: str
+    op: str
+    """``load`` or ``unload``."""
+    error: str
+    """The server's answer or the agent's reason, at most ``MAX_ERROR_CHARS`` characters."""
+    failures: int = 1
+    """Failed attempts in a row."""
+    permanent: bool = False
+    """True when retrying cannot help (the server kind cannot load at runtime)."""
+
+
+MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
 class GpuStats:
     """One GPU's telemetry as read by the agent (NVML or simulated)."""
 
@@ -100,6 +119,8 @@ class ReplicaRecord:
     """Relative throughput of this replica's hardware (1.0 = reference GPU); optional."""
     draining: bool = False
     """The operator or the agent asked that this replica take no new requests."""
+    failures: tuple[ModelFailure, ...] = ()
+    """Loads or unloads of the node's desired models that failed on this replica."""
 
     def model(self, name: str, version: str) -> ModelInfo | None:
         for m in self.models:

@@ -59,7 +59,12 @@ def test_failures_back_off_exponentially_and_are_counted() -> None:
     assert c.failures_total == len(starts)
     t = c.tracks[(S, "lora")]
     assert t.phase is Phase.FAILED and t.error == "HTTP 500: boom"
-    assert c.published(S, ()) == ()  # a failed load is not published
+    assert c.published(S, ()) == ()  # a failed load is not published as a model...
+    (f,) = c.failures(S)  # ...but as a failure
+    assert (f.name, f.op, f.error, f.failures, f.permanent) == (
+        "lora", "load", "HTTP 500: boom", len(starts), False,
+    )  # fmt: skip
+    assert c.failures("other-server") == ()
 
 
 def test_a_model_already_there_is_adopted_without_a_call() -> None:
@@ -131,6 +136,8 @@ def test_a_kind_without_loader_fails_once_until_the_entry_changes() -> None:
     assert c.failures_total == 1
     t = c.tracks[(S, "lora")]
     assert math.isinf(t.retry_at) and "cannot load" in t.error
+    (f,) = c.failures(S)
+    assert f.permanent and "cannot load" in f.error
 
 
 def test_a_permanent_loader_error_waits_for_a_new_entry() -> None:
@@ -141,6 +148,7 @@ def test_a_permanent_loader_error_waits_for_a_new_entry() -> None:
     assert c.tick(d, {S: up()}, 1000.0) == []
     (b,) = c.tick(want(), {S: up()}, 1001.0)  # fixed entry: tried at once
     assert b.op is Op.LOAD
+    assert c.failures(S) == ()  # a new instruction: the old failure is gone
 
 
 def test_server_defaults_to_the_only_loader_and_is_required_otherwise() -> None:

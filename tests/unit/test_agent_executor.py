@@ -141,6 +141,11 @@ async def test_failed_loads_back_off_and_then_succeed() -> None:
         assert r.executor.failures_total == 3
         await until(lambda: r.rec.states("sql")[-1:] == [ModelState.READY])
         assert ModelState.WARMING in r.rec.states("sql")
+        failed = [rec.failures for rec in r.rec.records if rec.failures]
+        assert failed, "no record showed the failed loads"
+        assert {f.name for fs in failed for f in fs} == {"sql"}
+        assert max(f.failures for fs in failed for f in fs) >= 2
+        assert r.rec.records[-1].failures == ()  # loaded: the failure is gone
 
 
 async def test_unload_drains_before_the_call() -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from controlplane.fleet.codec import RecordError, decode_record, encode_record
 from controlplane.fleet.model import (
     GpuStats,
     LoadStats,
+    ModelFailure,
     ModelInfo,
     ModelState,
     ReplicaRecord,
@@ -40,11 +42,19 @@ REC = ReplicaRecord(
     ),
     timestamp=1_700_000_000.5,
     speed=1.5,
+    failures=(ModelFailure("sql-lora", "v3", "load", "HTTP 404: adapter not found", 4),),
 )
 
 
 def test_round_trip() -> None:
     assert decode_record(encode_record(REC)) == REC
+
+
+def test_a_record_without_failures_has_no_such_key_and_older_records_decode() -> None:
+    bare = dataclasses.replace(REC, failures=())
+    raw = encode_record(bare)
+    assert "failures" not in json.loads(raw)
+    assert decode_record(raw) == bare
 
 
 def mutate(**changes: object) -> str:
@@ -80,6 +90,10 @@ def mutate(**changes: object) -> str:
         (mutate(address=""), "is empty"),
         (mutate(address="llm-1.internal"), "not an IP address"),
         ('{"v":1,"port":1e999}', "missing field"),
+        (mutate(failures__0__op="reboot"), "not load or unload"),
+        (mutate(failures__0__error="x" * 301), "over 300 characters"),
+        (mutate(failures__0__failures=0), "out of range"),
+        (mutate(failures="boom"), "not a list"),
     ],
 )
 def test_malformed_records_raise_with_a_reason(raw: str, reason: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
+from controlplane.fleet.model import ModelFailure
 from controlplane.status import print_status
-from tests.rollout_app import build
+from tests.rollout_app import build, default_fleet
 from tests.unit.httpstub import StubRequest, StubResponse, StubServer
 
 AUTH = {"authorization": "Bearer tok"}
@@ -63,3 +65,17 @@ def test_a_server_without_rollouts_still_shows_the_rest(
     out = capsys.readouterr().out
     assert out.startswith("redis connected: True  replicas: 5")
     assert out.rstrip().endswith("\nrollouts: unavailable (503 no_intent)")
+
+
+def test_status_shows_failed_loads_from_the_records(capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = default_fleet()
+    o = fleet["n4/a"]
+    failure = ModelFailure("llama", "v3", "load", "HTTP 500: out of memory", 3)
+    fleet["n4/a"] = replace(o, record=replace(o.record, failures=(failure,)))
+    c = TestClient(build(fleet=fleet).app, raise_server_exceptions=False)
+    run_status(forward(c))
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(
+        "model load failures: 1\n"
+        "  n4/a: load llama@v3 failed 3x (retrying): HTTP 500: out of memory"
+    )
