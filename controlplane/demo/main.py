@@ -26,6 +26,9 @@ from controlplane.demo.procs import ProcessGroup, free_port, wait_port
 MODEL = "llama"
 SPEEDS = (0.5, 1.0, 2.0, 1.0, 1.5, 0.75)
 """Replica speed factors, cycled: a mix of GPU generations."""
+REFERENCE_TPS = 100.0
+"""The fake server's per-sequence decode rate at speed 1 (its default 10 ms per token), so
+the speed the agents measure reads like the ``--speed`` the fakes were given."""
 ZONES = ("a", "b")
 
 
@@ -140,6 +143,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
                 zone,
                 "--server",
                 f"vllm=http://127.0.0.1:{port}",
+                "--reference-tps",
+                str(REFERENCE_TPS),
             )
             replicas.append(DemoReplica(f"{node}/vllm-{port}", region, zone, port, speed))
     edges: list[DemoEdge] = []
@@ -271,7 +276,8 @@ async def _table(
             errors = sum(1 for _, st in window if st != 200)
             total = max(1, sum(share.values()))
             lines = ["\x1b[2J\x1b[H", "aixds demo: live fleet (Ctrl-C to stop)", ""]
-            head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'wait':>6}{'run':>5}{'kv%':>6}"
+            head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'meas':>6}{'wait':>6}{'run':>5}"
+            head += f"{'kv%':>6}"
             head += "".join(f"{'w@' + e.region:>11}" for e in edges) + f"{'share(5s)':>11}"
             lines.append(head)
             for r in replicas:
@@ -279,7 +285,8 @@ async def _table(
                 load = rec.get("load", {})
                 row = (
                     f"{r.replica_id:<28}{r.region + '/' + r.zone:<20}{r.speed:>6.2f}"
-                    f"{load.get('queue_waiting', 0):>6.0f}{load.get('running', 0):>5.0f}"
+                    f"{rec.get('speed', 0.0):>6.2f}{load.get('queue_waiting', 0):>6.0f}"
+                    f"{load.get('running', 0):>5.0f}"
                     f"{100 * load.get('kv_cache_usage', 0):>6.1f}"
                 )
                 for e in edges:
@@ -291,6 +298,7 @@ async def _table(
             lines += [
                 "",
                 f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
+                "speed: the fake server's setting; meas: the decode speed its agent measured",
                 "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters)",
                 "",
                 "try it:",

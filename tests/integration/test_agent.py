@@ -74,11 +74,13 @@ async def agent(
     redis_url: str,
     timing: Timing = FAST,
     versions: dict[str, str] | None = None,
+    reference_tps: float = 25.0,
 ) -> AsyncIterator[tuple[str, asyncio.Task[int]]]:
     """The agent in-process, publishing ``srv`` through its own Redis client."""
     cfg = AgentConfig(
         redis_url="unused", node="n1", region="eu", zone="eu-1",
         servers=(parse_server(f"vllm={srv.url}"),), timing=timing, versions=versions or {},
+        reference_tps=reference_tps,
     )  # fmt: skip
     stop = asyncio.Event()
     writer = RedisRegistry(connect(redis_url))
@@ -158,6 +160,39 @@ async def test_load_change_is_published_before_the_heartbeat(redis_srv: RedisSer
         rec = await rd.record(rid)
         assert rec is not None and 0 < rec.load.kv_cache_usage < 1
         await asyncio.gather(*calls)
+
+
+async def test_decode_speed_is_measured_and_follows_a_slowdown(redis_srv: RedisServer) -> None:
+    # 20 ms per token at speed 1 and no batch slowdown: 50 tokens/s per sequence = speed 1.
+    async with (
+        reader(redis_srv.url) as rd,
+        fake(max_running=4, ttft_ms=5, tpot_ms=20, batch_slowdown=0.0, speed=1.0) as srv,
+        httpx.AsyncClient(base_url=srv.url, timeout=30) as client,
+        agent(srv, redis_srv.url, reference_tps=50.0) as (rid, _),
+    ):
+        await eventually(lambda: _has(rd, rid))
+        assert (await rd.record(rid)).speed == 1.0  # type: ignore[union-attr]  # not measured yet
+        stop = asyncio.Event()
+
+        async def keep_busy() -> None:
+            req = {"model": "m", "prompt": "x", "max_tokens": 40}
+            while not stop.is_set():
+                await client.post("/v1/completions", json=req)
+
+        busy = [asyncio.create_task(keep_busy()) for _ in range(4)]
+        try:
+
+            async def speed_is(lo: float, hi: float) -> bool:
+                rec = await rd.record(rid)
+                return rec is not None and lo <= rec.speed <= hi
+
+            await eventually(lambda: speed_is(0.8, 1.25), within=8.0)
+            r = await client.post("/control", json={"speed": 0.4})
+            assert r.status_code == 200, r.text
+            await eventually(lambda: speed_is(0.3, 0.52), within=10.0)
+        finally:
+            stop.set()
+            await asyncio.gather(*busy)
 
 
 async def test_model_server_down_then_back(redis_srv: RedisServer) -> None:
