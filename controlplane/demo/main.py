@@ -298,7 +298,8 @@ async def _table(
             lines += [
                 "",
                 f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
-                "speed: the fake server's setting; meas: the decode speed its agent measured",
+                "speed: the fake server's setting; meas: the decode speed its agent measured"
+                " (per running sequence: a fuller batch reads lower)",
                 "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters)",
                 "",
                 "try it:",
