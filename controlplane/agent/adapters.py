@@ -28,13 +28,14 @@ def make_adapter(
     reference_tps: float = REFERENCE_TPS,
 ) -> ModelServerAdapter:
     """The adapter for one server; ``metrics_url`` matters only for Triton, ``reference_tps``
-    (the decode rate that counts as speed 1.0) for those that measure speed: vLLM, SGLang."""
+    (the decode rate that counts as speed 1.0) for those that measure speed: vLLM, SGLang,
+    TGI."""
     if kind is ServerKind.VLLM:
         return VllmAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.SGLANG:
         return SglangAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.TGI:
-        return TgiAdapter(url, client, versions)
+        return TgiAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.TRITON:
         return TritonAdapter(url, client, versions, metrics_url)
     if kind is ServerKind.TRTLLM:

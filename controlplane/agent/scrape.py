@@ -46,6 +46,9 @@ class Reading:
     problems: tuple[str, ...] = ()
     generated_tokens: float | None = None
     """The server's generated-token counter (all series summed), if it has one."""
+    decode_steps: tuple[float, float] | None = None
+    """Decode steps so far and the seconds they took (counters), for servers that count
+    steps instead of tokens (TGI)."""
 
     def load(self) -> LoadStats:
         """What is published: an unreadable number counts as 0, never as nonsense."""
@@ -194,13 +197,19 @@ def gauge(
     return float(combine(_dedupe_ranks(series)))
 
 
-def counter_total(samples: Mapping[str, Series], names: tuple[str, ...]) -> float | None:
-    """The sum of a counter's series (first of ``names`` present); ``None`` if it is
-    missing or any value is not a finite count (optional metrics: no problem is noted)."""
+def counter_total(
+    samples: Mapping[str, Series],
+    names: tuple[str, ...],
+    *,
+    where: Mapping[str, str] | None = None,
+) -> float | None:
+    """The sum of a counter's series (first of ``names`` present; ``where``: only series
+    with those labels); ``None`` if it is missing or any value is not a finite count
+    (optional metrics: no problem is noted)."""
     name = next((n for n in names if n in samples), None)
     if name is None:
         return None
-    values = _dedupe_ranks(samples[name])
+    values = _dedupe_ranks(_select(samples[name], where))
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         return None
     return float(sum(values))

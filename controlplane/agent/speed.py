@@ -6,11 +6,14 @@ The control plane favours fast replicas (``decide.weights``), so the record carr
 is what the server delivers now: an older GPU, a throttled host, a GPU shared with a noisy
 neighbour or a server stuck in a slow mode all show up here before their queues grow.
 
-Per scrape the adapter feeds the server's generated-token counter (vLLM
+Per scrape the adapter feeds either the server's generated-token counter (vLLM
 ``vllm:generation_tokens_total``, SGLang ``sglang:generation_tokens_total``) and its
-running-requests gauge. The rate between two scrapes, divided by the mean batch, is one
-sample; samples are smoothed exponentially (time constant ``tau_s``), so one odd scrape
-moves little but a real change shows within a few seconds.
+running-requests gauge (``update``: the token rate between two scrapes divided by the mean
+batch is one sample), or its decode-step counters (TGI ``tgi_batch_forward_duration``'s
+count and sum for ``method="decode"``: ``update_steps``; each decode step gives every
+running sequence one token, so steps per second of stepping is the per-sequence rate).
+Samples are smoothed exponentially (time constant ``tau_s``), so one odd scrape moves
+little but a real change shows within a few seconds.
 
 The published value moves on a ladder (powers of ``step``) with hysteresis: it changes
 only once the estimate is more than ``HYSTERESIS`` of a rung away from the current one,
@@ -79,7 +82,23 @@ class DecodeSpeed:
         dt, dg = now - t0, generated_total - g0
         if dt <= 0 or dg <= 0 or min(r0, running) < 1.0:
             return self.speed  # idle at either end, or a counter reset: keep what we knew
-        sample = dg / dt / ((r0 + running) / 2.0)
+        return self._sample(dt, dg / dt / ((r0 + running) / 2.0))
+
+    def update_steps(
+        self, now: float, steps_total: float, step_seconds_total: float
+    ) -> float | None:
+        """One scrape: decode steps so far and the seconds spent in them (both counters)."""
+        last, self._last = self._last, (now, steps_total, step_seconds_total)
+        if last is None:
+            return self.speed
+        t0, n0, s0 = last
+        dt, dn, ds = now - t0, steps_total - n0, step_seconds_total - s0
+        if dt <= 0 or dn <= 0 or ds <= 0:
+            return self.speed  # no decoding in between, or a counter reset
+        return self._sample(dt, dn / ds)
+
+    def _sample(self, dt: float, sample: float) -> float | None:
+        """Smooth one per-sequence rate measured over ``dt`` seconds; the published speed."""
         a = 1.0 - math.exp(-dt / self.tau_s)
         self.rate_tps = (
             sample if self.rate_tps == 0 else self.rate_tps + a * (sample - self.rate_tps)

@@ -2,7 +2,8 @@
 
 The model is ``/info``'s ``model_id``. Load: ``tgi_queue_size`` (waiting) and
 ``tgi_batch_current_size`` (running). TGI exposes no KV-cache use, so it is published as
-0 (unknown), and weights for TGI replicas rest on queue and batch size alone.
+0 (unknown). Decode speed (``agent.speed``): the count and sum of
+``tgi_batch_forward_duration{method="decode"}``, i.e. decode steps per second of stepping.
 State: ``/health`` 200 -> ready. TGI's router listens only once its shards have loaded,
 so there is no observable ``loading``; any other answer publishes no models.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -23,29 +25,37 @@ from controlplane.agent.scrape import (
     Notes,
     Reading,
     Reply,
+    counter_total,
     failure,
     fetch,
     gauge,
     json_of,
-    load_from,
     read_samples,
+    reading_from,
     valid_name,
 )
-from controlplane.fleet.model import ModelInfo, ModelState, ServerKind
+from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
+from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 
 log = logging.getLogger(__name__)
 
 WAITING = ("tgi_queue_size",)
 RUNNING = ("tgi_batch_current_size",)
+STEPS = ("tgi_batch_forward_duration_count",)
+STEP_SECONDS = ("tgi_batch_forward_duration_sum",)
+DECODE = {"method": "decode"}
 
 
 def parse_metrics(text: str) -> Reading:
     """TGI's queue and batch gauges; KV-cache use is not exposed (``0.0``, not a problem)."""
-    samples = read_samples(text, WAITING + RUNNING)
+    samples = read_samples(text, WAITING + RUNNING + STEPS + STEP_SECONDS)
     problems: list[str] = []
     waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
     running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
-    return Reading(waiting, running, 0.0, tuple(problems))
+    steps = counter_total(samples, STEPS, where=DECODE)
+    seconds = counter_total(samples, STEP_SECONDS, where=DECODE)
+    decode = None if steps is None or seconds is None else (steps, seconds)
+    return Reading(waiting, running, 0.0, tuple(problems), decode_steps=decode)
 
 
 def model_from_info(doc: Any) -> str | None:
@@ -57,12 +67,20 @@ class TgiAdapter:
     """Probes one TGI server. Implements ``ModelServerAdapter``."""
 
     def __init__(
-        self, base_url: str, client: httpx.AsyncClient, versions: Mapping[str, str]
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        versions: Mapping[str, str],
+        *,
+        reference_tps: float = REFERENCE_TPS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._client = client
         self._versions = dict(versions)
         self._notes = Notes(self._base, log)
+        self._speed = DecodeSpeed(reference_tps)
+        self._clock = clock
 
     @property
     def kind(self) -> ServerKind:
@@ -84,10 +102,14 @@ class TgiAdapter:
             self._notes.say("state", f"/info gave no model_id ({failure(info)})", logging.WARNING)
             return Probe(reachable=True)
         version = self._versions.get(name, DEFAULT_VERSION)
-        load, problem = load_from(metrics, "/metrics", _read)
+        reading, problem = reading_from(metrics, "/metrics", _read)
+        if reading is not None and reading.decode_steps is not None:
+            self._speed.update_steps(self._clock(), *reading.decode_steps)
         self._notes.say("state", f"ready: {name}@{version}")
         self._notes.say("metrics", problem, logging.WARNING)
-        return Probe(True, (ModelInfo(name, version, ModelState.READY),), load)
+        load = LoadStats() if reading is None else reading.load()
+        models = (ModelInfo(name, version, ModelState.READY),)
+        return Probe(True, models, load, speed=self._speed.speed)
 
 
 def _read(reply: Reply) -> Reading:

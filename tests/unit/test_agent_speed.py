@@ -97,3 +97,15 @@ def test_a_speed_change_is_published_at_once() -> None:
     slower = (Probe(True, MODELS, LoadStats(running=4.0), speed=0.8), ())
     assert not worth_publishing(before, same)
     assert worth_publishing(before, slower)
+
+
+def test_speed_from_decode_steps_is_steps_per_second_of_stepping() -> None:
+    est = DecodeSpeed(reference_tps=25.0)
+    assert est.update_steps(0.0, 100.0, 4.0) is None
+    t, steps, secs = 0.0, 100.0, 4.0
+    for _ in range(40):  # 40 ms steps (25 tokens/s per sequence), busy a third of the time
+        t, steps, secs = t + 0.3, steps + 0.1 / 0.04, secs + 0.1
+        est.update_steps(t, steps, secs)
+    assert est.speed == 1.0
+    assert est.update_steps(t + 5, steps, secs) == 1.0  # idle: nothing new, kept
+    assert est.update_steps(t + 6, 0.0, 0.0) == 1.0  # restart: counters went back, ignored

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from controlplane.agent.adapter import UNREACHABLE
@@ -24,6 +25,53 @@ MISTRAL = "mistralai/Mistral-7B-Instruct-v0.3"
 def test_queue_and_batch_and_no_kv() -> None:
     r = parse_metrics(fixture(K, "metrics.txt"))
     assert (r.waiting, r.running, r.kv_cache_usage, r.problems) == (7.0, 24.0, 0.0, ())
+    assert r.decode_steps == (391022.0, 9384.5)  # method="decode" only, not prefill
+
+
+def test_no_forward_histogram_is_no_problem() -> None:
+    r = parse_metrics(fixture(K, "metrics_missing.txt"))
+    assert r.decode_steps is None and "forward" not in " ".join(r.problems)
+
+
+def decode_metrics(steps: float, seconds: float) -> str:
+    return "\n".join(
+        [
+            "# TYPE tgi_queue_size gauge",
+            "tgi_queue_size 0",
+            "# TYPE tgi_batch_current_size gauge",
+            "tgi_batch_current_size 8",
+            "# TYPE tgi_batch_forward_duration histogram",
+            f'tgi_batch_forward_duration_bucket{{method="decode",le="+Inf"}} {steps}',
+            f'tgi_batch_forward_duration_sum{{method="decode"}} {seconds}',
+            f'tgi_batch_forward_duration_count{{method="decode"}} {steps}',
+            "",
+        ]
+    )
+
+
+async def test_probe_measures_speed_from_decode_step_time() -> None:
+    state = {"steps": 1000.0, "seconds": 40.0, "now": 0.0}
+
+    def metrics(_: object) -> httpx.Response:
+        return httpx.Response(200, text=decode_metrics(state["steps"], state["seconds"]))
+
+    routes: dict[str, Route] = {**server(200, fixture(K, "info.json"), ""), "GET /metrics": metrics}
+    a = TgiAdapter("http://h:8080", mock_client(routes), {}, reference_tps=50.0,
+                   clock=lambda: state["now"])  # fmt: skip
+    assert (await a.probe()).speed is None
+    for _ in range(40):  # 20 ms per decode step, stepping half of the time: 50 tokens/s
+        state["now"] += 0.25
+        state["steps"] += 0.25 * 0.5 / 0.020
+        state["seconds"] += 0.25 * 0.5
+        p = await a.probe()
+    assert p.speed == 1.0
+    for _ in range(40):  # steps now take 40 ms: half the speed
+        state["now"] += 0.25
+        state["steps"] += 0.25 * 0.5 / 0.040
+        state["seconds"] += 0.25 * 0.5
+        p = await a.probe()
+    assert p.speed == pytest.approx(1.25**-3)
+    publishable(p, ServerKind.TGI)
 
 
 def test_missing_queue_gauge() -> None:
