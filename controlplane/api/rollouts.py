@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -39,6 +40,8 @@ from controlplane.api.schemas import (
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.rollback import Verdict
 from controlplane.decide.rollout import (
+    Counts,
+    RolloutPolicy,
     VersionCount,
     abort,
     current_stable,
@@ -53,6 +56,9 @@ from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import cluster_name
 from controlplane.runtime.rollout_ops import Applied, RolloutService
+
+PolicyChange = Callable[[Intent, Counts, float, RolloutPolicy], Intent]
+"""A write's pure change, given the rollout policy in force."""
 
 VERSION_HEADER = "x-model-version"
 
@@ -309,54 +315,51 @@ def router(ctx: ApiContext) -> APIRouter:
 
     writes = APIRouter(tags=["rollouts"], dependencies=[Depends(require_writer)], responses=_ERRORS)
 
+    async def act(
+        action: str, model: str, revision: int | None, change: PolicyChange
+    ) -> dict[str, Any]:
+        """Apply one pure change under ``action``'s name; the answer every write gives."""
+        svc = service()
+        applied = await svc.change(
+            action,
+            model,
+            lambda it, c, now: change(it, c, now, svc.policy),
+            expected_revision=revision,
+        )
+        return await respond(applied, model)
+
     @writes.post("/v1/rollouts/{model:path}/percent", response_model=ChangeResult)
     async def post_percent(model: str, body: SetPercent) -> dict[str, Any]:
         """Set the share of the canary in progress (0..100)."""
-        svc = service()
-        applied = await svc.change(
-            "set",
-            model,
-            lambda it, c, now: set_percent(it, model, body.percent, c, svc.policy, now),
-            expected_revision=body.revision,
-        )
-        return await respond(applied, model)
+        return await act(
+            "set", model, body.revision,
+            lambda it, c, now, pol: set_percent(it, model, body.percent, c, pol, now),
+        )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/promote", response_model=ChangeResult)
     async def post_promote(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
         """The canary becomes stable; the old stable drains (DRAINING, then removed)."""
-        svc = service()
-        applied = await svc.change(
-            "promote",
-            model,
-            lambda it, c, now: promote(it, model, c, svc.policy, now),
-            expected_revision=body.revision if body else None,
-        )
-        return await respond(applied, model)
+        return await act(
+            "promote", model, body.revision if body else None,
+            lambda it, c, now, pol: promote(it, model, c, pol, now),
+        )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/rollback", response_model=ChangeResult)
     async def post_rollback(model: str, body: RollbackBody | None = None) -> dict[str, Any]:
         """Back to stable (canary in progress) or to the previous version; reason recorded."""
-        svc = service()
         reason = (body.reason if body else "") or "manual rollback"
-        applied = await svc.change(
-            "rollback",
-            model,
-            lambda it, c, now: rollback(it, model, reason, "manual", c, svc.policy, now),
-            expected_revision=body.revision if body else None,
-        )
-        return await respond(applied, model)
+        return await act(
+            "rollback", model, body.revision if body else None,
+            lambda it, c, now, pol: rollback(it, model, reason, "manual", c, pol, now),
+        )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/abort", response_model=ChangeResult)
     async def post_abort(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
         """Stop the canary in progress; no rollback is recorded."""
-        svc = service()
-        applied = await svc.change(
-            "abort",
-            model,
-            lambda it, c, now: abort(it, model, c, svc.policy, now),
-            expected_revision=body.revision if body else None,
-        )
-        return await respond(applied, model)
+        return await act(
+            "abort", model, body.revision if body else None,
+            lambda it, c, now, pol: abort(it, model, c, pol, now),
+        )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}", response_model=ChangeResult)
     async def post_start(model: str, body: StartRollout) -> dict[str, Any]:
@@ -366,14 +369,10 @@ def router(ctx: ApiContext) -> APIRouter:
         stable. Starting the current stable pins it (later versions never take over by the
         default rule).
         """
-        svc = service()
-        applied = await svc.change(
-            "start",
-            model,
-            lambda it, c, now: start(it, model, body.to, body.canary_percent, c, svc.policy, now),
-            expected_revision=body.revision,
-        )
-        return await respond(applied, model)
+        return await act(
+            "start", model, body.revision,
+            lambda it, c, now, pol: start(it, model, body.to, body.canary_percent, c, pol, now),
+        )  # fmt: skip
 
     api.include_router(writes)
     return api
