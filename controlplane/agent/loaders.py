@@ -50,7 +50,8 @@ class Loader(Protocol):
 
 
 def server_message(reply: Reply | Exception) -> str:
-    """What went wrong, from the body's ``message``/``error``/``detail`` if it has one."""
+    """What went wrong, from the body's ``message``/``error``/``detail`` (also nested in an
+    ``error`` object) if it has one."""
     if isinstance(reply, Exception):
         return failure(reply)
     try:
@@ -58,6 +59,8 @@ def server_message(reply: Reply | Exception) -> str:
     except ValueError:
         doc = None
     text = reply.text.strip()
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        doc = doc["error"]  # newer vLLM / OpenAI style: {"error": {"message": ...}}
     if isinstance(doc, dict):
         for key in ("message", "error", "detail"):
             if isinstance(doc.get(key), str):

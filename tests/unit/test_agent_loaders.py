@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -12,7 +14,9 @@ from controlplane.agent.loaders import (
     TritonLoader,
     VllmLoraLoader,
     make_loader,
+    server_message,
 )
+from controlplane.agent.scrape import Reply
 from controlplane.fleet.model import ServerKind
 from tests.unit.fake_lora import FakeLoraServer
 from tests.unit.httpstub import StubRequest, StubResponse, StubServer
@@ -141,3 +145,17 @@ def test_kinds_with_a_loader() -> None:
     client = httpx.AsyncClient()
     have = {k for k in ServerKind if make_loader(k, "http://h:1", client, 1.0) is not None}
     assert have == {ServerKind.VLLM, ServerKind.TRITON, ServerKind.OLLAMA}
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        ({"object": "error", "message": "flat", "type": "BadRequestError"}, "HTTP 400: flat"),
+        ({"error": {"message": "nested", "type": "BadRequestError"}}, "HTTP 400: nested"),
+        ({"detail": "fastapi"}, "HTTP 400: fastapi"),
+        ({"error": "plain"}, "HTTP 400: plain"),
+    ],
+)
+def test_server_message_reads_flat_and_nested_error_bodies(body: object, want: str) -> None:
+    raw = json.dumps(body).encode()
+    assert server_message(Reply(400, raw)) == want
