@@ -6,7 +6,9 @@ call it in-process through ``httpx.ASGITransport``. Every response carries
 
 Endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
 ``/metrics`` (vLLM's names), ``/control`` (GET: state; POST: switches, see ``control``)
-and ``/sim/gpu`` (the simulated GPU in NVML's units, see ``simgpu``).
+and ``/sim/gpu`` (the simulated GPU in NVML's units, see ``simgpu``). With
+``runtime_lora``, also vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``
+(see ``lora``): loaded adapters are listed and served like the base model.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.sim import openai_format as fmt
 from controlplane.sim.control import ControlError, parse_control
 from controlplane.sim.engine import Engine, Finish, Knobs, Overloaded, Seq
+from controlplane.sim.lora import LoraAdapters, LoraRefused
 from controlplane.sim.metrics import CONTENT_TYPE, ServerMetrics
 from controlplane.sim.simgpu import GpuSpec, SimGpu
 
@@ -78,6 +81,11 @@ class FakeLLMConfig:
     """Simulated cold start: health 503 and no models listed for this long."""
     seed: int | None = None
     """Seed of the fault-injection random source (None: unpredictable)."""
+    runtime_lora: bool = False
+    """Serve vLLM's runtime LoRA API, as vLLM does with
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``; off, those routes answer 404 (as in vLLM)."""
+    lora_load_ms: float = 500.0
+    """How long loading a LoRA adapter takes (*runtime*)."""
     gpu: GpuSpec = field(default_factory=GpuSpec)
     """The simulated GPU board (memory, weights, power limit)."""
 
@@ -118,6 +126,7 @@ class FakeLLM:
         self._rng = random.Random(config.seed)
         self._created = int(time.time())
         self._models = frozenset(config.models)
+        self.lora = LoraAdapters(config.lora_load_ms)
         routes = [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
@@ -127,6 +136,11 @@ class FakeLLM:
             Route("/control", self._control, methods=["GET", "POST"]),
             Route("/sim/gpu", self._sim_gpu, methods=["GET"]),
         ]
+        if config.runtime_lora:
+            routes += [
+                Route("/v1/load_lora_adapter", self._load_lora, methods=["POST"]),
+                Route("/v1/unload_lora_adapter", self._unload_lora, methods=["POST"]),
+            ]
         self.app: ASGIApp = _ReplicaHeader(Starlette(routes=routes), config.replica_id)
 
     @property
@@ -154,6 +168,13 @@ class FakeLLM:
             "external_load": k.external_load,
             "gpu_throttle": k.gpu_throttle,
             "gpu_fault": self.gpu.last_fault,
+            "runtime_lora": self.config.runtime_lora,
+            "lora_adapters": {a.name: a.path for a in self.lora.loaded.values()},
+            "lora_in_progress": self.lora.in_progress,
+            "lora_load_ms": self.lora.load_ms,
+            "lora_fail_loads": self.lora.fail_loads,
+            "lora_load_calls": self.lora.load_calls,
+            "lora_unload_calls": self.lora.unload_calls,
             "effective_speed": k.effective_speed(),
             "running": self.engine.running,
             "waiting": self.engine.waiting,
@@ -172,6 +193,11 @@ class FakeLLM:
                 self._ready_at = time.monotonic() + value
                 if value > 0:
                     self.engine.abort_all()
+                    self.lora.forget_all()  # a restarted vLLM has lost its adapters
+            elif name == "lora_load_ms":
+                self.lora.load_ms = value
+            elif name == "lora_fail_loads":
+                self.lora.fail_loads = value
             elif name == "gpu_fault":
                 self.gpu.inject(value)
             elif name == "crash":
@@ -221,7 +247,7 @@ class FakeLLM:
         except fmt.BadRequest as e:
             return _error(400, str(e), "BadRequestError")
         model = req.model or self.config.models[0]
-        if model not in self._models:
+        if model not in self._models and model not in self.lora.loaded:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         if self.error_rate > 0 and self._rng.random() < self.error_rate:
             self.metrics.rejected.labels("injected_error").inc()
@@ -289,8 +315,49 @@ class FakeLLM:
                 }
                 for m in self.config.models
             ]
+            + [
+                {
+                    "id": a.name,
+                    "object": "model",
+                    "created": a.created,
+                    "owned_by": "vllm",
+                    "root": a.path,
+                    "parent": self.config.models[0],
+                    "max_model_len": None,
+                    "permission": [],
+                    "aixds_version": self.version,
+                }
+                for a in self.lora.loaded.values()
+            ]
         )
         return JSONResponse({"object": "list", "data": data})
+
+    async def _load_lora(self, request: Request) -> Response:
+        return await self._lora_call(request, load=True)
+
+    async def _unload_lora(self, request: Request) -> Response:
+        return await self._lora_call(request, load=False)
+
+    async def _lora_call(self, request: Request, *, load: bool) -> Response:
+        if self.loading:
+            return _lora_error(503, "the model is still loading", "ServiceUnavailableError")
+        fields = ("lora_name", "lora_path") if load else ("lora_name",)
+        try:
+            body = fmt.parse_lora_request(await request.body(), fields)
+        except fmt.BadRequest as e:
+            return _lora_error(400, str(e), "BadRequestError")
+        name = body["lora_name"]
+        try:
+            if load:
+                await self.lora.load(name, body["lora_path"])
+            else:
+                await self.lora.unload(name)
+        except LoraRefused as e:
+            log.info("%s: %s", self.config.replica_id, e.message)
+            return _lora_error(e.status, e.message, e.kind)
+        done = "added" if load else "removed"
+        log.info("%s: LoRA adapter %r %s", self.config.replica_id, name, done)
+        return PlainTextResponse(f"Success: LoRA adapter '{name}' {done} successfully.")
 
     async def _health(self, request: Request) -> Response:
         return Response(status_code=503 if self.loading else 200)
@@ -317,6 +384,10 @@ class FakeLLM:
 
 def _error(status: int, message: str, type_: str) -> JSONResponse:
     return JSONResponse(fmt.error_body(message, type_, status), status_code=status)
+
+
+def _lora_error(status: int, message: str, type_: str) -> JSONResponse:
+    return JSONResponse(fmt.lora_error_body(message, type_, status), status_code=status)
 
 
 async def _finished_or_gone(seq: Seq, receive: Receive) -> None:

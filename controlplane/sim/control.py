@@ -2,8 +2,8 @@
 
 A control document is a JSON object such as ``{"error_rate": 0.3, "speed": 0.5,
 "stall": true}``, ``{"external_load": 0.3}``, ``{"gpu_throttle": true}``,
-``{"gpu_fault": "xid 79"}`` or ``{"crash": true}``. It is checked as a whole before
-anything changes, so a bad document changes nothing.
+``{"gpu_fault": "xid 79"}``, ``{"lora_fail_loads": 2}`` or ``{"crash": true}``. It is
+checked as a whole before anything changes, so a bad document changes nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ SWITCHES: dict[str, _Switch] = {
         object, doc="'xid N', 'ecc [N]', 'remap', 'lost', or null to clear", check=parse_fault
     ),
     "crash": _Switch(bool, doc="true: the process exits at once, without cleanup"),
+    "lora_load_ms": _Switch(float, 0.0, 600_000.0, "how long loading a LoRA adapter takes"),
+    "lora_fail_loads": _Switch(
+        int, 0, 1_000_000, "answer the next N LoRA adapter loads with 500 (after the delay)"
+    ),
 }
 
 

@@ -4,7 +4,8 @@
 then returns 0; ``{"crash": true}`` on ``/control`` ends the process at once with status
 ``CRASH_EXIT_CODE``). ``FakeLLMServer`` serves a ``FakeLLM`` in the caller's event loop,
 for tests: ``async with FakeLLMServer(FakeLLMConfig(models=("m",))) as srv: srv.url``;
-there a crash stops the server hard (connections cut, port closed).
+there a crash stops the server hard (connections cut, port closed). ``--runtime-lora`` (or
+``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, as for vLLM) adds vLLM's runtime LoRA API.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from types import TracebackType
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 CRASH_EXIT_CODE = 70
 """Exit status of ``aixds fake-llm`` after ``{"crash": true}`` (EX_SOFTWARE)."""
+LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+"""vLLM's switch for the runtime LoRA API; ``1`` or ``true`` turns it on here too."""
 
 EXAMPLES = """\
 examples:
@@ -38,6 +41,7 @@ examples:
   aixds fake-llm --listen 127.0.0.1:8003 --model qwen --error-rate 0.1 --load-time 5
   aixds fake-llm --listen 127.0.0.1:8004 --model llama-3-8b --speed 0.6 --noisy-neighbor 0.2 \
       --kv-capacity-tokens 20000 --prefill-tps 8000 --batch-slowdown 0.05
+  aixds fake-llm --listen 127.0.0.1:8005 --model llama-3-8b --runtime-lora --lora-load-ms 2000
 
 runtime control (no restart):
   curl -XPOST localhost:8001/control -d '{"error_rate": 0.3, "speed": 0.5, "stall": true}'
@@ -45,6 +49,12 @@ runtime control (no restart):
   curl -XPOST localhost:8001/control -d '{"gpu_fault": "xid 79"}'   # or "ecc", "remap", "lost"
   curl -XPOST localhost:8001/control -d '{"crash": true}'           # exits with status 70
   curl localhost:8001/sim/gpu                                       # the simulated GPU
+
+runtime LoRA adapters (with --runtime-lora):
+  curl -XPOST localhost:8005/v1/load_lora_adapter \
+      -d '{"lora_name": "sql-lora", "lora_path": "/adapters/sql"}'
+  curl -XPOST localhost:8005/v1/unload_lora_adapter -d '{"lora_name": "sql-lora"}'
+  curl -XPOST localhost:8005/control -d '{"lora_fail_loads": 2, "lora_load_ms": 100}'
 """
 
 
@@ -333,6 +343,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=d.gpu.power_limit_w,
         help="GPU power limit, W (%(default)s)",
     )
+    lora = p.add_argument_group("runtime LoRA adapters")
+    lora.add_argument(
+        "--runtime-lora",
+        action="store_true",
+        help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter, as vLLM does with "
+        f"{LORA_ENV}=True (that variable turns it on too)",
+    )
+    lora.add_argument(
+        "--lora-load-ms",
+        type=_non_negative_float,
+        default=d.lora_load_ms,
+        metavar="MS",
+        help="how long loading an adapter takes (%(default)s)",
+    )
     faults = p.add_argument_group("faults")
     faults.add_argument(
         "--error-rate",
@@ -352,7 +376,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[FakeLLMConfig, str, int]:
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[FakeLLMConfig, str, int]:
     """The server config and the address to bind; raises ``ValueError`` on a bad --listen."""
     host, port = parse_listen(args.listen)
     if args.weights_gib >= args.gpu_mem_gib:
@@ -375,6 +401,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[FakeLLMConfig, str, int]
         prefill_tps=args.prefill_tps,
         batch_slowdown=args.batch_slowdown,
         external_load=args.noisy_neighbor,
+        runtime_lora=args.runtime_lora
+        or environ.get(LORA_ENV, "0").strip().lower() in ("1", "true"),
+        lora_load_ms=args.lora_load_ms,
         gpu=GpuSpec(
             mem_total_bytes=int(args.gpu_mem_gib * GiB),
             weights_bytes=int(args.weights_gib * GiB),

@@ -2,7 +2,8 @@
 
 Pure functions, no I/O. Bodies follow what vLLM's OpenAI-compatible server sends:
 ``chat.completion`` / ``text_completion`` objects, SSE chunks (``data: {...}``, then
-``data: [DONE]``), and errors as ``{"error": {"message", "type", "param", "code"}}``.
+``data: [DONE]``), and errors as ``{"error": {"message", "type", "param", "code"}}``
+(the LoRA routes: flat, see ``lora_error_body``).
 """
 
 from __future__ import annotations
@@ -212,3 +213,32 @@ class ChunkWriter:
 
 def error_body(message: str, type_: str, code: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def lora_error_body(message: str, type_: str, code: int) -> dict[str, Any]:
+    """An error of the runtime LoRA routes: vLLM's flat ``ErrorResponse``
+    (``{"object": "error", "message", "type", "param", "code"}``), as the agent's loader
+    was written against; newer vLLM releases nest it as ``error_body`` does."""
+    return {"object": "error", "message": message, "type": type_, "param": None, "code": code}
+
+
+def parse_lora_request(body: bytes, required: tuple[str, ...]) -> dict[str, str]:
+    """The string fields of a ``/v1/load_lora_adapter`` or ``/v1/unload_lora_adapter`` body.
+
+    ``BadRequest`` when it is not a JSON object or a required field is missing or not a
+    string (vLLM's request validation). Empty strings pass: vLLM checks those itself.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise BadRequest(f"body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("body must be a JSON object")
+    out: dict[str, str] = {}
+    for name in required:
+        value = doc.get(name)
+        if not isinstance(value, str):
+            why = "is missing" if value is None else "must be a string"
+            raise BadRequest(f"field {name!r} {why}")
+        out[name] = value
+    return out

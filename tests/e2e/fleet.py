@@ -126,6 +126,7 @@ class Fleet:
         agent: bool = True,
         server_args: tuple[str, ...] = (),
         gpu: str = "none",
+        agent_args: tuple[str, ...] = (),
     ) -> Replica:
         port = free_port()
         node = node or f"gpu-{len(self.replicas) + 1}"
@@ -146,12 +147,19 @@ class Fleet:
         self.replicas.append(rep)
         wait_port(port)
         if agent:
-            self.start_agent(rep, region=region, zone=zone, gpu=gpu)
+            self.start_agent(rep, region=region, zone=zone, gpu=gpu, extra=agent_args)
         return rep
 
     def start_agent(
-        self, rep: Replica, *, region: str = "us", zone: str = "us-a", gpu: str = "none"
+        self,
+        rep: Replica,
+        *,
+        region: str = "us",
+        zone: str = "us-a",
+        gpu: str = "none",
+        extra: tuple[str, ...] = (),
     ) -> Proc:
+        """Start ``rep``'s agent; ``extra`` flags go last (e.g. ``--warmup``, ``--drain``)."""
         rep.agent = self.procs.aixds(
             f"agent-{rep.name}",
             "agent",
@@ -171,6 +179,7 @@ class Fleet:
             str(AGENT_TTL_S),
             "--gpu",
             gpu,
+            *extra,
         )
         return rep.agent
 

@@ -1,8 +1,9 @@
 """The whole node agent with a real redis-server: lock, executor, discovery, own keys only.
 
 The agent runs in-process (``run_agent`` with a Redis client: lock and executor on)
-against the project's fake LLM server, ``FakeLoraServer`` (a vLLM with the runtime LoRA
-API, which the fake LLM server lacks) and ``FakeDockerEngine`` (recorded Engine API
+against the project's fake LLM server (started without ``--runtime-lora``, so a LoRA load
+on it fails as on a vLLM without ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``), ``FakeLoraServer``
+(a vLLM with the runtime LoRA API) and ``FakeDockerEngine`` (recorded Engine API
 responses served to the real Docker SDK). The CLI tests check exit code 3 and --takeover.
 """
 

@@ -1,6 +1,7 @@
 """A vLLM stand-in with the runtime LoRA API, for the executor tests.
 
-The project's fake LLM server has no LoRA endpoints, so this one answers as vLLM does with
+A small in-test stand-in (the project's fake LLM server also has the API with
+``--runtime-lora``; this one is lighter and scriptable per call): it answers as vLLM does with
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``: ``/health``, ``/v1/models`` (the base model
 and every loaded adapter), ``/metrics``, ``POST /v1/load_lora_adapter`` and
 ``/v1/unload_lora_adapter`` with vLLM's error bodies. Switches: ``fail_loads`` (answer
