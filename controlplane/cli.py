@@ -201,6 +201,10 @@ COMMANDS: dict[
         "blue-green switches, canaries, promote and rollback through the config API",
         *_delegate("controlplane.api.rollout_cli"),
     ),
+    "drain": (
+        "take a replica or a whole node out of service, or put it back",
+        *_delegate("controlplane.api.drain_cli"),
+    ),
 }
 
 

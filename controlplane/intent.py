@@ -79,7 +79,8 @@ class Intent:
     rollouts: Mapping[str, Rollout] = field(default_factory=lambda: MappingProxyType({}))
     """Per model name."""
     drained: frozenset[str] = frozenset()
-    """Replica ids that take no new requests (DRAINING in EDS)."""
+    """Replica ids (``node/name``) and node names (no ``/``: every replica of the node, now
+    or later) that take no new requests (DRAINING in EDS)."""
     region_distance: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
     """``region_distance[a][b]``: how far region b is from region a (failover order)."""
     session_header: str = "x-session-id"
@@ -153,7 +154,7 @@ def intent_from_doc(doc: Any, revision: int) -> Intent:
     rollouts = {_name(m, "model"): _rollout(m, r) for m, r in rollouts_doc.items()}
     drained = doc.get("drained", [])
     if not isinstance(drained, list) or not all(isinstance(x, str) for x in drained):
-        raise IntentError("drained must be a list of replica ids")
+        raise IntentError("drained must be a list of replica ids and node names")
     draining: dict[str, Mapping[str, DrainingVersion]] = {}
     for m, vs in _obj(doc.get("draining_versions", {}), "draining_versions").items():
         entries = {}

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from controlplane.api.drain_cli import format_drains
 from controlplane.api.rollout_cli import format_rollout
 
 
@@ -19,6 +20,7 @@ def print_status(api: str) -> int:
             xds = c.get("/v1/xds").json()
             fleet = c.get("/v1/fleet").json()["replicas"]
             rollouts = _rollout_lines(c)
+            drains = c.get("/v1/drains")
     except (httpx.HTTPError, ValueError, KeyError) as err:
         print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
         return 1
@@ -52,6 +54,8 @@ def print_status(api: str) -> int:
         for n in nacks[-5:]:
             print(f"  {n}")
     print("\n" + "\n".join(rollouts))
+    if drains.status_code == 200 and drains.json()["drained"]:
+        print("\n" + format_drains(drains.json()))
     failures = _failure_lines(fleet)
     if failures:
         print("\n" + "\n".join(failures))

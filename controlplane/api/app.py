@@ -1,7 +1,7 @@
 """The FastAPI application of ``aixds serve --api``.
 
-Read endpoints are open. Writes (rollouts, see ``rollouts``) need the bearer token; the
-test-only switch exists only when the server runs with ``--test-hooks``. Every error is a
+Read endpoints are open. Writes (``rollouts``, ``drains``, ``faults``) need the bearer
+token; the test-only switch exists only when the server runs with ``--test-hooks``. Every error is a
 JSON body with an ``error`` code (``errors``); 5xx only for "retry later" (503) and bugs.
 """
 
@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from controlplane.api import errors, faults, rollouts
+from controlplane.api import drains, errors, faults, rollouts
 from controlplane.api.context import ApiContext, TestHooks
 from controlplane.fleet.codec import encode_record
 
@@ -103,6 +103,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     app.include_router(rollouts.router(ctx))
     app.include_router(faults.router(ctx))
+    app.include_router(drains.router(ctx))
 
     if ctx.test_hooks is not None:
         hooks = ctx.test_hooks

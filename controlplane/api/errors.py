@@ -33,6 +33,11 @@ class ErrorBody(BaseModel):
     """On ``revision_conflict``: the stored intent revision."""
 
 
+def error_responses(*statuses: tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these ``(status, description)`` pairs, all ``ErrorBody``."""
+    return {s: {"model": ErrorBody, "description": d} for s, d in statuses}
+
+
 class ApiError(Exception):
     def __init__(
         self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None

@@ -9,25 +9,21 @@ second, and its replicas return if the fault is really gone.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
-from controlplane.api.errors import ApiError, ErrorBody
+from controlplane.api.errors import ApiError, error_responses
 from controlplane.fleet.schema import fault_clear_key
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody, "description": d}
-    for s, d in (
-        (401, "missing or wrong API token"),
-        (403, "the server has no API token: writes are disabled"),
-        (404, "no replica of that node is known"),
-        (503, "Redis unreachable"),
-    )
-}
+_ERRORS = error_responses(
+    (401, "missing or wrong API token"),
+    (403, "the server has no API token: writes are disabled"),
+    (404, "no replica of that node is known"),
+    (503, "Redis unreachable"),
+)
 
 
 class FaultClear(BaseModel):

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -37,10 +38,9 @@ class CliError(Exception):
         self.code = code
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.epilog = EXAMPLES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    common = argparse.ArgumentParser(add_help=False)
+def add_api_options(common: argparse.ArgumentParser) -> None:
+    """Add the flags every API command takes: ``--api``, ``--token``, ``--json``,
+    ``--revision``."""
     common.add_argument(
         "--api",
         default=os.environ.get("AIXDS_API", DEFAULT_API),
@@ -58,6 +58,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         help="refuse (409) unless the intent is still at this revision",
     )
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.epilog = EXAMPLES
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    common = argparse.ArgumentParser(add_help=False)
+    add_api_options(common)
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     s = sub.add_parser(
@@ -103,10 +110,15 @@ def _percent(v: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_cli("aixds rollout", _run, args)
+
+
+def run_cli(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """``body(args)``, with a ``CliError`` printed as ``prog: reason`` and its exit code."""
     try:
-        return _run(args)
+        return body(args)
     except CliError as e:
-        print(f"aixds rollout: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return e.code
 
 
@@ -114,10 +126,10 @@ def _run(args: argparse.Namespace) -> int:
     path = "/v1/rollouts/" + quote(args.model or "", safe="/")
     if args.action == "status":
         if args.model:
-            doc = _call(args, "GET", path)
+            doc = call_api(args, "GET", path)
             rollouts = [doc]
         else:
-            doc = _call(args, "GET", "/v1/rollouts")
+            doc = call_api(args, "GET", "/v1/rollouts")
             rollouts = doc["rollouts"]
         if args.json:
             print(json.dumps(doc, indent=2))
@@ -141,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             body["reason"] = args.reason
     else:
         path += f"/{args.action}"
-    doc = _call(args, "POST", path, body)
+    doc = call_api(args, "POST", path, body)
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -155,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+def call_api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     token = args.token if args.token is not None else os.environ.get("AIXDS_API_TOKEN", "")
     headers = {"authorization": f"Bearer {token}"} if token and method != "GET" else {}
     try:

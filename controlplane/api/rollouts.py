@@ -24,7 +24,7 @@ from fastapi import APIRouter, Depends
 
 from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
-from controlplane.api.errors import ApiError, ErrorBody
+from controlplane.api.errors import ApiError, error_responses
 from controlplane.api.schemas import (
     ChangeResult,
     IntentView,
@@ -62,18 +62,15 @@ PolicyChange = Callable[[Intent, Counts, float, RolloutPolicy], Intent]
 
 VERSION_HEADER = "x-model-version"
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorBody, "description": d}
-    for s, d in (
-        (400, "the body could not be parsed"),
-        (401, "missing or wrong API token"),
-        (403, "the server has no API token: writes are disabled"),
-        (404, "unknown model or version"),
-        (409, "revision conflict, or the change does not fit the rollout state / fleet"),
-        (422, "invalid body"),
-        (503, "Redis unreachable or state not read yet: retry"),
-    )
-}
+_ERRORS = error_responses(
+    (400, "the body could not be parsed"),
+    (401, "missing or wrong API token"),
+    (403, "the server has no API token: writes are disabled"),
+    (404, "unknown model or version"),
+    (409, "revision conflict, or the change does not fit the rollout state / fleet"),
+    (422, "invalid body"),
+    (503, "Redis unreachable or state not read yet: retry"),
+)
 _READ_ERRORS: dict[int | str, dict[str, Any]] = {s: _ERRORS[s] for s in (404, 422, 503)}
 _LIST_ERRORS: dict[int | str, dict[str, Any]] = {503: _ERRORS[503]}
 

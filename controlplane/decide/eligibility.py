@@ -32,6 +32,11 @@ def gpu_faulty(rec: ReplicaRecord) -> bool:
     return any(g.faulty for g in rec.gpus)
 
 
+def drained(rec: ReplicaRecord, intent: Intent) -> bool:
+    """The operator drained this replica, or its whole node (``Intent.drained``)."""
+    return rec.replica_id in intent.drained or rec.node in intent.drained
+
+
 def candidate(
     obs: ObservedReplica, model: str, version: str, intent: Intent, now: float
 ) -> Candidate | None:
@@ -41,9 +46,7 @@ def candidate(
     info = rec.model(model, version)
     if info is None or info.state is ModelState.LOADING:
         return None
-    draining = (
-        rec.draining or rec.replica_id in intent.drained or info.state is ModelState.UNLOADING
-    )
+    draining = rec.draining or drained(rec, intent) or info.state is ModelState.UNLOADING
     return Candidate(
         record=rec,
         health=Health.DRAINING if draining else Health.HEALTHY,

@@ -1,6 +1,7 @@
 """Rollout changes with effects: read intent, apply a pure change, compare-and-set, publish.
 
-``RolloutService.change`` is what the config API and the automatic rollback call:
+``RolloutService.change`` is what the config API (rollouts, drains) and the automatic
+rollback call:
 
 1. read the stored intent from Redis (fresh, not the watcher's copy);
 2. if the caller named the revision it saw and it is not the stored one: conflict;
@@ -169,9 +170,10 @@ class RolloutService:
         r = result.rollouts.get(model)
         if action == "rollback" and r is not None and r.last_rollback is not None:
             self.metrics.rollbacks.labels(model, r.last_rollback.trigger).inc()
+        what = _describe(r) if model in result.rollouts or action != "drain" else "drained"
         log.info(
-            "rollout %s of %s: intent revision %d (%s); %d/%d Envoys current",
-            action, model, written.revision, _describe(r), cur, total,
+            "%s %s: intent revision %d (%s); %d/%d Envoys current",
+            action, model, written.revision, what, cur, total,
         )  # fmt: skip
         return Applied(model, action, result, True, cur, total)
 

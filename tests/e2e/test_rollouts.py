@@ -410,3 +410,55 @@ def test_api_and_cli_reject_bad_writes_and_drive_a_rollout(fleet: Fleet) -> None
     guards = [httpx.get(f"{u}/v1/rollouts").json()["guard"] for u in (fleet.api, second)]
     assert sorted(g["acting"] for g in guards) == [False, True], guards
     assert guards[0]["lock_holder"] == guards[1]["lock_holder"] == guards[0]["this_replica"]
+
+
+def test_drain_a_node_and_a_replica_under_load_with_the_cli(fleet: Fleet) -> None:
+    reps = [fleet.add_replica("llama", "v1", server_args=FAST) for _ in range(3)]
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 3)
+    env = {**os.environ, "AIXDS_API_TOKEN": TOKEN}
+
+    def drain(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "controlplane", "drain", *args, "--api", fleet.api],
+            env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    def health(r: Replica) -> str:
+        return str(edge.hosts("llama@v1")[r.port]["health"].get("eds_health_status", "HEALTHY"))
+
+    p = drain("no-such-node")
+    assert p.returncode == 1 and "404 unknown_target" in p.stderr, p.stderr
+    p = drain("a/b/c")
+    assert p.returncode == 1 and "422 bad_target" in p.stderr, p.stderr
+    with TimedLoad(edge.url, "llama", concurrency=16, max_tokens=1) as load:
+        load.wait_requests(200)
+        p = drain(reps[0].node)  # the whole node
+        t_api = time.time()
+        assert p.returncode == 0, p.stderr
+        assert f"node {reps[0].node}: {reps[0].replica_id}" in p.stdout, p.stdout
+        after = wait_samples(load, t_api, 400)
+        assert all(s.replica != reps[0].replica_id for s in after if s.sent >= t_api + 0.1)
+        assert health(reps[0]) == "DRAINING"  # still known to Envoy: in-flight requests finish
+        # a replica too, through the API, with the revision it saw
+        rev = httpx.get(f"{fleet.api}/v1/drains", timeout=5).json()["revision"]
+        doc = api(fleet, "POST", f"/v1/drains/{reps[1].replica_id}", {"revision": rev})
+        t_api2 = time.time()
+        assert doc["changed"] and doc["converged"]
+        assert [d["target"] for d in doc["drained"]] == sorted([reps[0].node, reps[1].replica_id])
+        after = wait_samples(load, t_api2, 300)
+        assert {s.replica for s in after if s.sent >= t_api2 + 0.1} == {reps[2].replica_id}
+        # back in service
+        p = drain("--undo", reps[0].node)
+        assert p.returncode == 0, p.stderr
+        r = httpx.delete(f"{fleet.api}/v1/drains/{reps[1].replica_id}", headers=AUTH, timeout=10)
+        assert r.status_code == 200 and r.json()["drained"] == [], r.text
+        t_back = time.time()
+        wait_until(
+            lambda: {s.replica for s in load.since(t_back + 0.1)} == {r.replica_id for r in reps},
+            20,
+            what="all three replicas serving again",
+        )
+    p = drain("--list")
+    assert p.returncode == 0 and "none" in p.stdout, p.stdout
+    assert load.failed == 0, load.failures[:5]

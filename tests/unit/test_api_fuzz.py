@@ -43,6 +43,8 @@ ROUNDS = 3
 """Every operation in turn, ROUNDS times: a canary started in one round can be set,
 promoted or rolled back in the next."""
 NAMES = [None, ("llama", "v2"), ("llama", "v1"), ("llama", "v3"), ("qwen", "q1")]
+TARGETS = {("llama", "v2"): "n1", ("llama", "v1"): "n2/a", ("qwen", "q1"): "n5"}
+"""Drain targets that exist in the test fleet, picked with the same draw as NAMES."""
 
 
 def operations(schema: Any) -> list[Any]:
@@ -53,6 +55,8 @@ def steer(case: Any, names: tuple[str, str] | None, canary: bool, keep_revision:
     """Point some cases at names that exist, so success paths are fuzzed too."""
     if names is not None and "model" in (case.path_parameters or {}):
         case.path_parameters = {**case.path_parameters, "model": names[0]}
+    if names in TARGETS and "target" in (case.path_parameters or {}):
+        case.path_parameters = {**case.path_parameters, "target": TARGETS[names]}
     if isinstance(case.body, dict):
         body = dict(case.body)
         if names is not None and "to" in body:

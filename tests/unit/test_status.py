@@ -79,3 +79,11 @@ def test_status_shows_failed_loads_from_the_records(capsys: pytest.CaptureFixtur
         "model load failures: 1\n"
         "  n4/a: load llama@v3 failed 3x (retrying): HTTP 500: out of memory"
     )
+
+
+def test_status_lists_drains(capsys: pytest.CaptureFixture[str]) -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    assert c.post("/v1/drains/n2", headers=AUTH).status_code == 200
+    run_status(forward(c))
+    out = capsys.readouterr().out
+    assert "\ndrained (intent revision 1):\n  node n2: n2/a\n" in out
