@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -46,6 +47,36 @@ def default_fleet() -> dict[str, ObservedReplica]:
     return {r.record.replica_id: r for r in reps}
 
 
+class MemoryRedis:
+    """The few ``redis.asyncio.Redis`` calls the API makes (hashes, ``set``), in memory."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.strings: dict[str, str] = {}
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        return dict(self.hashes.get(key, {}))
+
+    async def hexists(self, key: str, field: str) -> bool:
+        return field in self.hashes.get(key, {})
+
+    async def hlen(self, key: str) -> int:
+        return len(self.hashes.get(key, {}))
+
+    async def hset(self, key: str, field: str, value: str) -> int:
+        h = self.hashes.setdefault(key, {})
+        new = field not in h
+        h[field] = value
+        return int(new)
+
+    async def hdel(self, key: str, field: str) -> int:
+        return int(self.hashes.get(key, {}).pop(field, None) is not None)
+
+    async def set(self, key: str, value: str) -> bool:
+        self.strings[key] = value
+        return True
+
+
 @dataclass
 class App:
     app: FastAPI
@@ -58,7 +89,9 @@ class App:
     registry: CollectorRegistry
 
 
-def build(token: str = "tok", fleet: dict[str, ObservedReplica] | None = None) -> App:
+def build(
+    token: str = "tok", fleet: dict[str, ObservedReplica] | None = None, redis: Any = None
+) -> App:
     reg = CollectorRegistry()
     watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
     watcher.view = fleet if fleet is not None else default_fleet()
@@ -89,5 +122,6 @@ def build(token: str = "tok", fleet: dict[str, ObservedReplica] | None = None) -
         guard=guard,
         loads=LoadAccumulator(loads),
         api_token=token,
+        redis=redis,
     )
     return App(create_app(ctx), store, intents, watcher, service, guard, loads, reg)

@@ -1,8 +1,9 @@
 """The FastAPI application of ``aixds serve --api``.
 
-Read endpoints are open. Writes (``rollouts``, ``drains``, ``faults``) need the bearer
-token; the test-only switch exists only when the server runs with ``--test-hooks``. Every error is a
-JSON body with an ``error`` code (``errors``); 5xx only for "retry later" (503) and bugs.
+Read endpoints are open. Writes (``rollouts``, ``drains``, ``desired``, ``faults``) need
+the bearer token; the test-only switch exists only when the server runs with
+``--test-hooks``. Every error is a JSON body with an ``error`` code (``errors``); 5xx only
+for "retry later" (503) and bugs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from controlplane.api import drains, errors, faults, rollouts
+from controlplane.api import desired, drains, errors, faults, rollouts
 from controlplane.api.context import ApiContext, TestHooks
 from controlplane.fleet.codec import encode_record
 
@@ -104,6 +105,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(rollouts.router(ctx))
     app.include_router(faults.router(ctx))
     app.include_router(drains.router(ctx))
+    app.include_router(desired.router(ctx))
 
     if ctx.test_hooks is not None:
         hooks = ctx.test_hooks

@@ -60,12 +60,20 @@ def add_api_options(common: argparse.ArgumentParser) -> None:
     )
 
 
-def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.epilog = EXAMPLES
+def action_parsers(
+    p: argparse.ArgumentParser, examples: str
+) -> tuple[argparse.ArgumentParser, Any]:
+    """Set up ``p`` for ``aixds GROUP ACTION ...``: the parent parser with the API flags
+    (for each action's parser) and the sub-parsers to add actions to."""
+    p.epilog = examples
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
     add_api_options(common)
-    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    return common, p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    common, sub = action_parsers(p, EXAMPLES)
 
     s = sub.add_parser(
         "start",

@@ -1,7 +1,8 @@
 """Loading and unloading end to end: the desired-models key in a real Redis, the agent's
 executor calling the fake vLLM's runtime LoRA API, ``aixds serve`` and a real Envoy.
 
-A LoRA adapter written into the node's desired key is loaded (``loading`` -> ``warming``
+A LoRA adapter written into the node's desired key (through the config API and
+``aixds models``) is loaded (``loading`` -> ``warming``
 -> ``ready`` in the replica's record), becomes routable through the edge, and leaves the
 routes again when the entry says ``unloaded``; failed loads show in the record's
 ``failures`` until a retry succeeds.
@@ -10,6 +11,9 @@ routes again when the entry says ``unloaded``; failed loads show in the record's
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 LORA = "sql-lora"
 CLUSTER = f"{LORA}@v1"
+TOKEN = "e2e-token"
 WAIT_S = 20.0
 """Longest wait for one step: generous, for a loaded 2-core CI machine."""
 
@@ -32,7 +37,7 @@ WAIT_S = 20.0
 @pytest.fixture
 def fleet(procs: Procs, redis_srv: RedisServer) -> Iterator[Fleet]:
     f = Fleet(procs, redis_srv)
-    f.start_serve()
+    f.start_serve("--api-token", TOKEN)
     yield f
 
 
@@ -46,12 +51,32 @@ def lora_replica(fleet: Fleet, load_ms: int, warmup_s: float) -> Replica:
 
 
 def desire(fleet: Fleet, rep: Replica, entry: dict[str, str]) -> None:
-    """Write ``LORA``'s field of the replica's node's desired-models key."""
-    r = redis.Redis.from_url(fleet.redis.url, decode_responses=True)
-    try:
-        r.hset(schema.desired_key(rep.node), LORA, json.dumps(entry))
+    """Set ``LORA``'s entry of the replica's node through ``PUT /v1/nodes/{node}/models``."""
+    r = httpx.put(
+        f"{fleet.api}/v1/nodes/{rep.node}/models/{LORA}",
+        json=entry,
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, r.text
+    stored = redis.Redis.from_url(fleet.redis.url, decode_responses=True)
+    try:  # what the agent will read
+        assert json.loads(stored.hget(schema.desired_key(rep.node), LORA) or "{}") == entry
     finally:
-        r.close()
+        stored.close()
+
+
+def models_cli(fleet: Fleet, *args: str) -> str:
+    """Run ``aixds models ARGS`` against the fleet's API; its output."""
+    p = subprocess.run(
+        [sys.executable, "-m", "controlplane", "models", *args, "--api", fleet.api],
+        env={**os.environ, "AIXDS_API_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
 
 
 def record(fleet: Fleet, rep: Replica) -> dict[str, Any]:
@@ -104,6 +129,9 @@ def test_lora_loads_routes_and_unloads_through_the_desired_key(fleet: Fleet) -> 
     assert state["lora_load_calls"] == 1
 
     wait_until(lambda: chat(edge.url, LORA).status_code == 200, WAIT_S, what=f"{LORA} routable")
+    listed = models_cli(fleet, "list", rep.node)
+    want = f"{LORA} loaded on vllm-{rep.port} as v1: {rep.replica_id} v1 ready"
+    assert want in listed, listed
     r = chat(edge.url, LORA)
     assert r.status_code == 200, r.text
     assert r.headers["x-replica"] == rep.replica_id
@@ -113,7 +141,7 @@ def test_lora_loads_routes_and_unloads_through_the_desired_key(fleet: Fleet) -> 
     # Unload while the base model takes traffic: it must not notice.
     with Load(edge.url, "llama", concurrency=4) as load:
         load.wait_requests(20, timeout=WAIT_S)
-        desire(fleet, rep, {"server": f"vllm-{rep.port}", "state": "unloaded"})
+        models_cli(fleet, "unload", rep.node, LORA, "--server", f"vllm-{rep.port}")
         seen = follow_states(fleet, rep, until=None)
         wait_until(lambda: chat(edge.url, LORA).status_code == 404, WAIT_S, what=f"{LORA} unrouted")
         wait_until(

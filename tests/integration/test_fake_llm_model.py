@@ -63,9 +63,13 @@ async def test_batching_slows_each_token() -> None:
         assert min(together) > 2.0 * alone
         assert max(together) < 4.0 * alone
     async with fake(tpot_ms=40, **PLAIN) as (_, c):
-        alone = await timed(c, max_tokens=6)
+        before = await timed(c, max_tokens=6)
         together = await asyncio.gather(*(timed(c, max_tokens=6) for _ in range(5)))
-        assert max(together) < 1.5 * alone  # without the slowdown, a batch is free
+        after = await timed(c, max_tokens=6)
+        # without the slowdown, a batch is free; "alone" is timed before and after, so a
+        # machine that slows down meanwhile (server and client share this event loop)
+        # moves the baseline too
+        assert sorted(together)[2] < 1.5 * max(before, after), (before, together, after)
 
 
 async def test_prefill_costs_per_prompt_token() -> None:

@@ -1,0 +1,207 @@
+"""Desired models of a node: ``GET /v1/nodes/{node}/models``, ``PUT`` / ``DELETE
+/v1/nodes/{node}/models/{model}``.
+
+The API writes the node's desired-models hash (``aixds:v1:desired:<node>``, format in
+``fleet.desired``); the node's agent reads it every second and loads or unloads (see the
+README). The answers add what the fleet view shows of each model on the node: where it is
+loaded and in which state, and failed loads the agent reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from controlplane.api.auth import writer
+from controlplane.api.context import ApiContext
+from controlplane.api.errors import ApiError, error_responses
+from controlplane.fleet import schema
+from controlplane.fleet.desired import (
+    MAX_DESIRED,
+    Desired,
+    DesiredError,
+    desired_json,
+    parse_desired,
+)
+from controlplane.fleet.model import ReplicaRecord
+
+_ERRORS = error_responses(
+    (400, "the body could not be parsed"),
+    (401, "missing or wrong API token"),
+    (403, "the server has no API token: writes are disabled"),
+    (404, "no replica of that node, or no such server on it, is known"),
+    (409, f"the node already has {MAX_DESIRED} desired models"),
+    (422, "invalid body"),
+    (503, "Redis unreachable"),
+)
+
+
+class DesiredBody(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"server": "vllm-8000", "path": "/adapters/sql-v2"}]},
+    )
+
+    server: str = Field(default="", max_length=100, description="replica name on the node")
+    state: Literal["loaded", "unloaded"] = "loaded"
+    version: str = Field(default="", max_length=128, description="version to publish")
+    path: str = Field(default="", max_length=4096, description="vLLM: the LoRA adapter path")
+    keep_alive: str = Field(default="-1", max_length=32, description="Ollama: keep_alive")
+
+
+class Observed(BaseModel):
+    replica: str
+    version: str
+    state: str
+
+
+class Failure(BaseModel):
+    replica: str
+    op: str
+    error: str
+    failures: int
+    permanent: bool
+
+
+class DesiredView(BaseModel):
+    model: str
+    server: str
+    state: str
+    version: str
+    path: str
+    keep_alive: str
+    error: str = ""
+    """Why the agent ignores this entry (it does not parse); empty when it is valid."""
+    observed: list[Observed]
+    """Where the node has this model now, and in which state."""
+    failures: list[Failure]
+    """Failed loads or unloads of it the node's agents report."""
+
+
+class NodeModels(BaseModel):
+    node: str
+    models: list[DesiredView]
+
+
+class Forgotten(BaseModel):
+    node: str
+    model: str
+    removed: bool
+    """False: the node had no entry for the model."""
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    api = APIRouter(tags=["desired models"])
+    writes = APIRouter(
+        tags=["desired models"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+    )
+
+    def records(node: str) -> list[ReplicaRecord]:
+        recs = [o.record for o in ctx.watcher.view.values() if o.record.node == node]
+        if not recs:
+            raise ApiError(404, "unknown_node", f"no replica of node {node!r} is known")
+        return recs
+
+    def client() -> Any:
+        if ctx.redis is None:
+            raise ApiError(503, "no_redis", "this server has no Redis client")
+        return ctx.redis
+
+    async def redis_call(what: str, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as e:
+            raise ApiError(503, "redis_unreachable", f"cannot {what}: {e}") from None
+
+    def view(d: Desired, recs: list[ReplicaRecord], error: str = "") -> DesiredView:
+        return DesiredView(
+            model=d.model,
+            server=d.server,
+            state="loaded" if d.loaded else "unloaded",
+            version=d.version,
+            path=d.path,
+            keep_alive=d.keep_alive,
+            error=error,
+            observed=[
+                Observed(replica=r.replica_id, version=m.version, state=m.state.value)
+                for r in recs
+                for m in r.models
+                if m.name == d.model
+            ],
+            failures=[
+                Failure(
+                    replica=r.replica_id,
+                    op=f.op,
+                    error=f.error,
+                    failures=f.failures,
+                    permanent=f.permanent,
+                )
+                for r in recs
+                for f in r.failures
+                if f.name == d.model
+            ],
+        )
+
+    @api.get(
+        "/v1/nodes/{node}/models",
+        response_model=NodeModels,
+        responses={s: _ERRORS[s] for s in (404, 503)},
+    )
+    async def list_desired(node: str) -> NodeModels:
+        """The node's desired models, each with what the node shows of it now."""
+        recs = records(node)
+        raw = await redis_call("read", client().hgetall(schema.desired_key(node)))
+        out = []
+        for field, value in sorted(raw.items()):
+            model, text = _str(field), _str(value)
+            try:
+                out.append(view(parse_desired(model, text), recs))
+            except DesiredError as e:  # written by hand: show it, with why it is ignored
+                out.append(view(Desired(model=model), recs, error=str(e)))
+        return NodeModels(node=node, models=out)
+
+    @writes.put("/v1/nodes/{node}/models/{model:path}", response_model=DesiredView)
+    async def put_desired(node: str, model: str, body: DesiredBody) -> DesiredView:
+        """Load (``state`` loaded, the default) or unload a model on the node's server."""
+        recs = records(node)
+        if body.server and f"{node}/{body.server}" not in {r.replica_id for r in recs}:
+            names = sorted(r.replica_id.split("/", 1)[1] for r in recs)
+            raise ApiError(
+                404, "unknown_server", f"node {node!r} has no server {body.server!r}: {names}"
+            )
+        try:
+            d = parse_desired(model, desired_json(Desired(model=model, **_fields(body))))
+        except DesiredError as e:
+            raise ApiError(422, "invalid_desired", str(e)) from None
+        key = schema.desired_key(node)
+        r = client()
+        present = await redis_call("read", r.hexists(key, model))
+        if not present and await redis_call("read", r.hlen(key)) >= MAX_DESIRED:
+            raise ApiError(409, "too_many_models", f"{key} has {MAX_DESIRED} fields already")
+        await redis_call("write", r.hset(key, model, desired_json(d)))
+        return view(d, recs)
+
+    @writes.delete("/v1/nodes/{node}/models/{model:path}", response_model=Forgotten)
+    async def delete_desired(node: str, model: str) -> Forgotten:
+        """Stop managing the model on the node (nothing is unloaded: use state unloaded)."""
+        removed = await redis_call("write", client().hdel(schema.desired_key(node), model))
+        return Forgotten(node=node, model=model, removed=bool(removed))
+
+    api.include_router(writes)
+    return api
+
+
+def _fields(body: DesiredBody) -> dict[str, Any]:
+    return {
+        "server": body.server,
+        "loaded": body.state == "loaded",
+        "version": body.version,
+        "path": body.path,
+        "keep_alive": body.keep_alive,
+    }
+
+
+def _str(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)

@@ -1,0 +1,94 @@
+"""``aixds models``: load and unload models on a node through the config API.
+
+Writes the node's desired-models key (``PUT /v1/nodes/{node}/models/{model}``); the node's
+agent acts on it within a second. Writes send ``Authorization: Bearer`` with ``--token``
+or ``AIXDS_API_TOKEN``. Exit status: 0 done, 1 refused by the API (the reason is
+printed), 2 API unreachable or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+from urllib.parse import quote
+
+from controlplane.api.rollout_cli import CliError, action_parsers, call_api, run_cli
+
+EXAMPLES = """\
+examples:
+  export AIXDS_API_TOKEN=s3cret           # the token `aixds serve --api-token` was given
+  aixds models list gpu-a1
+  aixds models load gpu-a1 sql-lora --server vllm-8000 --path /adapters/sql-v2 --version v2
+  aixds models load gpu-a1 llama3.2:3b --server ollama-11434 --keep-alive 30m
+  aixds models unload gpu-a1 sql-lora --server vllm-8000
+  aixds models forget gpu-a1 sql-lora     # stop managing it (nothing is unloaded)
+"""
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    common, sub = action_parsers(p, EXAMPLES)
+    s = sub.add_parser("list", parents=[common], help="a node's desired models and their state")
+    s.add_argument("node")
+    for name, what in (("load", "load a model (or keep it loaded)"), ("unload", "unload it")):
+        s = sub.add_parser(name, parents=[common], help=what)
+        s.add_argument("node")
+        s.add_argument("model")
+        s.add_argument("--server", default="", help="replica name on the node, e.g. vllm-8000")
+        s.add_argument("--version", default="", help="version to publish for the model")
+        if name == "load":
+            s.add_argument("--path", default="", help="vLLM: the LoRA adapter's path")
+            s.add_argument("--keep-alive", default="-1", help="Ollama: keep_alive (-1: forever)")
+    s = sub.add_parser("forget", parents=[common], help="stop managing a model on a node")
+    s.add_argument("node")
+    s.add_argument("model")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_cli("aixds models", _run, args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.revision is not None:
+        raise CliError("--revision does not apply: desired models carry no intent revision", 2)
+    node = quote(args.node, safe="")
+    if args.action == "list":
+        doc = call_api(args, "GET", f"/v1/nodes/{node}/models")
+        print(json.dumps(doc, indent=2) if args.json else format_models(doc))
+        return 0
+    path = f"/v1/nodes/{node}/models/{quote(args.model, safe='/')}"
+    if args.action == "forget":
+        doc = call_api(args, "DELETE", path)
+        print(json.dumps(doc) if args.json else ("forgotten" if doc["removed"] else "no entry"))
+        return 0
+    body: dict[str, Any] = {"state": "loaded" if args.action == "load" else "unloaded"}
+    for key in ("server", "version", "path", "keep_alive"):
+        value = getattr(args, key, "")
+        if value and not (key == "keep_alive" and value == "-1"):
+            body[key] = value
+    doc = call_api(args, "PUT", path, body)
+    print(json.dumps(doc, indent=2) if args.json else _line(doc))
+    return 0
+
+
+def format_models(doc: dict[str, Any]) -> str:
+    """``GET /v1/nodes/{node}/models`` as lines for a terminal."""
+    if not doc["models"]:
+        return f"node {doc['node']}: no desired models"
+    return "\n".join([f"node {doc['node']}:", *(_line(m) for m in doc["models"])])
+
+
+def _line(m: dict[str, Any]) -> str:
+    want = f"{m['model']} {m['state']}"
+    if m["server"]:
+        want += f" on {m['server']}"
+    if m["version"]:
+        want += f" as {m['version']}"
+    seen = ", ".join(f"{o['replica']} {o['version']} {o['state']}" for o in m["observed"])
+    line = f"  {want}: {seen or 'not on the node'}"
+    if m.get("error"):
+        line += f"\n    ignored by the agent: {m['error']}"
+    for f in m["failures"]:
+        retry = "no retry until the entry changes" if f["permanent"] else "retrying"
+        line += f"\n    {f['op']} failed {f['failures']}x on {f['replica']} ({retry}): {f['error']}"
+    return line
