@@ -30,6 +30,9 @@ REFERENCE_TPS = 100.0
 """The fake server's per-sequence decode rate at speed 1 (its default 10 ms per token), so
 the speed the agents measure reads like the ``--speed`` the fakes were given."""
 ZONES = ("a", "b")
+DEMO_TOKEN = "demo"
+"""The API token of the demo's control plane (it listens on 127.0.0.1 only), so that the
+printed drain and rollout commands work."""
 
 
 @dataclass
@@ -109,6 +112,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         f"127.0.0.1:{api}",
         "--config",
         str(config),
+        "--api-token",
+        DEMO_TOKEN,
     )
     replicas: list[DemoReplica] = []
     for region in regions:
@@ -300,11 +305,14 @@ async def _table(
                 f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
                 "speed: the fake server's setting; meas: the decode speed its agent measured"
                 " (per running sequence: a fuller batch reads lower)",
-                "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters)",
+                "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters);"
+                " /D: draining",
                 "",
                 "try it:",
                 f"  {curl}",
                 f"  aixds status --api {api}",
+                f"  AIXDS_API_TOKEN={DEMO_TOKEN} aixds drain {replicas[0].replica_id.split('/')[0]}"
+                f" --api {api}    # then: --undo",
             ]
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
@@ -312,9 +320,10 @@ async def _table(
 
 
 def _weights(resp: httpx.Response) -> dict[int, str]:
-    """port -> "weight/pN" from Envoy's admin ``/clusters`` text."""
+    """port -> "weight/pN" (plus "/D" while DRAINING) from Envoy's admin ``/clusters`` text."""
     weight: dict[int, str] = {}
     prio: dict[int, str] = {}
+    draining: set[int] = set()
     for line in resp.text.splitlines():
         parts = line.split("::")
         if len(parts) == 4 and parts[0] == f"{MODEL}@v1" and ":" in parts[1]:
@@ -323,4 +332,9 @@ def _weights(resp: httpx.Response) -> dict[int, str]:
                 weight[port] = parts[3]
             elif parts[2] == "priority":
                 prio[port] = parts[3]
-    return {port: f"{w}/p{prio.get(port, '?')}" for port, w in weight.items()}
+            elif parts[2] == "health_flags" and "draining" in parts[3]:
+                draining.add(port)
+    return {
+        port: f"{w}/p{prio.get(port, '?')}{'/D' if port in draining else ''}"
+        for port, w in weight.items()
+    }
