@@ -29,7 +29,7 @@ def make_adapter(
 ) -> ModelServerAdapter:
     """The adapter for one server; ``metrics_url`` matters only for Triton, ``reference_tps``
     (the decode rate that counts as speed 1.0) for those that measure speed: vLLM, SGLang,
-    TGI."""
+    TGI, TensorRT-LLM."""
     if kind is ServerKind.VLLM:
         return VllmAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.SGLANG:
@@ -39,7 +39,7 @@ def make_adapter(
     if kind is ServerKind.TRITON:
         return TritonAdapter(url, client, versions, metrics_url)
     if kind is ServerKind.TRTLLM:
-        return TrtllmAdapter(url, client, versions)
+        return TrtllmAdapter(url, client, versions, reference_tps=reference_tps)
     if kind is ServerKind.OLLAMA:
         return OllamaAdapter(url, client, versions)
     raise ValueError(f"no adapter for server kind {kind!r}")

@@ -4,8 +4,9 @@ State comes from ``/health`` (200 -> ``ready``; a loading code, 503 by default -
 ``loading``, with the names from ``/v1/models`` or, if it lists none while loading, from
 the last time they were seen), names from ``/v1/models``, load from the server's metrics
 endpoint, which each subclass reads in ``read_load``; the same scrape's generated-token
-counter feeds the replica's measured decode speed (``agent.speed``). No answer at all ->
-unreachable, published with no models so that the control plane drops the replica at once.
+counter (or decode-step counts, ``trtllm``) feeds the replica's measured decode speed
+(``agent.speed``). No answer at all -> unreachable, published with no models so that the
+control plane drops the replica at once.
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class OpenAIServerAdapter:
                 load = reading.load()
                 if reading.generated_tokens is not None and reading.running is not None:
                     self._speed.update(self._clock(), reading.generated_tokens, reading.running)
+                elif reading.decode_steps is not None:
+                    self._speed.update_steps(self._clock(), *reading.decode_steps)
         self._notes.say("state", f"{state.value}: {', '.join(f'{n}@{v}' for n, v in names) or '-'}")
         self._notes.say("metrics", problem, logging.WARNING)
         return Probe(

@@ -5,11 +5,15 @@ since the previous call (it drains them). The newest entry gives ``numQueuedRequ
 (waiting), ``numActiveRequests`` (running) and ``kvCacheStats.usedNumBlocks /
 maxNumBlocks`` (KV-cache use). An empty list means no iteration ran since the last probe:
 the server is idle (or was started without iteration stats), so the load is 0.
+Decode speed (``agent.speed``): the pure decode iterations (``numGenRequests`` > 0, no
+context requests) and their ``iterLatencyMS``, summed over the probes: each gives every
+running sequence one token.
 State: ``/health`` 200 -> ready, 503 -> loading (the server listens only once loaded).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from controlplane.agent.openai_base import OpenAIServerAdapter
@@ -24,14 +28,29 @@ def parse_stats(doc: Any) -> Reading:
     if not isinstance(doc, list):
         raise ValueError("not a list of iteration stats")
     if not doc:
-        return Reading(0.0, 0.0, 0.0)
+        return Reading(0.0, 0.0, 0.0, decode_steps=(0.0, 0.0))
     last = doc[-1]
     if not isinstance(last, dict):
         raise ValueError("the newest iteration stats entry is not an object")
     problems: list[str] = []
     waiting = _count(last, "numQueuedRequests", problems)
     running = _count(last, "numActiveRequests", problems)
-    return Reading(waiting, running, _kv(last.get("kvCacheStats"), problems), tuple(problems))
+    kv = _kv(last.get("kvCacheStats"), problems)
+    return Reading(waiting, running, kv, tuple(problems), decode_steps=decode_iterations(doc))
+
+
+def decode_iterations(stats: list[Any]) -> tuple[float, float]:
+    """Pure decode iterations in these stats and their total latency, seconds."""
+    n, seconds = 0.0, 0.0
+    for it in stats:
+        ifb = it.get("inflightBatchingStats") if isinstance(it, dict) else None
+        if not isinstance(ifb, dict):
+            continue
+        gen, ctx = ifb.get("numGenRequests"), ifb.get("numContextRequests")
+        ms = checked_number(it.get("iterLatencyMS"), 1e6)
+        if ms and ctx == 0 and isinstance(gen, int) and gen > 0:
+            n, seconds = n + 1, seconds + ms / 1000.0
+    return n, seconds
 
 
 def _count(stats: dict[str, Any], key: str, problems: list[str]) -> float | None:
@@ -66,5 +85,13 @@ class TrtllmAdapter(OpenAIServerAdapter):
     def kind(self) -> ServerKind:
         return ServerKind.TRTLLM
 
+    _steps: tuple[float, float] = (0.0, 0.0)
+    """Decode iterations and their seconds, summed over every probe (``/metrics`` drains)."""
+
     def read_load(self, reply: Reply) -> Reading:
-        return parse_stats(reply.json())
+        reading = parse_stats(reply.json())
+        if reading.decode_steps is not None:
+            n, secs = reading.decode_steps
+            self._steps = (self._steps[0] + n, self._steps[1] + secs)
+            reading = replace(reading, decode_steps=self._steps)
+        return reading
