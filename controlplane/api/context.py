@@ -6,12 +6,14 @@ endpoints that need them answer 503 then.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from controlplane.api.errors import ApiError
+from controlplane.fleet.model import ReplicaRecord
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetWatcher
 from controlplane.runtime.intent_watch import IntentWatcher
@@ -46,3 +48,38 @@ class ApiContext:
     """Bearer token for writes; empty: writes are refused with 403."""
     redis: Any = None
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
+
+    # What an endpoint needs, or the error that says why it cannot have it.
+
+    def require_intents(self) -> IntentWatcher:
+        if self.intents is None:
+            raise ApiError(503, "no_intent", "this server does not track intent")
+        return self.intents
+
+    def require_rollouts(self) -> RolloutService:
+        if self.rollouts is None:
+            raise ApiError(503, "no_rollouts", "rollouts are not enabled on this server")
+        return self.rollouts
+
+    def require_redis(self) -> Any:
+        if self.redis is None:
+            raise ApiError(503, "no_redis", "this server has no Redis client")
+        return self.redis
+
+    def node_records(self, node: str) -> list[ReplicaRecord]:
+        """The records of ``node``'s replicas in the fleet view; 404 if it has none."""
+        recs = [o.record for o in self.watcher.view.values() if o.record.node == node]
+        if not recs:
+            raise ApiError(404, "unknown_node", f"no replica of node {node!r} is known")
+        return recs
+
+
+T = TypeVar("T")
+
+
+async def redis_op(what: str, call: Awaitable[T]) -> T:
+    """Await a Redis call; any failure is a 503 ``redis_unreachable`` saying ``cannot what``."""
+    try:
+        return await call
+    except Exception as e:
+        raise ApiError(503, "redis_unreachable", f"cannot {what}: {e}") from None

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.api.auth import writer
-from controlplane.api.context import ApiContext
+from controlplane.api.context import ApiContext, redis_op
 from controlplane.api.errors import ApiError, error_responses
 from controlplane.fleet import schema
 from controlplane.fleet.desired import (
@@ -98,23 +98,6 @@ def router(ctx: ApiContext) -> APIRouter:
         tags=["desired models"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
     )
 
-    def records(node: str) -> list[ReplicaRecord]:
-        recs = [o.record for o in ctx.watcher.view.values() if o.record.node == node]
-        if not recs:
-            raise ApiError(404, "unknown_node", f"no replica of node {node!r} is known")
-        return recs
-
-    def client() -> Any:
-        if ctx.redis is None:
-            raise ApiError(503, "no_redis", "this server has no Redis client")
-        return ctx.redis
-
-    async def redis_call(what: str, call: Any) -> Any:
-        try:
-            return await call
-        except Exception as e:
-            raise ApiError(503, "redis_unreachable", f"cannot {what}: {e}") from None
-
     def view(d: Desired, recs: list[ReplicaRecord], error: str = "") -> DesiredView:
         return DesiredView(
             model=d.model,
@@ -151,8 +134,8 @@ def router(ctx: ApiContext) -> APIRouter:
     )
     async def list_desired(node: str) -> NodeModels:
         """The node's desired models, each with what the node shows of it now."""
-        recs = records(node)
-        raw = await redis_call("read", client().hgetall(schema.desired_key(node)))
+        recs = ctx.node_records(node)
+        raw = await redis_op("read", ctx.require_redis().hgetall(schema.desired_key(node)))
         out = []
         for field, value in sorted(raw.items()):
             model, text = _str(field), _str(value)
@@ -165,7 +148,7 @@ def router(ctx: ApiContext) -> APIRouter:
     @writes.put("/v1/nodes/{node}/models/{model:path}", response_model=DesiredView)
     async def put_desired(node: str, model: str, body: DesiredBody) -> DesiredView:
         """Load (``state`` loaded, the default) or unload a model on the node's server."""
-        recs = records(node)
+        recs = ctx.node_records(node)
         if body.server and f"{node}/{body.server}" not in {r.replica_id for r in recs}:
             names = sorted(r.replica_id.split("/", 1)[1] for r in recs)
             raise ApiError(
@@ -176,17 +159,17 @@ def router(ctx: ApiContext) -> APIRouter:
         except DesiredError as e:
             raise ApiError(422, "invalid_desired", str(e)) from None
         key = schema.desired_key(node)
-        r = client()
-        present = await redis_call("read", r.hexists(key, model))
-        if not present and await redis_call("read", r.hlen(key)) >= MAX_DESIRED:
+        r = ctx.require_redis()
+        present = await redis_op("read", r.hexists(key, model))
+        if not present and await redis_op("read", r.hlen(key)) >= MAX_DESIRED:
             raise ApiError(409, "too_many_models", f"{key} has {MAX_DESIRED} fields already")
-        await redis_call("write", r.hset(key, model, desired_json(d)))
+        await redis_op("write", r.hset(key, model, desired_json(d)))
         return view(d, recs)
 
     @writes.delete("/v1/nodes/{node}/models/{model:path}", response_model=Forgotten)
     async def delete_desired(node: str, model: str) -> Forgotten:
         """Stop managing the model on the node (nothing is unloaded: use state unloaded)."""
-        removed = await redis_call("write", client().hdel(schema.desired_key(node), model))
+        removed = await redis_op("write", ctx.require_redis().hdel(schema.desired_key(node), model))
         return Forgotten(node=node, model=model, removed=bool(removed))
 
     api.include_router(writes)

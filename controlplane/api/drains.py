@@ -15,11 +15,11 @@ from pydantic import BaseModel
 
 from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
-from controlplane.api.errors import ApiError, error_responses
+from controlplane.api.errors import error_responses
 from controlplane.api.schemas import EnvoysView, RevisionOnly
 from controlplane.decide.drains import drain, undrain
 from controlplane.intent import Intent
-from controlplane.runtime.rollout_ops import Applied, RolloutService
+from controlplane.runtime.rollout_ops import Applied
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
@@ -58,11 +58,6 @@ def router(ctx: ApiContext) -> APIRouter:
         tags=["drains"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
     )
 
-    def service() -> RolloutService:
-        if ctx.rollouts is None:
-            raise ApiError(503, "no_intent", "this server does not track intent")
-        return ctx.rollouts
-
     def view(it: Intent) -> list[DrainView]:
         records = [o.record for o in ctx.watcher.view.values()]
         return [
@@ -79,16 +74,14 @@ def router(ctx: ApiContext) -> APIRouter:
             revision=applied.intent.revision,
             drained=view(applied.intent),
             changed=applied.changed,
-            converged=applied.envoys_current == applied.envoys_total,
+            converged=applied.converged,
             envoys=EnvoysView(current=applied.envoys_current, total=applied.envoys_total),
         )
 
     @api.get("/v1/drains", response_model=DrainsView, responses={503: _ERRORS[503]})
     def list_drains() -> DrainsView:
         """Every drained replica and node, with the replicas each drains now."""
-        if ctx.intents is None:
-            raise ApiError(503, "no_intent", "this server does not track intent")
-        it = ctx.intents.current()
+        it = ctx.require_intents().current()
         return DrainsView(revision=it.revision, drained=view(it))
 
     @writes.post("/v1/drains/{target:path}", response_model=DrainResult)
@@ -96,7 +89,7 @@ def router(ctx: ApiContext) -> APIRouter:
         """Drain a replica (``node/name``) or a whole node: no new requests."""
         known = {o.record.replica_id for o in ctx.watcher.view.values()}
         known |= {o.record.node for o in ctx.watcher.view.values()}
-        applied = await service().change(
+        applied = await ctx.require_rollouts().change(
             "drain",
             target,
             lambda it, _c, _now: drain(it, target, known),
@@ -112,7 +105,7 @@ def router(ctx: ApiContext) -> APIRouter:
         ),
     ) -> DrainResult:
         """Undo a drain: the replica or node takes requests again."""
-        applied = await service().change(
+        applied = await ctx.require_rollouts().change(
             "undrain",
             target,
             lambda it, _c, _now: undrain(it, target),

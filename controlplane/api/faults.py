@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from controlplane.api.auth import writer
-from controlplane.api.context import ApiContext
-from controlplane.api.errors import ApiError, error_responses
+from controlplane.api.context import ApiContext, redis_op
+from controlplane.api.errors import error_responses
 from controlplane.fleet.schema import fault_clear_key
 
 _ERRORS = error_responses(
@@ -44,16 +44,10 @@ def router(ctx: ApiContext) -> APIRouter:
         dependencies=[Depends(writer(ctx.api_token))],
     )
     async def clear_gpu_faults(node: str) -> FaultClear:
-        recs = [o.record for o in ctx.watcher.view.values() if o.record.node == node]
-        if not recs:
-            raise ApiError(404, "unknown_node", f"no replica of node {node!r} is known")
-        if ctx.redis is None:
-            raise ApiError(503, "no_redis", "this server has no Redis client")
+        recs = ctx.node_records(node)
+        client = ctx.require_redis()
         now = time.time()
-        try:
-            await ctx.redis.set(fault_clear_key(node), repr(now))
-        except Exception as e:
-            raise ApiError(503, "redis_unreachable", f"cannot write the clear: {e}") from None
+        await redis_op("write the clear", client.set(fault_clear_key(node), repr(now)))
         faulty = sorted(r.replica_id for r in recs if any(g.faulty for g in r.gpus))
         return FaultClear(node=node, cleared_before=now, replicas=faulty)
 

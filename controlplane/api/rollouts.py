@@ -55,7 +55,7 @@ from controlplane.decide.rollout import (
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import cluster_name
-from controlplane.runtime.rollout_ops import Applied, RolloutService
+from controlplane.runtime.rollout_ops import Applied
 
 PolicyChange = Callable[[Intent, Counts, float, RolloutPolicy], Intent]
 """A write's pure change, given the rollout policy in force."""
@@ -140,21 +140,11 @@ def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["rollouts"])
     require_writer = writer(ctx.api_token)
 
-    def intent() -> Intent:
-        if ctx.intents is None:
-            raise ApiError(503, "no_intent", "this server does not track intent")
-        return ctx.intents.current()
-
-    def service() -> RolloutService:
-        if ctx.rollouts is None:
-            raise ApiError(503, "no_rollouts", "rollouts are not enabled on this server")
-        return ctx.rollouts
-
     def verdicts() -> dict[str, Verdict]:
         return ctx.guard.verdicts if ctx.guard is not None else {}
 
     def snapshot() -> tuple[Intent, dict[str, dict[str, VersionCount]], FleetView, float]:
-        it = intent()
+        it = ctx.require_intents().current()
         now = time.time()
         view = dict(ctx.watcher.view)
         return it, version_counts(view, it, now), view, now
@@ -279,9 +269,7 @@ def router(ctx: ApiContext) -> APIRouter:
     @api.get("/v1/intent", response_model=IntentView, responses=_LIST_ERRORS)
     def get_intent() -> dict[str, Any]:
         """The stored intent document this replica acts on, with its revision."""
-        w = ctx.intents
-        if w is None:
-            raise ApiError(503, "no_intent", "this server does not track intent")
+        w = ctx.require_intents()
         stored = w.stored
         return {
             "revision": w.revision,
@@ -305,7 +293,7 @@ def router(ctx: ApiContext) -> APIRouter:
         return {
             "revision": it.revision,
             "changed": applied.changed,
-            "converged": applied.envoys_current == applied.envoys_total,
+            "converged": applied.converged,
             "envoys": {"current": applied.envoys_current, "total": applied.envoys_total},
             "rollout": rollout_view(model, it, counts, split, verdicts().get(model), now),
         }
@@ -316,7 +304,7 @@ def router(ctx: ApiContext) -> APIRouter:
         action: str, model: str, revision: int | None, change: PolicyChange
     ) -> dict[str, Any]:
         """Apply one pure change under ``action``'s name; the answer every write gives."""
-        svc = service()
+        svc = ctx.require_rollouts()
         applied = await svc.change(
             action,
             model,

@@ -58,6 +58,11 @@ class Applied:
     envoys_current: int
     envoys_total: int
 
+    @property
+    def converged(self) -> bool:
+        """Every Envoy connected to this replica ACKed the change before the answer."""
+        return self.envoys_current == self.envoys_total
+
 
 class RolloutMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
