@@ -7,9 +7,16 @@ nonsense: that is a ``Probe`` too (unreachable, or no models).
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import httpx
+
+from controlplane.agent.scrape import Notes, Reading
+from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
 
 
@@ -44,3 +51,32 @@ class ModelServerAdapter(Protocol):
     async def probe(self) -> Probe:
         """Look at the server now; never raises for server-side trouble."""
         ...
+
+
+class HttpAdapter:
+    """What every adapter keeps: the server's base URL, the shared HTTP client, the
+    version overrides, a ``Notes`` for logging changes once, and the server's measured
+    decode speed. Subclasses add ``kind`` and ``probe``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        versions: Mapping[str, str],
+        *,
+        reference_tps: float = REFERENCE_TPS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._client = client
+        self._versions = dict(versions)
+        self._notes = Notes(self._base, logging.getLogger(type(self).__module__))
+        self._speed = DecodeSpeed(reference_tps)
+        self._clock = clock
+
+    def _measure(self, reading: Reading) -> None:
+        """Feed the decode-speed estimate from one scrape's counters, if it has any."""
+        if reading.generated_tokens is not None and reading.running is not None:
+            self._speed.update(self._clock(), reading.generated_tokens, reading.running)
+        elif reading.decode_steps is not None:
+            self._speed.update_steps(self._clock(), *reading.decode_steps)

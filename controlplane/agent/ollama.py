@@ -13,14 +13,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
-from controlplane.agent.adapter import UNREACHABLE, Probe
-from controlplane.agent.scrape import DEFAULT_VERSION, Notes, failure, fetch, json_of, valid_name
+from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.scrape import DEFAULT_VERSION, failure, fetch, json_of, valid_name
 from controlplane.fleet.codec import MAX_MODELS
 from controlplane.fleet.model import ModelInfo, ModelState, ServerKind
-
-log = logging.getLogger(__name__)
 
 
 def parse_ps(doc: Any, versions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -39,16 +35,8 @@ def parse_ps(doc: Any, versions: Mapping[str, str]) -> tuple[tuple[str, str], ..
     return tuple(out.items())
 
 
-class OllamaAdapter:
+class OllamaAdapter(HttpAdapter):
     """Probes one Ollama server. Implements ``ModelServerAdapter``."""
-
-    def __init__(
-        self, base_url: str, client: httpx.AsyncClient, versions: Mapping[str, str]
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._client = client
-        self._versions = dict(versions)
-        self._notes = Notes(self._base, log)
 
     @property
     def kind(self) -> ServerKind:

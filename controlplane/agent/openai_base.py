@@ -13,14 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
 
-import httpx
-
-from controlplane.agent.adapter import UNREACHABLE, Probe
+from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
 from controlplane.agent.scrape import (
-    Notes,
     Reading,
     Reply,
     failure,
@@ -29,15 +24,12 @@ from controlplane.agent.scrape import (
     parse_openai_models,
     reading_from,
 )
-from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
-
-log = logging.getLogger(__name__)
 
 Names = tuple[tuple[str, str], ...]
 
 
-class OpenAIServerAdapter:
+class OpenAIServerAdapter(HttpAdapter):
     """Base of the OpenAI-style adapters; subclasses set ``kind`` and ``read_load``."""
 
     health_path = "/health"
@@ -45,23 +37,8 @@ class OpenAIServerAdapter:
     metrics_path = "/metrics"
     loading_codes: frozenset[int] = frozenset({503})
     """``/health`` codes that mean "starting, weights loading"."""
-
-    def __init__(
-        self,
-        base_url: str,
-        client: httpx.AsyncClient,
-        versions: Mapping[str, str],
-        *,
-        reference_tps: float = REFERENCE_TPS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._client = client
-        self._versions = dict(versions)
-        self._known: Names = ()
-        self._notes = Notes(self._base, logging.getLogger(type(self).__module__))
-        self._speed = DecodeSpeed(reference_tps)
-        self._clock = clock
+    _known: Names = ()
+    """The model names last seen (a server reloading may list none)."""
 
     @property
     def kind(self) -> ServerKind:
@@ -100,10 +77,7 @@ class OpenAIServerAdapter:
             reading, problem = reading_from(metrics, self.metrics_path, self.read_load)
             if reading is not None:
                 load = reading.load()
-                if reading.generated_tokens is not None and reading.running is not None:
-                    self._speed.update(self._clock(), reading.generated_tokens, reading.running)
-                elif reading.decode_steps is not None:
-                    self._speed.update_steps(self._clock(), *reading.decode_steps)
+                self._measure(reading)
         self._notes.say("state", f"{state.value}: {', '.join(f'{n}@{v}' for n, v in names) or '-'}")
         self._notes.say("metrics", problem, logging.WARNING)
         return Probe(

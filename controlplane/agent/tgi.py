@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import httpx
-
-from controlplane.agent.adapter import UNREACHABLE, Probe
+from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
 from controlplane.agent.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
-    Notes,
     Reading,
     Reply,
     counter_total,
@@ -34,10 +29,7 @@ from controlplane.agent.scrape import (
     reading_from,
     valid_name,
 )
-from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
-
-log = logging.getLogger(__name__)
 
 WAITING = ("tgi_queue_size",)
 RUNNING = ("tgi_batch_current_size",)
@@ -63,24 +55,8 @@ def model_from_info(doc: Any) -> str | None:
     return valid_name(doc.get("model_id")) if isinstance(doc, dict) else None
 
 
-class TgiAdapter:
+class TgiAdapter(HttpAdapter):
     """Probes one TGI server. Implements ``ModelServerAdapter``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        client: httpx.AsyncClient,
-        versions: Mapping[str, str],
-        *,
-        reference_tps: float = REFERENCE_TPS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._client = client
-        self._versions = dict(versions)
-        self._notes = Notes(self._base, log)
-        self._speed = DecodeSpeed(reference_tps)
-        self._clock = clock
 
     @property
     def kind(self) -> ServerKind:
@@ -103,8 +79,8 @@ class TgiAdapter:
             return Probe(reachable=True)
         version = self._versions.get(name, DEFAULT_VERSION)
         reading, problem = reading_from(metrics, "/metrics", _read)
-        if reading is not None and reading.decode_steps is not None:
-            self._speed.update_steps(self._clock(), *reading.decode_steps)
+        if reading is not None:
+            self._measure(reading)
         self._notes.say("state", f"ready: {name}@{version}")
         self._notes.say("metrics", problem, logging.WARNING)
         load = LoadStats() if reading is None else reading.load()

@@ -22,11 +22,10 @@ from typing import Any
 
 import httpx
 
-from controlplane.agent.adapter import UNREACHABLE, Probe
+from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
 from controlplane.agent.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
-    Notes,
     Reading,
     Reply,
     Series,
@@ -136,7 +135,7 @@ def _kv(series: Series, problems: list[str]) -> float | None:
     return None
 
 
-class TritonAdapter:
+class TritonAdapter(HttpAdapter):
     """Probes one Triton server. Implements ``ModelServerAdapter``."""
 
     def __init__(
@@ -146,11 +145,8 @@ class TritonAdapter:
         versions: Mapping[str, str],
         metrics_url: str = "",
     ) -> None:
-        self._base = base_url.rstrip("/")
+        super().__init__(base_url, client, versions)
         self._metrics_url = metrics_url or default_metrics_url(self._base)
-        self._client = client
-        self._versions = dict(versions)
-        self._notes = Notes(self._base, log)
 
     @property
     def kind(self) -> ServerKind:
