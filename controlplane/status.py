@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from controlplane.api.drain_cli import format_drains
+from controlplane.api.models_cli import failed
 from controlplane.api.rollout_cli import format_rollout
 
 
@@ -67,13 +68,8 @@ def _failure_lines(replicas: list[dict[str, Any]]) -> list[str]:
     lines = []
     for r in replicas:
         for f in r.get("failures", []):
-            retry = (
-                "will not retry until the desired entry changes" if f["permanent"] else "retrying"
-            )
-            lines.append(
-                f"  {r['replica_id']}: {f['op']} {f['name']}@{f['version'] or '-'} failed "
-                f"{f['failures']}x ({retry}): {f['error']}"
-            )
+            model = f"{f['name']}@{f['version'] or '-'}"
+            lines.append(f"  {r['replica_id']}: {f['op']} {model} {failed(f)}")
     return [f"model load failures: {len(lines)}", *lines] if lines else []
 
 

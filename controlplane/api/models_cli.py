@@ -89,6 +89,11 @@ def _line(m: dict[str, Any]) -> str:
     if m.get("error"):
         line += f"\n    ignored by the agent: {m['error']}"
     for f in m["failures"]:
-        retry = "no retry until the entry changes" if f["permanent"] else "retrying"
-        line += f"\n    {f['op']} failed {f['failures']}x on {f['replica']} ({retry}): {f['error']}"
+        line += f"\n    {f['op']} on {f['replica']} {failed(f)}"
     return line
+
+
+def failed(f: dict[str, Any]) -> str:
+    """One reported load/unload failure's outcome: attempts, whether it retries, why."""
+    retry = "will not retry until the desired entry changes" if f["permanent"] else "retrying"
+    return f"failed {f['failures']}x ({retry}): {f['error']}"
