@@ -175,17 +175,14 @@ class RolloutService:
         r = result.rollouts.get(model)
         if action == "rollback" and r is not None and r.last_rollback is not None:
             self.metrics.rollbacks.labels(model, r.last_rollback.trigger).inc()
-        what = _describe(r) if model in result.rollouts or action != "drain" else "drained"
         log.info(
-            "%s %s: intent revision %d (%s); %d/%d Envoys current",
-            action, model, written.revision, what, cur, total,
+            "%s %s: intent revision %d%s; %d/%d Envoys current",
+            action, model, written.revision, "" if r is None else f" ({_describe(r)})", cur, total,
         )  # fmt: skip
         return Applied(model, action, result, True, cur, total)
 
 
-def _describe(r: Rollout | None) -> str:
-    if r is None:
-        return "no rollout"
+def _describe(r: Rollout) -> str:
     if r.canary:
         return f"stable {r.stable}, canary {r.canary} at {r.canary_percent:g}%"
     return f"stable {r.stable}"
