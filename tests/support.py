@@ -6,6 +6,7 @@ the test ends, even when the test fails.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,20 @@ def wait_until(
             last_exc = e
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or pred}: {last_exc!r}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """``wait_until`` for async checks, inside a test's event loop."""
+    deadline = time.monotonic() + within
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except Exception as e:  # e.g. Redis down on purpose
+            last = e
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met in {within}s (last error: {last!r})")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

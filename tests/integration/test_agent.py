@@ -11,7 +11,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -26,24 +26,11 @@ from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.fleet.store import MemoryRegistry, decode_entry
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import FakeLLMServer
-from tests.support import Procs, RedisServer, free_port, wait_until
+from tests.support import Procs, RedisServer, eventually, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 FAST = Timing(interval_s=0.3, ttl_s=1.0, poll_interval_s=0.05)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except Exception as e:  # Redis may be down on purpose
-            last = e
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met in {within}s (last error: {last!r})")
 
 
 class Reader:

@@ -15,8 +15,7 @@ import json
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.fleet.store import decode_entry
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import FakeLLMServer
-from tests.support import Procs, RedisServer, free_port, wait_until
+from tests.support import Procs, RedisServer, eventually, free_port, wait_until
 from tests.unit.fake_docker import FakeDockerEngine
 from tests.unit.fake_lora import FakeLoraServer
 
@@ -48,19 +47,6 @@ FAST = Timing(interval_s=0.3, ttl_s=1.5, poll_interval_s=0.03)
 EXEC = ExecTiming(
     sync_s=0.05, warmup_s=0.4, drain_s=0.2, appear_s=3, backoff_min_s=0.2, backoff_max_s=1, jitter=0
 )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            if await check():
-                return
-        except Exception as e:  # Redis may be down on purpose
-            last = e
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met in {within}s (last error: {last!r})")
 
 
 def config(node: str = "n1", servers: tuple[str, ...] = (), **kw: Any) -> AgentConfig:

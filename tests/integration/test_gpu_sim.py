@@ -34,7 +34,7 @@ from controlplane.fleet.store import decode_entry
 from controlplane.intent import EMPTY_INTENT
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import FakeLLMServer
-from tests.support import RedisServer
+from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -48,15 +48,6 @@ async def fake() -> AsyncIterator[tuple[FakeLLMServer, httpx.AsyncClient]]:
         httpx.AsyncClient(base_url=srv.url, timeout=5.0) as client,
     ):
         yield srv, client
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"condition not met within {within}s")
 
 
 async def test_sim_source_reads_the_fake_servers_gpu() -> None:
