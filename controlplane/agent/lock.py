@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from controlplane.agent.aio import raise_if_cancelled
 from controlplane.fleet import schema
+from controlplane.fleet.leader import RELEASE_IF_OWNER
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,6 @@ LOCK_PREFIX = schema.PREFIX + "agent-lock:"
 _REFRESH = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
@@ -67,7 +62,7 @@ class NodeLock:
         self.ttl_ms = max(1000, int(ttl_s * 1000))
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._refresh = client.register_script(_REFRESH)
-        self._release = client.register_script(_RELEASE)
+        self._release = client.register_script(RELEASE_IF_OWNER)
 
     async def acquire(self, takeover: bool = False) -> None:
         """Take the lock; ``LockHeld`` if another agent has it (and not ``takeover``)."""

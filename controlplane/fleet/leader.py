@@ -25,12 +25,13 @@ end
 return 0
 """
 
-_RELEASE = """
+RELEASE_IF_OWNER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
 """
+"""Delete ``KEYS[1]`` only if it still holds ``ARGV[1]`` (our token); also ``agent.lock``."""
 
 
 class Lock(Protocol):
@@ -52,7 +53,7 @@ class RedisLock:
         self.owner = owner
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._hold: Any = client.register_script(_HOLD)
-        self._release: Any = client.register_script(_RELEASE)
+        self._release: Any = client.register_script(RELEASE_IF_OWNER)
 
     async def hold(self) -> bool:
         return bool(int(await self._hold(keys=[self.key], args=[self.owner, self._ttl_ms])))
