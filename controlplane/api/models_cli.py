@@ -13,7 +13,7 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from controlplane.api.rollout_cli import CliError, action_parsers, call_api, run_cli
+from controlplane.api.rollout_cli import action_parsers, call_api, run_cli
 
 EXAMPLES = """\
 examples:
@@ -27,7 +27,7 @@ examples:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    common, sub = action_parsers(p, EXAMPLES)
+    common, sub = action_parsers(p, EXAMPLES, revision=False)  # no intent revision here
     s = sub.add_parser("list", parents=[common], help="a node's desired models and their state")
     s.add_argument("node")
     for name, what in (("load", "load a model (or keep it loaded)"), ("unload", "unload it")):
@@ -49,8 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.revision is not None:
-        raise CliError("--revision does not apply: desired models carry no intent revision", 2)
     node = quote(args.node, safe="")
     if args.action == "list":
         doc = call_api(args, "GET", f"/v1/nodes/{node}/models")

@@ -38,9 +38,9 @@ class CliError(Exception):
         self.code = code
 
 
-def add_api_options(common: argparse.ArgumentParser) -> None:
-    """Add the flags every API command takes: ``--api``, ``--token``, ``--json``,
-    ``--revision``."""
+def add_api_options(common: argparse.ArgumentParser, *, revision: bool = True) -> None:
+    """Add the flags every API command takes: ``--api``, ``--token``, ``--json``, and
+    ``--revision`` for the commands that write the intent document."""
     common.add_argument(
         "--api",
         default=os.environ.get("AIXDS_API", DEFAULT_API),
@@ -52,6 +52,8 @@ def add_api_options(common: argparse.ArgumentParser) -> None:
         help="API token for writes (default: $AIXDS_API_TOKEN)",
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    if not revision:
+        return
     common.add_argument(
         "--revision",
         type=int,
@@ -61,14 +63,14 @@ def add_api_options(common: argparse.ArgumentParser) -> None:
 
 
 def action_parsers(
-    p: argparse.ArgumentParser, examples: str
+    p: argparse.ArgumentParser, examples: str, *, revision: bool = True
 ) -> tuple[argparse.ArgumentParser, Any]:
     """Set up ``p`` for ``aixds GROUP ACTION ...``: the parent parser with the API flags
     (for each action's parser) and the sub-parsers to add actions to."""
     p.epilog = examples
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     common = argparse.ArgumentParser(add_help=False)
-    add_api_options(common)
+    add_api_options(common, revision=revision)
     return common, p.add_subparsers(dest="action", required=True, metavar="ACTION")
 
 
