@@ -1,17 +1,28 @@
 # aixds: `make demo` runs the whole local fleet, `make test` runs every check.
 # Both create .venv and install what they need on a fresh machine.
+# Installs come from uv.lock exactly (`uv sync --frozen`); `make lock` refreshes it.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# uv itself is pinned and installed into .tools/ with the machine's pip.
+UV_VERSION := 0.13.9
+UV     := .tools/uv/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck unit e2e bench golden redis-server clean
+.PHONY: demo test lint typecheck unit e2e bench golden lock redis-server clean
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+$(UV):
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
+	  --target .tools/uv uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	@touch $(STAMP)
+
+lock: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
 
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
@@ -47,4 +58,4 @@ bench: $(STAMP) redis-server
 	$(PY) -m bench.fanout
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -129,7 +129,7 @@ class RedisIntentStore:
                 if isinstance(data, str) and data.isdigit():
                     yield int(data)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
 
 class MemoryIntentStore:

@@ -100,4 +100,4 @@ class RedisRegistry:
                 if isinstance(data, str):
                     yield data
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
