@@ -661,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown policies {sorted(unknown)}")
     gpu = args.gpu
     if gpu == "auto":
-        gpu = "sim" if importlib.util.find_spec("controlplane.agent.gpu_sim") else "none"
+        gpu = "sim" if importlib.util.find_spec("controlplane.agent.gpus.sim") else "none"
 
     log_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="aixds-routing-"))
     t_start = time.monotonic()

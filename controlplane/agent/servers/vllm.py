@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from controlplane.agent.openai_base import OpenAIServerAdapter
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.openai_base import OpenAIServerAdapter
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
     MetricsError,

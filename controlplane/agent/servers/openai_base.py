@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.servers.scrape import (
     Reading,
     Reply,
     failure,

@@ -15,8 +15,8 @@ from typing import Protocol
 
 import httpx
 
-from controlplane.agent.scrape import Notes, Reading
-from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
+from controlplane.agent.servers.scrape import Notes, Reading
+from controlplane.agent.servers.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
 
 

@@ -2,9 +2,9 @@
 
 - ``none``: no GPU stats in the record (``NoGpu``).
 - ``nvml``: the node's GPUs through NVML (``nvml.NvmlGpuSource``), read in a background
-  thread (``gpu_poll.PolledGpuSource``) so that a slow or hung driver never blocks the
-  agent's event loop; one reader per node, filtered per model server (``gpu_select``).
-- ``sim``: the simulated GPU of a fake LLM server (``gpu_sim.SimGpuSource``), read through
+  thread (``poll.PolledGpuSource``) so that a slow or hung driver never blocks the
+  agent's event loop; one reader per node, filtered per model server (``selection``).
+- ``sim``: the simulated GPU of a fake LLM server (``sim.SimGpuSource``), read through
   the same NVML code path, so fault detection and latching are the same as on real GPUs.
 
 ``make_gpu_source`` builds one for ``aixds agent --gpu``; ``faults`` has the latch and
@@ -74,15 +74,15 @@ def make_gpu_source(name: str, server_url: str | None = None) -> GpuSource:
     if name == "none":
         return NoGpu()
     if name == "nvml":
-        from controlplane.agent.gpu_poll import PolledGpuSource
-        from controlplane.agent.nvml import NvmlGpuSource
+        from controlplane.agent.gpus.nvml import NvmlGpuSource
+        from controlplane.agent.gpus.poll import PolledGpuSource
 
         return PolledGpuSource(NvmlGpuSource(), name="nvml").start()
     if name == "sim":
         if not server_url:
             raise ValueError("--gpu sim needs the model server's URL (its simulated GPU)")
-        from controlplane.agent.gpu_poll import PolledGpuSource
-        from controlplane.agent.gpu_sim import SimGpuSource
+        from controlplane.agent.gpus.poll import PolledGpuSource
+        from controlplane.agent.gpus.sim import SimGpuSource
 
         return PolledGpuSource(SimGpuSource(server_url), name=f"sim {server_url}").start()
     raise ValueError(f"unknown GPU source {name!r}; expected one of {', '.join(GPU_SOURCES)}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from controlplane.agent.discovery import ServerSpec
-from controlplane.agent.gpu import GpuSource, make_gpu_source
-from controlplane.agent.gpu_select import GpuSelection, SelectedGpus
+from controlplane.agent.gpus.selection import GpuSelection, SelectedGpus
+from controlplane.agent.gpus.source import GpuSource, make_gpu_source
+from controlplane.agent.servers.discovery import ServerSpec
 
 log = logging.getLogger(__name__)
 

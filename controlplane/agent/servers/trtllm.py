@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from controlplane.agent.openai_base import OpenAIServerAdapter
-from controlplane.agent.scrape import MAX_COUNT, Reading, Reply, checked_number
+from controlplane.agent.servers.openai_base import OpenAIServerAdapter
+from controlplane.agent.servers.scrape import MAX_COUNT, Reading, Reply, checked_number
 from controlplane.fleet.model import ServerKind
 
 MAX_BLOCKS = 1e9

@@ -10,8 +10,8 @@ schedulers (``dp_rank``) are summed, and their token usage averaged. State as fo
 
 from __future__ import annotations
 
-from controlplane.agent.openai_base import Names, OpenAIServerAdapter
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.openai_base import Names, OpenAIServerAdapter
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
     Reading,
