@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 
 from controlplane.agent.config import AgentConfig
 from controlplane.agent.gpus.selection import parse_server_gpus
-from controlplane.agent.gpus.source import GPU_SOURCES, GpuSource
-from controlplane.agent.gpus.wiring import NodeGpus
+from controlplane.agent.gpus.source import GpuSource
+from controlplane.agent.gpus.wiring import GPU_SOURCES, NodeGpus
 from controlplane.agent.lock import LockHeld, lock_key
 from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
 from controlplane.agent.placement.converge import ExecTiming

@@ -17,7 +17,7 @@ import pytest
 from controlplane.agent.gpus.faults import FaultClearWatcher, fault_clear_key, format_clear_stamp
 from controlplane.agent.gpus.poll import PolledGpuSource
 from controlplane.agent.gpus.sim import SimGpuSource
-from controlplane.agent.gpus.source import make_gpu_source
+from controlplane.agent.gpus.wiring import make_gpu_source
 from controlplane.agent.publisher import ReplicaPublisher, Target, Timing
 from controlplane.agent.servers.adapter import Probe
 from controlplane.decide.eligibility import candidate
