@@ -30,7 +30,7 @@ class Probe:
     """Models present, each with its state; empty when down or not trustworthy."""
     load: LoadStats = field(default_factory=LoadStats)
     speed: float | None = None
-    """Measured decode speed relative to the reference (``agent.speed``); ``None``: unknown."""
+    """Measured decode speed relative to the reference (``servers.speed``); ``None``: unknown."""
     failures: tuple[ModelFailure, ...] = ()
     """Failed loads/unloads (the executor's overlay adds them; adapters leave it empty)."""
 

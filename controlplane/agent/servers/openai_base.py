@@ -5,7 +5,7 @@ State comes from ``/health`` (200 -> ``ready``; a loading code, 503 by default -
 the last time they were seen), names from ``/v1/models``, load from the server's metrics
 endpoint, which each subclass reads in ``read_load``; the same scrape's generated-token
 counter (or decode-step counts, ``trtllm``) feeds the replica's measured decode speed
-(``agent.speed``). No answer at all -> unreachable, published with no models so that the
+(``servers.speed``). No answer at all -> unreachable, published with no models so that the
 control plane drops the replica at once.
 """
 

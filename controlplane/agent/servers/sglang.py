@@ -28,7 +28,7 @@ from controlplane.fleet.model import ServerKind
 WAITING = ("sglang:num_queue_reqs",)
 RUNNING = ("sglang:num_running_reqs",)
 GENERATED = ("sglang:generation_tokens_total",)
-"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
+"""Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("sglang:token_usage",)
 
 

@@ -43,7 +43,7 @@ __all__ = [
 WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
 GENERATED = ("vllm:generation_tokens_total",)
-"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
+"""Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 """The current name first; vLLM < 0.10 named it ``gpu_cache_usage_perc`` (also 0..1)."""
 
