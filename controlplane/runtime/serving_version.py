@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge
-from redis.exceptions import RedisError
 
 from controlplane.decide.rollout import (
     Counts,
@@ -37,6 +36,7 @@ from controlplane.decide.rollout import (
 from controlplane.fleet.intent_store import RevisionConflict
 from controlplane.fleet.leader import Lock
 from controlplane.intent import Intent
+from controlplane.runtime.acting import Acting
 from controlplane.runtime.fleet_watch import FleetWatcher
 from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.rollout_ops import RolloutService, Unavailable
@@ -76,17 +76,20 @@ class ServingVersions:
         self._service = service
         self._intents = intents
         self._fleet = fleet
-        self._lock = lock
+        self._acting = Acting(lock, metrics.leader, "serving-version")
         self._m = metrics
         self._interval_s = interval_s
         self._coalesce_s = coalesce_s
         self._clock = clock
         self._wake = asyncio.Event()
         self._renewed = -float("inf")
-        self._failing = False
-        self.leader = False
         self.fallbacks: dict[str, str] = {}
         """model -> the version taking its traffic while its stable cannot (fail open)."""
+
+    @property
+    def leader(self) -> bool:
+        """This replica holds the serving-version lock and writes."""
+        return self._acting.leader
 
     def trigger(self) -> None:
         """The fleet view or intent changed: check soon."""
@@ -98,22 +101,10 @@ class ServingVersions:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
                 self._wake.clear()
-                try:
-                    await self.tick()
-                    self._failing = False
-                except asyncio.CancelledError:
-                    raise
-                except (RedisError, OSError) as e:
-                    self._set_leader(False)
-                    if not self._failing:
-                        log.warning("serving-version recording paused, Redis unreachable: %s", e)
-                        self._failing = True
+                await self._acting.tick(self.tick)
                 await asyncio.sleep(self._coalesce_s)
         finally:
-            if self.leader:
-                self._set_leader(False)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(self._lock.release(), 1.0)
+            await self._acting.release()
 
     async def tick(self) -> None:
         f = self._fleet
@@ -124,7 +115,7 @@ class ServingVersions:
         self._report(intent, counts)
         new = unrecorded(intent, counts)
         if new or time.monotonic() - self._renewed >= self._interval_s:
-            self._set_leader(await self._lock.hold())
+            await self._acting.hold()
             self._renewed = time.monotonic()
         if new and self.leader:
             await self._record(new, intent)
@@ -171,13 +162,3 @@ class ServingVersions:
                     "serving version of %s recorded at first sight: %s (intent revision %d)",
                     m, r.stable, applied.intent.revision,
                 )  # fmt: skip
-
-    def _set_leader(self, held: bool) -> None:
-        if held != self.leader:
-            log.info(
-                "%s the serving-version lock (%s)",
-                "holding" if held else "no longer holding",
-                self._lock.owner,
-            )
-        self.leader = held
-        self._m.leader.set(1 if held else 0)

@@ -13,9 +13,8 @@ from types import MappingProxyType
 import pytest
 from fastapi.testclient import TestClient
 
-from controlplane.decide import EnvoyNode, decide
+from controlplane.decide import decide
 from controlplane.decide.rollout import (
-    RolloutPolicy,
     promote,
     record_serving_versions,
     rollback,
@@ -27,25 +26,17 @@ from controlplane.decide.rollout import (
 from controlplane.fleet.leader import MemoryLock
 from controlplane.fleet.model import ModelState, ObservedReplica
 from controlplane.intent import EMPTY_INTENT, Intent, Rollout, intent_to_doc
-from controlplane.ir import Plan
 from controlplane.runtime.serving_version import ServingVersionMetrics, ServingVersions
 from tests.fleetgen import fleet, replica
 from tests.rollout_app import App, build
+from tests.unit.test_rollout import NODE, NOW, POLICY, split
 
-NOW = 50.0
-NODE = EnvoyNode(role="edge", region="us", zone="us-a", listen_port=10000)
-POLICY = RolloutPolicy(min_ready=1, drain_settle_s=1.0, drain_s=10.0)
 AUTH = {"authorization": "Bearer tok"}
 
 
 def reps(version: str, n: int, state: ModelState = ModelState.READY) -> list[ObservedReplica]:
     """``n`` replicas of llama@``version``, one per node."""
     return [replica(f"{version}-{i}/a", models=(("llama", version, state),)) for i in range(n)]
-
-
-def split(plan: Plan) -> dict[str, int]:
-    (route,) = plan.route_configs[0].models
-    return {w.cluster: w.weight for w in route.clusters}
 
 
 def recorded(view: dict[str, ObservedReplica], intent: Intent = EMPTY_INTENT) -> Intent:
