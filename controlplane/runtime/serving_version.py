@@ -145,7 +145,7 @@ class ServingVersions:
             applied = await self._service.change(
                 "record",
                 ",".join(new),
-                lambda cur, counts, now: record_serving_versions(cur, counts, now),
+                record_serving_versions,
                 expected_revision=judged.revision,
                 wait_envoys=False,
             )
