@@ -3,7 +3,9 @@
 Reads (open):
   ``GET /v1/models``, ``GET /v1/models/{model}``: versions, replicas, traffic, rollout.
   ``GET /v1/rollouts``, ``GET /v1/rollouts/{model}``: rollout state, canary health,
-  last rollback and its reason. ``GET /v1/intent``: the stored intent document.
+  last rollback and its reason, and ``fallback``: the version serving instead of a
+  stable version that has no serving replica (fail open).
+  ``GET /v1/intent``: the stored intent document.
   ``GET /v1/load``: the latest load report per Envoy and cluster (this replica).
 Writes (``Authorization: Bearer <token>``), each answered once this replica's Envoys run it:
   ``POST /v1/rollouts/{model}``            start: blue-green switch or canary
@@ -48,6 +50,7 @@ from controlplane.decide.rollout import (
     phase,
     promote,
     rollback,
+    serving_fallback,
     set_percent,
     start,
     version_counts,
@@ -116,6 +119,7 @@ def rollout_view(
         "previous": (r.previous or None) if r is not None else None,
         "started_at": r.started_at if r is not None else None,
         "traffic": split,
+        "fallback": serving_fallback(model, counts, intent),
         "draining": {
             v: {"phase": phase(d, now).value, "drain_at": d.drain_at, "remove_at": d.remove_at}
             for v, d in sorted(intent.draining_versions.get(model, {}).items())
