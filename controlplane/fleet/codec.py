@@ -222,7 +222,10 @@ def _num(
         raise RecordError(f"field {key!r} is not a number")
     if integer and not isinstance(v, int):
         raise RecordError(f"field {key!r} is not an integer")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # JSON allows integers beyond any float
+        raise RecordError(f"field {key!r} is out of range [{lo}, {hi}]") from None
     if not math.isfinite(f) or f < lo or f > hi:
         raise RecordError(f"field {key!r}={v!r} out of range [{lo}, {hi}]")
     return f

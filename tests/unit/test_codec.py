@@ -78,6 +78,7 @@ def mutate(**changes: object) -> str:
         ("[1,2]", "not a JSON object"),
         (mutate(v=2), "schema version"),
         (mutate(port=0), "out of range"),
+        (mutate(timestamp=10**400), "out of range"),  # no float holds it
         (mutate(port="8001"), "not a number"),
         (mutate(port=80.5), "not an integer"),
         (mutate(node=KeyError), "missing field 'node'"),
