@@ -11,7 +11,7 @@ UV     := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck unit e2e bench golden lock redis-server clean
+.PHONY: demo test lint typecheck imports unit e2e bench golden lock redis-server clean
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
@@ -44,10 +44,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports --no-logo
+
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/golden
 
-test: $(STAMP) redis-server lint typecheck
+test: $(STAMP) redis-server lint typecheck imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 golden: $(STAMP)
@@ -58,4 +61,4 @@ bench: $(STAMP) redis-server
 	$(PY) -m bench.fanout
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

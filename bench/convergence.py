@@ -34,6 +34,7 @@ from controlplane.fleet.model import (
 )
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.intent import Intent
+from controlplane.proc_guard import interrupt_on_stop_signals
 
 TARGET_P99_MS = 20.0
 CLUSTER = "bench@v1"
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--updates", type=int, default=200)
     args = ap.parse_args(argv)
+    interrupt_on_stop_signals()  # SIGTERM, SIGHUP: stop every child, as on Ctrl-C
     with tempfile.TemporaryDirectory(prefix="aixds-bench-") as tmp:
         samples = asyncio.run(run(args.updates, Path(tmp)))
     p99 = pct(samples, 99)

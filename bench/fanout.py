@@ -91,7 +91,8 @@ def build_snapshot(round_no: int) -> Snapshot:
 
 def _client_process(port: int, k: int, conn: Connection) -> None:
     logging.basicConfig(level=logging.WARNING)
-    with contextlib.suppress(KeyboardInterrupt):
+    # EOFError: the pipe closed because the benchmark died without saying "stop"
+    with contextlib.suppress(KeyboardInterrupt, EOFError):
         asyncio.run(_clients(port, k, conn))
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.agent.nvml import NvmlGpuSource, throttle_reasons, unavailable_reason
+from controlplane.agent.gpus.nvml import NvmlGpuSource, throttle_reasons, unavailable_reason
 
 
 def _timed(fn: Callable[..., Any], *args: Any) -> tuple[str, float]:

@@ -67,6 +67,7 @@ from bench.routing_workload import (
 )
 from controlplane.demo.procs import Child, ProcessGroup, free_port, wait_port
 from controlplane.ir import LbPolicy
+from controlplane.proc_guard import interrupt_on_stop_signals
 from controlplane.proxy.runner import envoy_binary
 
 EDGES = 4
@@ -477,10 +478,6 @@ class Bench:
         return res
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def quiet_port() -> int:
     """A free port below the kernel's ephemeral range (32768+), so no outgoing connection
     of this machine takes it between now and when an Envoy binds it."""
@@ -661,11 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown policies {sorted(unknown)}")
     gpu = args.gpu
     if gpu == "auto":
-        gpu = "sim" if importlib.util.find_spec("controlplane.agent.gpu_sim") else "none"
+        gpu = "sim" if importlib.util.find_spec("controlplane.agent.gpus.sim") else "none"
 
     log_dir = args.keep_logs or Path(tempfile.mkdtemp(prefix="aixds-routing-"))
     t_start = time.monotonic()
-    signal.signal(signal.SIGTERM, _interrupt)  # stop every child, as on Ctrl-C
+    interrupt_on_stop_signals()  # SIGTERM, SIGHUP: stop every child, as on Ctrl-C
     print(f"routing bench: load average {loadavg()} on {_cpus()} CPUs; logs in {log_dir}")
     shape = ServerShape()
     bench = Bench(log_dir, shape, gpu)

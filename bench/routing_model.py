@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from bench.routing_workload import EVENTS, OUTPUT, PROMPT, SPEEDS, ServerShape
 from controlplane.agent.publisher import load_changed
-from controlplane.agent.speed import DecodeSpeed
+from controlplane.agent.servers.speed import DecodeSpeed
 from controlplane.decide import weights as W
 from controlplane.fleet.model import (
     GpuStats,

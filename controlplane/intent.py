@@ -38,7 +38,9 @@ class Rollout:
     """Traffic split of one model across its versions (blue-green: 100/0; canary: N%)."""
 
     stable: str
-    """The version that takes traffic by default."""
+    """The version that takes traffic by default: recorded when the control plane first
+    sees the model serving (the version with the most serving replicas, ties: the greatest
+    name), then changed only by a rollout (switch, promote, rollback)."""
     canary: str = ""
     """The version being rolled out; empty when no rollout is in progress."""
     canary_percent: float = 0.0

@@ -67,10 +67,14 @@ class ServeSettings:
     """Roll back when the canary's error rate exceeds the stable's by more than this."""
     rollback_z: float = 2.5
     """...judged in the canary's favour by this many standard errors (Wilson bounds)."""
+    serving_version_interval_s: float = 1.0
+    """How often serving versions are checked (and their lock renewed) besides every change
+    of the fleet or intent: a model seen for the first time gets its version recorded."""
     leader_ttl_s: float = 5.0
-    """TTL of the automatic-rollback lock: how soon another replica acts if its holder dies."""
+    """TTL of the locks that pick the acting replica (automatic rollback, serving-version
+    recording): how soon another replica acts if the holder dies."""
     instance_id: str = ""
-    """This replica's name in the rollback lock; empty: ``host:pid:random``."""
+    """This replica's name in those locks; empty: ``host:pid:random``."""
 
     def rollout_policy(self) -> RolloutPolicy:
         return RolloutPolicy(

@@ -85,6 +85,7 @@ class App:
     watcher: FleetWatcher
     service: RolloutService
     guard: AutoRollback
+    guard_lock: MemoryLock
     loads: MemoryLoadStore
     registry: CollectorRegistry
 
@@ -109,9 +110,8 @@ def build(
         store, intents, watcher, reconciler, RolloutPolicy(drain_s=5.0), RolloutMetrics(reg)
     )
     loads = MemoryLoadStore()
-    guard = AutoRollback(
-        service, intents, loads, MemoryLock("test-replica"), RollbackPolicy(), GuardMetrics(reg)
-    )
+    lock = MemoryLock("test-replica")
+    guard = AutoRollback(service, intents, loads, lock, RollbackPolicy(), GuardMetrics(reg))
     ctx = ApiContext(
         watcher,
         reconciler,
@@ -124,4 +124,4 @@ def build(
         api_token=token,
         redis=redis,
     )
-    return App(create_app(ctx), store, intents, watcher, service, guard, loads, reg)
+    return App(create_app(ctx), store, intents, watcher, service, guard, lock, loads, reg)

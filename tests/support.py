@@ -1,7 +1,8 @@
 """Test support: free ports, a real redis-server, and process management.
 
 Every process started here binds to 127.0.0.1 and is killed (with its process group) when
-the test ends, even when the test fails.
+the test ends, even when the test fails, and gets SIGTERM from the kernel if the test
+process itself dies (``controlplane.proc_guard``; Linux).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from controlplane.proc_guard import die_with_parent
 
 
 def free_port() -> int:
@@ -95,6 +98,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         fh.close()
@@ -197,6 +201,37 @@ class RedisServer:
             assert self.proc.popen is not None
             self.proc.popen.wait(5)
             self.proc = None
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes().decode("latin-1")
+    except OSError:
+        return None
+    state, ppid = raw[raw.rfind(")") + 2 :].split()[:2]
+    return int(ppid), state
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan may wait a while to be reaped)."""
+    st = _ppid_and_state(pid)
+    return st is not None and st[1] not in "ZX"
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (Linux ``/proc``), at this moment."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _ppid_and_state(int(name))) is not None:
+            children.setdefault(st[0], []).append(int(name))
+    out: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return {pid for pid in out if alive(pid)}
 
 
 def envoy_admin_get(admin_port: int, path: str, timeout: float = 2.0) -> httpx.Response:

@@ -1,10 +1,8 @@
-"""The node agent: probes local model servers and GPUs, publishes replica records, and
-loads/unloads models as the control plane asks. Imported only by the CLI and tests.
+"""The node agent (``aixds agent``): finds model servers and GPUs, publishes replica records,
+loads/unloads models as asked. Imported only by the CLI and tests.
 
-Protocols: ``adapter`` (model servers), ``gpu`` (GPU sources). Adapters: ``vllm``,
-``sglang``, ``tgi``, ``triton``, ``trtllm``, ``ollama`` (``adapters`` picks one). GPUs:
-``nvml`` (real), ``gpu_sim`` (the fake server's simulated GPU), ``gpu_select``, ``faults``
-(latching and operator clears). Discovery: ``discovery``, ``docker_source``, ``config``.
-Executor: ``desired``, ``loaders``, ``converge``, ``executor``. Safety: ``lock``.
-Wiring: ``publisher`` (loops), ``node`` (starts every task), ``main`` (``aixds agent``).
+Folders by what they talk to: ``servers`` (model servers: adapters, scraping, speed,
+discovery), ``gpus`` (GPU sources, fault latching), ``placement`` (the desired-models
+executor). Here: ``publisher`` (probe and publish loops), ``lock`` (one agent per node),
+``node`` (starts every task), ``config``, ``main`` (``aixds agent``), ``aio``.
 """

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.agent.converge import ExecTiming
-from controlplane.agent.discovery import ServerSpec
+from controlplane.agent.placement.converge import ExecTiming
 from controlplane.agent.publisher import Target, Timing
-from controlplane.agent.speed import REFERENCE_TPS
+from controlplane.agent.servers.discovery import ServerSpec
+from controlplane.agent.servers.speed import REFERENCE_TPS
 
 
 @dataclass(frozen=True, slots=True)

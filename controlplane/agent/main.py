@@ -18,8 +18,14 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from controlplane.agent.config import AgentConfig
-from controlplane.agent.converge import ExecTiming
-from controlplane.agent.discovery import (
+from controlplane.agent.gpus.selection import parse_server_gpus
+from controlplane.agent.gpus.source import GpuSource
+from controlplane.agent.gpus.wiring import GPU_SOURCES, NodeGpus
+from controlplane.agent.lock import LockHeld, lock_key
+from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
+from controlplane.agent.placement.converge import ExecTiming
+from controlplane.agent.publisher import Timing
+from controlplane.agent.servers.discovery import (
     WILDCARDS,
     ServerSpec,
     check_unique,
@@ -27,14 +33,8 @@ from controlplane.agent.discovery import (
     parse_server,
     resolve_sync,
 )
-from controlplane.agent.docker_source import DockerSource, connect, node_address
-from controlplane.agent.gpu import GPU_SOURCES, GpuSource
-from controlplane.agent.gpu_select import parse_server_gpus
-from controlplane.agent.gpu_wiring import NodeGpus
-from controlplane.agent.lock import LockHeld, lock_key
-from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
-from controlplane.agent.publisher import Timing
-from controlplane.agent.speed import REFERENCE_TPS
+from controlplane.agent.servers.docker_source import DockerSource, connect, node_address
+from controlplane.agent.servers.speed import REFERENCE_TPS
 from controlplane.fleet import registry
 from controlplane.fleet.store import RegistryWriter
 

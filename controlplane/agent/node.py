@@ -20,17 +20,17 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 import redis.asyncio as aioredis
 
-from controlplane.agent.adapters import make_adapter
 from controlplane.agent.aio import raise_if_cancelled, wait_event
 from controlplane.agent.config import AgentConfig
-from controlplane.agent.desired import RedisDesired
-from controlplane.agent.discovery import Discovery, DockerScan, ServerSpec
-from controlplane.agent.executor import Executor, ServerHandle
-from controlplane.agent.faults import FaultClearWatcher
-from controlplane.agent.gpu import GpuSource
-from controlplane.agent.loaders import make_loader
+from controlplane.agent.gpus.faults import FaultClearWatcher
+from controlplane.agent.gpus.source import GpuSource
 from controlplane.agent.lock import LockHeld, NodeLock
+from controlplane.agent.placement.desired import RedisDesired
+from controlplane.agent.placement.executor import Executor, ServerHandle
+from controlplane.agent.placement.loaders import make_loader
 from controlplane.agent.publisher import Agent, OwnNodeWriter, RegistryHealth, ReplicaPublisher
+from controlplane.agent.servers.adapters import make_adapter
+from controlplane.agent.servers.discovery import Discovery, DockerScan, ServerSpec
 from controlplane.fleet.store import RegistryWriter
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ EXIT_LOCK = 3
 
 @runtime_checkable
 class GpuProvider(Protocol):
-    """A GPU source per server (``gpu_wiring.NodeGpus``)."""
+    """A GPU source per server (``gpus.wiring.NodeGpus``)."""
 
     def for_server(self, spec: ServerSpec) -> GpuSource: ...
 

@@ -19,9 +19,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from controlplane.agent.adapter import UNREACHABLE, ModelServerAdapter, Probe
 from controlplane.agent.aio import raise_if_cancelled, wait_event
-from controlplane.agent.gpu import GpuSource
+from controlplane.agent.gpus.source import GpuSource
+from controlplane.agent.servers.adapter import UNREACHABLE, ModelServerAdapter, Probe
 from controlplane.fleet.model import GpuStats, LoadStats, ReplicaRecord, ServerKind
 from controlplane.fleet.store import RegistryWriter
 

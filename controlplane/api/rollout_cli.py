@@ -216,6 +216,11 @@ def format_rollout(r: dict[str, Any]) -> str:
     if r.get("previous"):
         state += f", previous {r['previous']}"
     lines.append(state)
+    if r.get("fallback"):
+        lines.append(
+            f"  FAIL-OPEN: stable {r.get('stable')} has no serving replica; "
+            f"traffic goes to {r['fallback']} until it serves again"
+        )
     for v, d in r.get("draining", {}).items():
         lines.append(f"  {v}: {d['phase']} (removed at {_when(d['remove_at'])})")
     h = r.get("health")

@@ -3,7 +3,9 @@
 Reads (open):
   ``GET /v1/models``, ``GET /v1/models/{model}``: versions, replicas, traffic, rollout.
   ``GET /v1/rollouts``, ``GET /v1/rollouts/{model}``: rollout state, canary health,
-  last rollback and its reason. ``GET /v1/intent``: the stored intent document.
+  last rollback and its reason, and ``fallback``: the version serving instead of a
+  stable version that has no serving replica (fail open).
+  ``GET /v1/intent``: the stored intent document.
   ``GET /v1/load``: the latest load report per Envoy and cluster (this replica).
 Writes (``Authorization: Bearer <token>``), each answered once this replica's Envoys run it:
   ``POST /v1/rollouts/{model}``            start: blue-green switch or canary
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -48,6 +50,7 @@ from controlplane.decide.rollout import (
     phase,
     promote,
     rollback,
+    serving_fallback,
     set_percent,
     start,
     version_counts,
@@ -55,6 +58,7 @@ from controlplane.decide.rollout import (
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import cluster_name
+from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.rollout_ops import Applied
 
 PolicyChange = Callable[[Intent, Counts, float, RolloutPolicy], Intent]
@@ -115,6 +119,7 @@ def rollout_view(
         "previous": (r.previous or None) if r is not None else None,
         "started_at": r.started_at if r is not None else None,
         "traffic": split,
+        "fallback": serving_fallback(model, counts, intent),
         "draining": {
             v: {"phase": phase(d, now).value, "drain_at": d.drain_at, "remove_at": d.remove_at}
             for v, d in sorted(intent.draining_versions.get(model, {}).items())
@@ -137,135 +142,172 @@ def _rate(r: Any) -> dict[str, Any]:
 
 
 def router(ctx: ApiContext) -> APIRouter:
+    """Every endpoint of this module; reads first, then the writes (which need a token)."""
     api = APIRouter(tags=["rollouts"])
-    require_writer = writer(ctx.api_token)
+    _add_model_reads(api, ctx)
+    _add_rollout_reads(api, ctx)
+    _add_state_reads(api, ctx)
+    api.include_router(_writes(ctx))
+    return api
 
-    def verdicts() -> dict[str, Verdict]:
-        return ctx.guard.verdicts if ctx.guard is not None else {}
 
-    def snapshot() -> tuple[Intent, dict[str, dict[str, VersionCount]], FleetView, float]:
-        it = ctx.require_intents().current()
-        now = time.time()
-        view = dict(ctx.watcher.view)
-        return it, version_counts(view, it, now), view, now
+# -- what the endpoints share ---------------------------------------------------------------
 
-    def models_of(it: Intent, counts: dict[str, dict[str, VersionCount]]) -> list[str]:
-        return sorted(set(counts) | set(it.rollouts))
+_ReadState = tuple[Intent, dict[str, dict[str, VersionCount]], FleetView, float]
+"""What a read looks at: intent, replica counts per model version, fleet view, time."""
 
-    def known(model: str, it: Intent, counts: dict[str, dict[str, VersionCount]]) -> None:
-        if model not in counts and model not in it.rollouts:
-            raise ApiError(
-                404,
-                "unknown_model",
-                f"unknown model {model!r}; known models: {', '.join(models_of(it, counts))}",
-            )
 
-    def model_view(
-        model: str,
-        it: Intent,
-        counts: dict[str, dict[str, VersionCount]],
-        view: FleetView,
-        split: dict[str, float],
-        now: float,
-    ) -> dict[str, Any]:
-        ro = rollout_view(model, it, counts, split, verdicts().get(model), now)
-        draining = it.draining_versions.get(model, {})
-        ids: dict[str, list[str]] = {}
-        for rid, obs in sorted(view.items()):
-            for m in obs.record.models:
-                if m.name == model and now < obs.expires_at:
-                    ids.setdefault(m.version, []).append(rid)
-        versions = []
-        for v in sorted(set(counts.get(model, {})) | set(draining)):
-            c = counts.get(model, {}).get(v, VersionCount())
-            role = (
-                "stable"
-                if v == ro["stable"]
-                else "canary"
-                if v == ro["canary"]
-                else "draining"
-                if v in draining
-                else "idle"
-            )
-            versions.append(
-                {
-                    "version": v,
-                    "cluster": cluster_name(model, v),
-                    "role": role,
-                    "traffic_percent": split.get(v, 0.0),
-                    "replicas": {"total": c.total, "serving": c.serving, "ready": c.ready},
-                    "replica_ids": ids.get(v, []),
-                }
-            )
-        return {
-            "model": model,
-            "versions": versions,
-            "rollout": ro,
-            "version_header": VERSION_HEADER,
-            "session_header": it.session_header,
-        }
+def _verdicts(ctx: ApiContext) -> dict[str, Verdict]:
+    return ctx.guard.verdicts if ctx.guard is not None else {}
 
-    # -- reads ------------------------------------------------------------------------------
 
+def _snapshot(ctx: ApiContext) -> _ReadState:
+    it = ctx.require_intents().current()
+    now = time.time()
+    view = dict(ctx.watcher.view)
+    return it, version_counts(view, it, now), view, now
+
+
+def _models_of(it: Intent, counts: dict[str, dict[str, VersionCount]]) -> list[str]:
+    return sorted(set(counts) | set(it.rollouts))
+
+
+def _known(model: str, it: Intent, counts: dict[str, dict[str, VersionCount]]) -> None:
+    if model not in counts and model not in it.rollouts:
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"unknown model {model!r}; known models: {', '.join(_models_of(it, counts))}",
+        )
+
+
+def model_view(
+    model: str,
+    it: Intent,
+    counts: dict[str, dict[str, VersionCount]],
+    view: FleetView,
+    split: dict[str, float],
+    verdict: Verdict | None,
+    now: float,
+) -> dict[str, Any]:
+    """One model: its versions with their role, traffic and replicas, and its rollout."""
+    ro = rollout_view(model, it, counts, split, verdict, now)
+    draining = it.draining_versions.get(model, {})
+    ids = _replica_ids(model, view, now)
+    versions = []
+    for v in sorted(set(counts.get(model, {})) | set(draining)):
+        c = counts.get(model, {}).get(v, VersionCount())
+        versions.append(
+            {
+                "version": v,
+                "cluster": cluster_name(model, v),
+                "role": _role(v, ro, draining),
+                "traffic_percent": split.get(v, 0.0),
+                "replicas": {"total": c.total, "serving": c.serving, "ready": c.ready},
+                "replica_ids": ids.get(v, []),
+            }
+        )
+    return {
+        "model": model,
+        "versions": versions,
+        "rollout": ro,
+        "version_header": VERSION_HEADER,
+        "session_header": it.session_header,
+    }
+
+
+def _replica_ids(model: str, view: FleetView, now: float) -> dict[str, list[str]]:
+    """version -> ids of the fresh replicas that serve ``model`` at that version."""
+    ids: dict[str, list[str]] = {}
+    for rid, obs in sorted(view.items()):
+        for m in obs.record.models:
+            if m.name == model and now < obs.expires_at:
+                ids.setdefault(m.version, []).append(rid)
+    return ids
+
+
+def _role(version: str, rollout: dict[str, Any], draining: Mapping[str, object]) -> str:
+    if version == rollout["stable"]:
+        return "stable"
+    if version == rollout["canary"]:
+        return "canary"
+    return "draining" if version in draining else "idle"
+
+
+async def _guard_view(guard: AutoRollback | None) -> dict[str, Any] | None:
+    """Who acts for auto-rollback and with which policy; ``None`` without a guard."""
+    if guard is None:
+        return None
+    try:
+        holder = await guard.holder()
+    except Exception:
+        holder = None
+    return {
+        "enabled": guard.enabled,
+        "this_replica": guard.owner,
+        "acting": guard.leader,
+        "lock_holder": holder,
+        "window_s": guard.policy.window_s,
+        "min_requests": guard.policy.min_requests,
+        "margin": guard.policy.margin,
+        "z": guard.policy.z,
+    }
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+def _add_model_reads(api: APIRouter, ctx: ApiContext) -> None:
     @api.get("/v1/models", response_model=ModelsView, responses=_LIST_ERRORS)
     def list_models() -> dict[str, Any]:
         """Every model: its versions with replica counts, traffic split and rollout state."""
-        it, counts, view, now = snapshot()
+        it, counts, view, now = _snapshot(ctx)
         split = traffic(view, it, now)
+        verdicts = _verdicts(ctx)
         return {
             "revision": it.revision,
             "models": [
-                model_view(m, it, counts, view, split.get(m, {}), now)
-                for m in models_of(it, counts)
+                model_view(m, it, counts, view, split.get(m, {}), verdicts.get(m), now)
+                for m in _models_of(it, counts)
             ],
         }
 
     @api.get("/v1/models/{model:path}", response_model=ModelView, responses=_READ_ERRORS)
     def get_model(model: str) -> dict[str, Any]:
         """One model (404 if no fresh replica serves it and intent does not name it)."""
-        it, counts, view, now = snapshot()
-        known(model, it, counts)
-        return model_view(model, it, counts, view, traffic(view, it, now).get(model, {}), now)
+        it, counts, view, now = _snapshot(ctx)
+        _known(model, it, counts)
+        split = traffic(view, it, now).get(model, {})
+        return model_view(model, it, counts, view, split, _verdicts(ctx).get(model), now)
 
+
+def _add_rollout_reads(api: APIRouter, ctx: ApiContext) -> None:
     @api.get("/v1/rollouts", response_model=RolloutsView, responses=_LIST_ERRORS)
     async def list_rollouts() -> dict[str, Any]:
         """Rollout state of every model, canary health, and who acts for auto-rollback."""
-        it, counts, view, now = snapshot()
+        it, counts, view, now = _snapshot(ctx)
         split = traffic(view, it, now)
-        guard = None
-        if ctx.guard is not None:
-            g = ctx.guard
-            try:
-                holder = await g.holder()
-            except Exception:
-                holder = None
-            guard = {
-                "enabled": g.enabled,
-                "this_replica": g.owner,
-                "acting": g.leader,
-                "lock_holder": holder,
-                "window_s": g.policy.window_s,
-                "min_requests": g.policy.min_requests,
-                "margin": g.policy.margin,
-                "z": g.policy.z,
-            }
+        guard = await _guard_view(ctx.guard)
+        verdicts = _verdicts(ctx)
         return {
             "revision": it.revision,
             "guard": guard,
             "rollouts": [
-                rollout_view(m, it, counts, split.get(m, {}), verdicts().get(m), now)
-                for m in models_of(it, counts)
+                rollout_view(m, it, counts, split.get(m, {}), verdicts.get(m), now)
+                for m in _models_of(it, counts)
             ],
         }
 
     @api.get("/v1/rollouts/{model:path}", response_model=RolloutView, responses=_READ_ERRORS)
     def get_rollout(model: str) -> dict[str, Any]:
         """One model's rollout: split, canary health, draining versions, last rollback."""
-        it, counts, view, now = snapshot()
-        known(model, it, counts)
+        it, counts, view, now = _snapshot(ctx)
+        _known(model, it, counts)
         split = traffic(view, it, now).get(model, {})
-        return rollout_view(model, it, counts, split, verdicts().get(model), now)
+        return rollout_view(model, it, counts, split, _verdicts(ctx).get(model), now)
 
+
+def _add_state_reads(api: APIRouter, ctx: ApiContext) -> None:
     @api.get("/v1/intent", response_model=IntentView, responses=_LIST_ERRORS)
     def get_intent() -> dict[str, Any]:
         """The stored intent document this replica acts on, with its revision."""
@@ -282,50 +324,60 @@ def router(ctx: ApiContext) -> APIRouter:
         """The latest load report (LRS) per Envoy and cluster received by this replica."""
         return {"reports": ctx.loads.view() if ctx.loads is not None else []}
 
-    # -- writes -----------------------------------------------------------------------------
 
-    async def respond(applied: Applied, model: str) -> dict[str, Any]:
-        it = applied.intent
-        now = time.time()
-        view = dict(ctx.watcher.view)
-        counts = version_counts(view, it, now)
-        split = traffic(view, it, now).get(model, {})
-        return {
-            "revision": it.revision,
-            "changed": applied.changed,
-            "converged": applied.converged,
-            "envoys": {"current": applied.envoys_current, "total": applied.envoys_total},
-            "rollout": rollout_view(model, it, counts, split, verdicts().get(model), now),
-        }
+# -- writes ---------------------------------------------------------------------------------
 
-    writes = APIRouter(tags=["rollouts"], dependencies=[Depends(require_writer)], responses=_ERRORS)
 
-    async def act(
-        action: str, model: str, revision: int | None, change: PolicyChange
-    ) -> dict[str, Any]:
-        """Apply one pure change under ``action``'s name; the answer every write gives."""
-        svc = ctx.require_rollouts()
-        applied = await svc.change(
-            action,
-            model,
-            lambda it, c, now: change(it, c, now, svc.policy),
-            expected_revision=revision,
-        )
-        return await respond(applied, model)
+async def _act(
+    ctx: ApiContext, action: str, model: str, revision: int | None, change: PolicyChange
+) -> dict[str, Any]:
+    """Apply one pure change under ``action``'s name; the answer every write gives."""
+    svc = ctx.require_rollouts()
+    applied = await svc.change(
+        action,
+        model,
+        lambda it, c, now: change(it, c, now, svc.policy),
+        expected_revision=revision,
+    )
+    return _result(ctx, applied, model)
+
+
+def _result(ctx: ApiContext, applied: Applied, model: str) -> dict[str, Any]:
+    """A write's answer: the new revision, whether the Envoys run it, the model's rollout."""
+    it = applied.intent
+    now = time.time()
+    view = dict(ctx.watcher.view)
+    counts = version_counts(view, it, now)
+    split = traffic(view, it, now).get(model, {})
+    return {
+        "revision": it.revision,
+        "changed": applied.changed,
+        "converged": applied.converged,
+        "envoys": {"current": applied.envoys_current, "total": applied.envoys_total},
+        "rollout": rollout_view(model, it, counts, split, _verdicts(ctx).get(model), now),
+    }
+
+
+def _writes(ctx: ApiContext) -> APIRouter:
+    """The write endpoints, each behind the API token. The more specific paths come first:
+    ``/v1/rollouts/{model:path}`` would match them too."""
+    writes = APIRouter(
+        tags=["rollouts"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+    )
 
     @writes.post("/v1/rollouts/{model:path}/percent", response_model=ChangeResult)
     async def post_percent(model: str, body: SetPercent) -> dict[str, Any]:
         """Set the share of the canary in progress (0..100)."""
-        return await act(
-            "set", model, body.revision,
+        return await _act(
+            ctx, "set", model, body.revision,
             lambda it, c, now, pol: set_percent(it, model, body.percent, c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/promote", response_model=ChangeResult)
     async def post_promote(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
         """The canary becomes stable; the old stable drains (DRAINING, then removed)."""
-        return await act(
-            "promote", model, body.revision if body else None,
+        return await _act(
+            ctx, "promote", model, body.revision if body else None,
             lambda it, c, now, pol: promote(it, model, c, pol, now),
         )  # fmt: skip
 
@@ -333,16 +385,16 @@ def router(ctx: ApiContext) -> APIRouter:
     async def post_rollback(model: str, body: RollbackBody | None = None) -> dict[str, Any]:
         """Back to stable (canary in progress) or to the previous version; reason recorded."""
         reason = (body.reason if body else "") or "manual rollback"
-        return await act(
-            "rollback", model, body.revision if body else None,
+        return await _act(
+            ctx, "rollback", model, body.revision if body else None,
             lambda it, c, now, pol: rollback(it, model, reason, "manual", c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/abort", response_model=ChangeResult)
     async def post_abort(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
         """Stop the canary in progress; no rollback is recorded."""
-        return await act(
-            "abort", model, body.revision if body else None,
+        return await _act(
+            ctx, "abort", model, body.revision if body else None,
             lambda it, c, now, pol: abort(it, model, c, pol, now),
         )  # fmt: skip
 
@@ -354,10 +406,9 @@ def router(ctx: ApiContext) -> APIRouter:
         stable. Starting the current stable pins it (later versions never take over by the
         default rule).
         """
-        return await act(
-            "start", model, body.revision,
+        return await _act(
+            ctx, "start", model, body.revision,
             lambda it, c, now, pol: start(it, model, body.to, body.canary_percent, c, pol, now),
         )  # fmt: skip
 
-    api.include_router(writes)
-    return api
+    return writes

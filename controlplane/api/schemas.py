@@ -107,6 +107,12 @@ class RolloutView(BaseModel):
     previous: str | None
     started_at: float | None
     traffic: dict[str, float] = Field(description="version -> percent of new requests now")
+    fallback: str | None = Field(
+        default=None,
+        description="fail open: the version taking the traffic because the stable version "
+        "has no serving replica (null while the stable serves); intent is unchanged, so "
+        "traffic returns to the stable when it serves again",
+    )
     draining: dict[str, DrainingView]
     last_rollback: RollbackView | None
     health: HealthView | None

@@ -14,6 +14,12 @@ Lifecycle of one model (``Rollout``):
   undone (``previous`` becomes stable again). The reason is recorded.
 - ``abort``: the canary is stopped without blame (no rollback record).
 
+Before any of these, ``record_serving_versions`` records the version that serves a model
+when the control plane first sees it (the default rule, applied once): later versions never
+take over by replica count or name. If the recorded stable version has no serving replica
+left, traffic fails open to the best remaining version (``serving_fallback``) without any
+change to intent.
+
 A version that loses its traffic (old stable on switch/promote, canary on rollback/abort)
 is not cut off: it is listed in ``Intent.draining_versions``. Its routes move away at once,
 its endpoints turn DRAINING ``drain_settle_s`` later (after Envoy has the new routes, so no
@@ -30,7 +36,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from controlplane.decide.eligibility import candidate, is_fresh
-from controlplane.decide.routes import default_version
+from controlplane.decide.routes import default_version, fallback_version
 from controlplane.fleet.model import FleetView
 from controlplane.intent import DrainingVersion, Intent, RollbackRecord, Rollout, Trigger
 from controlplane.ir import Health
@@ -105,15 +111,56 @@ def version_counts(
     return out
 
 
+def routable_versions(model: str, counts: Counts, intent: Intent) -> dict[str, int]:
+    """Versions that can take ``model``'s traffic now, with their serving replicas: those
+    not draining, or every serving one if only draining versions serve (as ``decide()``)."""
+    draining = intent.draining_versions.get(model, {})
+    serving = {v: c.serving for v, c in counts.get(model, {}).items() if c.serving > 0}
+    return {v: n for v, n in serving.items() if v not in draining} or serving
+
+
 def current_stable(model: str, counts: Counts, intent: Intent) -> str | None:
     """The model's stable version: from intent, else the default-route rule."""
     r = intent.rollouts.get(model)
     if r is not None:
         return r.stable
-    draining = intent.draining_versions.get(model, {})
-    serving = {v: c.serving for v, c in counts.get(model, {}).items() if c.serving > 0}
-    routable = {v: n for v, n in serving.items() if v not in draining} or serving
+    routable = routable_versions(model, counts, intent)
     return default_version(routable) if routable else None
+
+
+def serving_fallback(model: str, counts: Counts, intent: Intent) -> str | None:
+    """The version taking the traffic of ``model``'s recorded stable version because that
+    one has no serving replica (fail open, see ``routes.fallback_version``); None while the
+    stable serves."""
+    return fallback_version(model, routable_versions(model, counts, intent), intent)
+
+
+# -- the serving version, recorded at first sight ---------------------------------------------
+
+
+def unrecorded(intent: Intent, counts: Counts) -> dict[str, str]:
+    """Models with a serving replica and no version recorded in intent, each with the
+    version that takes its traffic now (the default rule)."""
+    out = {}
+    for model in sorted(counts):
+        if model not in intent.rollouts:
+            v = current_stable(model, counts, intent)
+            if v is not None:
+                out[model] = v
+    return out
+
+
+def record_serving_versions(intent: Intent, counts: Counts, now: float) -> Intent:
+    """Record the serving version of every model seen for the first time (``unrecorded``)
+    as its stable version. From then on only a rollout changes it: replicas of another
+    version, more of them or of a greater name, take no traffic."""
+    new = unrecorded(intent, counts)
+    if not new:
+        return intent
+    rollouts = dict(intent.rollouts)
+    for model, version in new.items():
+        rollouts[model] = Rollout(stable=version, started_at=now)
+    return replace(intent, rollouts=MappingProxyType(rollouts))
 
 
 # -- draining phases ------------------------------------------------------------------------

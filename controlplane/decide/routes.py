@@ -1,10 +1,14 @@
 """Per-model routes: which versions take traffic and with what split.
 
-With a rollout in intent, the split follows it (blue-green 100/0, canary N%); a version
-named there that has no cluster is left out (routing to a missing cluster answers 503).
-Without one, all traffic goes to the default version: the one with the most serving
-replicas (ties: the greatest version name). Versions in ``exclude`` (leaving service) take
-no share unless no other version can serve; they stay reachable through the
+With a rollout in intent (the control plane records one for every model it sees serving,
+see ``rollout.record_serving_versions``), the split follows it (blue-green 100/0, canary
+N%); a version named there that has no cluster is left out (routing to a missing cluster
+answers 503). Fail open: if the recorded stable version has no serving replica, its share
+goes to the canary if one serves, else to the default version (``fallback_version``);
+intent is not changed, so traffic returns once the stable serves again. Without a rollout
+(a model not recorded yet), all traffic goes to the default version: the one with the most
+serving replicas (ties: the greatest version name). Versions in ``exclude`` (leaving
+service) take no share unless no other version can serve; they stay reachable through the
 ``x-model-version`` header while they have serving replicas.
 """
 
@@ -24,6 +28,19 @@ def default_version(serving: Mapping[str, int]) -> str:
     return max(serving, key=lambda v: (serving[v], v))
 
 
+def fallback_version(model: str, routable: Mapping[str, int], intent: Intent) -> str | None:
+    """The version that takes all of ``model``'s traffic because its recorded stable
+    version is not among ``routable`` (no serving replica): the canary if it can serve,
+    else the default version. None while the stable can serve, without a rollout in
+    intent, or when nothing can serve."""
+    rollout = intent.rollouts.get(model)
+    if rollout is None or not routable or rollout.stable in routable:
+        return None
+    if rollout.canary in routable:
+        return rollout.canary
+    return default_version(routable)
+
+
 def model_route(
     model: str,
     serving: Mapping[str, int],
@@ -36,7 +53,12 @@ def model_route(
     routable = {v: n for v, n in serving.items() if v not in exclude} or dict(serving)
     split: dict[str, int] = {}
     rollout = intent.rollouts.get(model)
-    if rollout is not None and rollout.stable in routable:
+    fallback = fallback_version(model, routable, intent)
+    if rollout is None:
+        split[default_version(routable)] = SPLIT_SCALE
+    elif fallback is not None:
+        split[fallback] = SPLIT_SCALE
+    else:
         canary_w = 0
         if rollout.canary and rollout.canary in routable and rollout.canary != rollout.stable:
             canary_w = round(SPLIT_SCALE * min(100.0, max(0.0, rollout.canary_percent)) / 100)
@@ -44,10 +66,6 @@ def model_route(
             split[rollout.stable] = SPLIT_SCALE - canary_w
         if canary_w > 0:
             split[rollout.canary] = canary_w
-    elif rollout is not None and rollout.canary in routable:
-        split[rollout.canary] = SPLIT_SCALE
-    else:
-        split[default_version(routable)] = SPLIT_SCALE
     return ModelRouteIR(
         model=model,
         clusters=tuple(

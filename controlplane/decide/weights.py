@@ -41,6 +41,7 @@ import math
 from collections.abc import Sequence
 
 from controlplane.fleet.model import ReplicaRecord
+from controlplane.ladder import snap
 
 MAX_WEIGHT = 100_000
 """The ladder runs from 1 to here (Envoy allows up to 2**32 - 1 per locality in total)."""
@@ -80,11 +81,6 @@ THROTTLED_FACTOR = 0.6
 """GPU clock-event (thermal/power) throttling: clocks are cut by roughly this much."""
 WARMING_FACTOR = 0.25
 """A warming model version takes a quarter of its normal share."""
-
-
-def snap(value: float, step: float) -> float:
-    """The power of ``step`` nearest to ``value`` > 0 on a log scale (halfway goes up)."""
-    return float(step ** math.floor(math.log(value) / math.log(step) + 0.5))
 
 
 def load_units(rec: ReplicaRecord) -> float:

@@ -1,7 +1,9 @@
 """``aixds demo``: Redis, the control plane, edge Envoys, fake GPU replicas and their agents,
 a steady load, and a live table of what the control plane decided and where traffic went.
 
-Everything binds to 127.0.0.1; Ctrl-C (or ``--duration``) stops every process it started.
+Everything binds to 127.0.0.1. Ctrl-C, SIGTERM, a closed terminal (SIGHUP) or
+``--duration`` stops every process it started; if the demo is killed outright (``kill -9``)
+its children get SIGTERM from the kernel (see ``controlplane.proc_guard``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import httpx
 
 from controlplane.demo.procs import ProcessGroup, free_port, wait_port
+from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal
 
 MODEL = "llama"
 SPEEDS = (0.5, 1.0, 2.0, 1.0, 1.5, 0.75)
@@ -30,6 +33,7 @@ REFERENCE_TPS = 100.0
 """The fake server's per-sequence decode rate at speed 1 (its default 10 ms per token), so
 the speed the agents measure reads like the ``--speed`` the fakes were given."""
 ZONES = ("a", "b")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 DEMO_TOKEN = "demo"
 """The API token of the demo's control plane (it listens on 127.0.0.1 only), so that the
 printed drain and rollout commands work."""
@@ -68,11 +72,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="aixds-demo-"))
     group = ProcessGroup(log_dir)
+    interrupt_on_stop_signals()  # while starting up; then _demo's handlers stop it gently
     try:
         return asyncio.run(_demo(args, group, log_dir))
     except KeyboardInterrupt:
         return 0
     finally:
+        for sig in STOP_SIGNALS:  # the stop below is bounded: let it finish
+            signal.signal(sig, signal.SIG_IGN)
         print("\nstopping every process the demo started...", flush=True)
         group.stop_all()
         print(f"done. logs: {log_dir}")
@@ -184,8 +191,9 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
     served: deque[tuple[float, str, int]] = deque(maxlen=200_000)
     tasks = [
         asyncio.create_task(_load(e, args.rate, served, stop), name=f"load-{e.region}")
@@ -206,6 +214,12 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     for exc in failed:
         print(f"demo task failed: {exc!r}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _hung_up(stop: asyncio.Event) -> None:
+    """SIGHUP: the terminal closed. Stop, and write the goodbye lines nowhere."""
+    leave_terminal()
+    stop.set()
 
 
 async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:

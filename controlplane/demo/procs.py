@@ -1,7 +1,8 @@
 """Local process groups for the demo and the benchmarks: start, wait for ports, stop all.
 
 Each child runs in its own session so it (and anything it spawns) is killed as a group;
-``stop_all`` stops children in reverse start order and is safe to call twice.
+``stop_all`` stops children in reverse start order and is safe to call twice. A child gets
+SIGTERM from the kernel if this process dies without stopping it (``kill -9``; Linux).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from controlplane.proc_guard import die_with_parent
 
 
 def free_port() -> int:
@@ -65,6 +68,7 @@ class ProcessGroup:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         child = Child(name, popen)

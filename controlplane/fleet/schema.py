@@ -13,6 +13,8 @@ Control-plane coordination (written by ``aixds serve``, expiring):
                                      failed requests Envoys reported (LRS) in that second.
   ``aixds:v1:lock:rollback``         the replica that acts for automatic rollback (value: its
                                      instance id, with a TTL).
+  ``aixds:v1:lock:serving-version``  the replica that records the serving version of a model
+                                     seen for the first time (value: its instance id, TTL).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ INTENT_KEY = PREFIX + "intent"
 INTENT_EVENTS_CHANNEL = PREFIX + "intent-events"
 LOAD_PREFIX = PREFIX + "load:"
 ROLLBACK_LOCK_KEY = PREFIX + "lock:rollback"
+SERVING_VERSION_LOCK_KEY = PREFIX + "lock:serving-version"
 RECORD_FIELD = "record"
 
 

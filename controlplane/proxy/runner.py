@@ -1,8 +1,11 @@
 """``aixds envoy``: render the bootstrap to a temporary file and run Envoy on it.
 
 Envoy runs as a child process with ``--use-dynamic-base-id`` (several Envoys per machine);
-SIGTERM and SIGINT are forwarded to it and its exit status becomes ours (128 + signal
-when a signal ended it). The temporary bootstrap is removed afterwards.
+SIGTERM and SIGINT are forwarded to it, SIGHUP (a closed terminal; Envoy itself ignores
+SIGHUP) becomes SIGTERM, and its exit status becomes ours (128 + signal when a signal ended
+it). Envoy gets SIGTERM from the kernel if this process dies without stopping it (Linux;
+Envoy 1.40 happens to ask for that itself too).
+The temporary bootstrap is removed afterwards.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from controlplane.proc_guard import die_with_parent
 from controlplane.proxy.bootstrap import ROLES, TEMPLATE_PATH, BootstrapParams, render_bootstrap
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
@@ -117,13 +121,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_forwarding(argv: list[str]) -> int:
-    proc = subprocess.Popen(argv)
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent())
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         if proc.poll() is None:
-            proc.send_signal(signum)
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in stops}
     try:
         rc = proc.wait()
     finally:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Gauge
-from redis.exceptions import RedisError
 
 from controlplane.decide.rollback import RollbackPolicy, Verdict, evaluate, window_start
 from controlplane.decide.rollout import (
@@ -31,6 +30,7 @@ from controlplane.fleet.intent_store import RevisionConflict
 from controlplane.fleet.leader import Lock
 from controlplane.fleet.load_store import LoadStore
 from controlplane.intent import Intent, Rollout
+from controlplane.runtime.acting import Acting
 from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.rollout_ops import RolloutService, Unavailable
 
@@ -81,57 +81,38 @@ class AutoRollback:
         self._service = service
         self._intents = intents
         self._loads = loads
-        self._lock = lock
+        self._acting = Acting(lock, metrics.leader, "automatic-rollback")
         self.policy = policy
         self._m = metrics
         self._interval_s = interval_s
         self.enabled = enabled
         """False: judge and report, never act."""
         self._clock = clock
-        self.leader = False
         self.verdicts: dict[str, Verdict] = {}
         """The latest verdict per model with a canary in progress."""
-        self._failing = False
 
     @property
     def owner(self) -> str:
-        return self._lock.owner
+        return self._acting.owner
+
+    @property
+    def leader(self) -> bool:
+        """This replica holds the rollback lock and acts."""
+        return self._acting.leader
 
     async def holder(self) -> str | None:
-        return await self._lock.holder()
+        return await self._acting.holder()
 
     async def run(self) -> None:
         try:
             while True:
-                try:
-                    await self.tick()
-                    self._failing = False
-                except asyncio.CancelledError:
-                    raise
-                except (RedisError, OSError) as e:
-                    self._set_leader(False)
-                    if not self._failing:
-                        log.warning("automatic rollback paused, Redis unreachable: %s", e)
-                        self._failing = True
+                await self._acting.tick(self.tick)
                 await asyncio.sleep(self._interval_s)
         finally:
-            if self.leader:
-                self._set_leader(False)
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(self._lock.release(), 1.0)
-
-    def _set_leader(self, held: bool) -> None:
-        if held != self.leader:
-            log.info(
-                "%s the automatic-rollback lock (%s)",
-                "holding" if held else "no longer holding",
-                self._lock.owner,
-            )
-        self.leader = held
-        self._m.leader.set(1 if held else 0)
+            await self._acting.release()
 
     async def tick(self) -> None:
-        self._set_leader(await self._lock.hold())
+        await self._acting.hold()
         intent = self._intents.current()
         now = self._clock()
         for model, r in intent.rollouts.items():

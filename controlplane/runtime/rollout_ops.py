@@ -115,13 +115,15 @@ class RolloutService:
         change: Change,
         *,
         expected_revision: int | None = None,
+        wait_envoys: bool = True,
     ) -> Applied:
         """Apply ``change`` to ``model``'s rollout (see the module docstring).
 
-        Raises ``RevisionConflict``, ``RolloutError`` or ``Unavailable``.
+        ``wait_envoys`` False: answer without waiting for the Envoys' ACKs (a change that
+        moves no traffic). Raises ``RevisionConflict``, ``RolloutError`` or ``Unavailable``.
         """
         try:
-            applied = await self._change(action, model, change, expected_revision)
+            applied = await self._change(action, model, change, expected_revision, wait_envoys)
         except RevisionConflict:
             self.metrics.changes.labels(action, "conflict").inc()
             raise
@@ -135,7 +137,7 @@ class RolloutService:
         return applied
 
     async def _change(
-        self, action: str, model: str, change: Change, expected: int | None
+        self, action: str, model: str, change: Change, expected: int | None, wait: bool
     ) -> Applied:
         if not self._fleet.synced_once or not self._intents.synced:
             raise Unavailable(
@@ -170,7 +172,7 @@ class RolloutService:
         result = self._intents.current()
         self._reconciler.reconcile_once()  # publish now; the loop would, a moment later
         cur, total = 0, 0
-        if self._converge is not None:
+        if self._converge is not None and wait:
             cur, total = await self._converge(self._apply_timeout_s)
         r = result.rollouts.get(model)
         if action == "rollback" and r is not None and r.last_rollback is not None:

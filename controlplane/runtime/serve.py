@@ -1,5 +1,5 @@
 """``aixds serve``: wire registry, fleet and intent watchers, reconcile loop, ADS and LRS
-servers, load flushing, automatic rollback and the API.
+servers, load flushing, serving-version recording, automatic rollback and the API.
 
 All loops are started in ``serve()`` through one ``Supervisor`` and stopped in reverse
 order; the xDS server gets a bounded grace so open streams cannot hold shutdown.
@@ -34,6 +34,7 @@ from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
 from controlplane.runtime.rollout_ops import RolloutMetrics, RolloutService
+from controlplane.runtime.serving_version import ServingVersionMetrics, ServingVersions
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.runtime.testhooks import invalid_cluster_hook
 from controlplane.settings import ServeSettings, load_fleet_config
@@ -79,10 +80,13 @@ async def serve(s: ServeSettings) -> int:
     cache = SnapshotCache(group_of=node_group)
 
     reconciler: Reconciler | None = None
+    serving: ServingVersions | None = None
 
     def on_change() -> None:
         if reconciler is not None:
             reconciler.trigger()
+        if serving is not None:
+            serving.trigger()
 
     watcher = FleetWatcher(
         reader,
@@ -136,6 +140,14 @@ async def serve(s: ServeSettings) -> int:
         apply_timeout_s=s.apply_timeout_s,
     )
     instance = s.instance_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    serving = ServingVersions(
+        service,
+        intents,
+        watcher,
+        RedisLock(client, schema.SERVING_VERSION_LOCK_KEY, instance, s.leader_ttl_s),
+        ServingVersionMetrics(registry),
+        interval_s=s.serving_version_interval_s,
+    )
     guard = AutoRollback(
         service,
         intents,
@@ -182,6 +194,7 @@ async def serve(s: ServeSettings) -> int:
     sup.spawn("intent-watch", intents.run)
     sup.spawn("reconcile", reconciler.run)
     sup.spawn("load-flush", loads.run)
+    sup.spawn("serving-version", serving.run)
     sup.spawn("auto-rollback", guard.run)
     sup.spawn("api", api.serve)
     log.info(

@@ -2,7 +2,7 @@
 
 ``GET /sim/gpu`` serves ``SimGpu.document()``: what NVML would say about the GPU, in
 NVML's own units (percent, bytes, milliwatts, reason bits, counters, XID events), so the
-agent's ``--gpu sim`` source reads it through its NVML code path (``agent.gpu_sim``).
+agent's ``--gpu sim`` source reads it through its NVML code path (``agent.gpus.sim``).
 
 How the numbers follow the engine (``busy`` = share of the last half second with a
 sequence running, ``ext`` = the noisy neighbour's share, ``fill`` = running /

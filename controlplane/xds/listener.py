@@ -2,8 +2,9 @@
 
 An HTTP connection manager whose routes come over RDS on the same ADS stream, with two
 HTTP filters: ``json_to_metadata`` copies the OpenAI body field ``model`` into dynamic
-metadata (and clears the route cache, so routes can match it), then the router. The
-connection buffer limit is raised so large prompts are not answered 413.
+metadata, or notes why it could not (and clears the route cache, so routes can match
+either), then the router. The connection buffer limit is raised so large prompts are not
+answered 413.
 Pure: imports protobuf messages only.
 """
 
@@ -21,21 +22,38 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.matcher.v3 import regex_pb2
 
 from controlplane.ir import ListenerIR
-from controlplane.xds.route import BODY_METADATA_KEY, BODY_METADATA_NAMESPACE
-
-JSON_CONTENT_TYPES = "^application/json(;.*)?$"
-"""The filter's default is the exact string ``application/json`` (no charset)."""
+from controlplane.xds.route import (
+    BODY_METADATA_KEY,
+    BODY_METADATA_NAMESPACE,
+    JSON_CONTENT_TYPES,
+    NO_MODEL,
+    NOT_JSON,
+    REQUEST_ERROR_KEY,
+)
 
 STREAM_IDLE_TIMEOUT_S = 600
 """Fallback for routes without their own idle_timeout (every model route sets one)."""
 
 
+def _request_error(value: str) -> Any:
+    kv = j2m.JsonToMetadata.KeyValuePair(
+        metadata_namespace=BODY_METADATA_NAMESPACE, key=REQUEST_ERROR_KEY
+    )
+    kv.value.string_value = value
+    return kv
+
+
 def _json_to_metadata() -> Any:
+    """``model`` from a JSON body; else ``request_error``, which the routes answer with a 400:
+    ``no_model`` (empty body, no such field) or ``not_json`` (unparseable, too large). A
+    body of another content-type is not read at all and sets neither."""
     rule = j2m.JsonToMetadata.Rule(
         selectors=[j2m.JsonToMetadata.Selector(key=BODY_METADATA_KEY)],
         on_present=j2m.JsonToMetadata.KeyValuePair(
             metadata_namespace=BODY_METADATA_NAMESPACE, key=BODY_METADATA_KEY
         ),
+        on_missing=_request_error(NO_MODEL),
+        on_error=_request_error(NOT_JSON),
     )
     rules = j2m.JsonToMetadata.MatchRules(
         rules=[rule],

@@ -8,7 +8,11 @@ One virtual host ``*``. Routes, first match wins:
 3. The same per model on the body field ``model`` (dynamic metadata written by
    ``envoy.filters.http.json_to_metadata``). Header routes come first for every model, so
    the header wins consistently when a request carries both.
-4. Anything else: 404 with an OpenAI-style JSON error.
+4. A POST without the model header whose body cannot name a model: 400 with an OpenAI
+   ``invalid_request_error`` saying why (a content-type other than JSON, a body that is not
+   valid JSON, JSON without ``model``). The listener's filter records the last two in
+   ``request_error``. A request that names a model by header never gets these.
+5. Anything else: 404 with an OpenAI-style JSON error (an unknown model).
 
 Retries (virtual host) go to other hosts and other priorities; the route timeout is 0 so
 token streams are bounded only by the idle timeout. Pure: imports protobuf messages only.
@@ -26,13 +30,22 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.extensions.retry.priority.previous_priorities.v3 import (
     previous_priorities_config_pb2,
 )
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 
 from controlplane.ir import ModelRouteIR, RetryIR, RouteConfigIR
 
 BODY_METADATA_NAMESPACE = "envoy.filters.http.json_to_metadata"
 """Where the listener's json_to_metadata filter puts the body field ``model``."""
 BODY_METADATA_KEY = "model"
+REQUEST_ERROR_KEY = "request_error"
+"""Set in the same namespace by the filter when the body has no ``model`` to copy."""
+NOT_JSON = "not_json"
+"""``request_error`` for a JSON content-type whose body does not parse (or is too large)."""
+NO_MODEL = "no_model"
+"""``request_error`` for an empty body or JSON without ``model``."""
+JSON_CONTENT_TYPES = "^application/json(;.*)?$"
+"""The content-types whose body the filter reads (its default is exactly
+``application/json``, without a charset)."""
 
 NOT_FOUND_BODY = json.dumps(
     {
@@ -46,6 +59,13 @@ NOT_FOUND_BODY = json.dumps(
     separators=(",", ":"),
 )
 
+
+def bad_request_body(message: str, code: str, param: str | None = None) -> str:
+    """OpenAI's error object for a request it cannot serve as sent (status 400)."""
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    return json.dumps({"error": error}, separators=(",", ":"))
+
+
 RETRY_ON = "connect-failure,refused-stream,reset,retriable-status-codes"
 """``retry_on`` has no token ``503``: status codes go through retriable-status-codes."""
 
@@ -54,11 +74,11 @@ def _exact_header(name: str, value: str) -> Any:
     return rc.HeaderMatcher(name=name, string_match=string_pb2.StringMatcher(exact=value))
 
 
-def _body_model(model: str) -> Any:
+def _body_metadata(key: str, value: str) -> Any:
     return metadata_pb2.MetadataMatcher(
         filter=BODY_METADATA_NAMESPACE,
-        path=[metadata_pb2.MetadataMatcher.PathSegment(key=BODY_METADATA_KEY)],
-        value=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=model)),
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
+        value=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value)),
     )
 
 
@@ -134,7 +154,7 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
         if by == "header":
             mt.headers.insert(0, _exact_header(rcfg.model_header, m.model))
         else:
-            mt.dynamic_metadata.append(_body_model(m.model))
+            mt.dynamic_metadata.append(_body_metadata(BODY_METADATA_KEY, m.model))
         return mt
 
     routes = []
@@ -154,6 +174,65 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
     return routes
 
 
+def _bad_request_routes(model_header: str) -> list[Any]:
+    """400s for a POST that names no model by header and whose body names none either."""
+    or_header = f"or name the model in the {model_header} header"
+    not_json = bad_request_body(
+        f'the request body is not valid JSON: send a JSON object with a "model" field, {or_header}',
+        "invalid_json",
+    )
+    wrong_type = bad_request_body(
+        "the request body is not JSON: send it with content-type: application/json and a"
+        f' "model" field, {or_header}',
+        "unsupported_content_type",
+    )
+    no_model = bad_request_body(
+        'you must provide a model parameter: the JSON body field "model"'
+        f" or the {model_header} header",
+        "missing_model",
+        param="model",
+    )
+    not_json_type = rc.HeaderMatcher(
+        name="content-type",
+        string_match=string_pb2.StringMatcher(
+            safe_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPES)
+        ),
+        invert_match=True,
+        treat_missing_header_as_empty=True,  # no content-type at all: not JSON either
+    )
+
+    def match(*, headers: tuple[Any, ...] = (), error: str = "") -> Any:
+        mt = rc.RouteMatch(
+            prefix="/",
+            headers=[
+                _exact_header(":method", "POST"),
+                rc.HeaderMatcher(name=model_header, present_match=True, invert_match=True),
+                *headers,
+            ],
+        )
+        if error:
+            mt.dynamic_metadata.append(_body_metadata(REQUEST_ERROR_KEY, error))
+        return mt
+
+    return [
+        rc.Route(
+            name="bad-request/content-type",
+            match=match(headers=(not_json_type,)),
+            direct_response=_json_reply(400, wrong_type),
+        ),
+        rc.Route(
+            name="bad-request/not-json",
+            match=match(error=NOT_JSON),
+            direct_response=_json_reply(400, not_json),
+        ),
+        rc.Route(
+            name="bad-request/no-model",
+            match=match(error=NO_MODEL),
+            direct_response=_json_reply(400, no_model),
+        ),
+    ]
+
+
 def build_route_configuration(rcfg: RouteConfigIR) -> Any:
     """The ``envoy.config.route.v3.RouteConfiguration`` named ``rcfg.name``."""
     models = sorted(rcfg.models, key=lambda m: m.model)
@@ -170,6 +249,7 @@ def build_route_configuration(rcfg: RouteConfigIR) -> Any:
         vh.routes.extend(_model_routes(rcfg, m, "header"))
     for m in models:
         vh.routes.extend(_model_routes(rcfg, m, "body"))
+    vh.routes.extend(_bad_request_routes(rcfg.model_header))
     vh.routes.append(
         rc.Route(
             name="model-not-found",

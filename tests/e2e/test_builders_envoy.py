@@ -3,8 +3,9 @@
 Each golden case is loaded into Envoy as one static config (clusters STATIC, routes
 inline; everything else exactly as built), every cluster pointed at its own tiny local
 HTTP backend that answers which cluster it is. Then requests check routing by body field
-``model``, by ``x-model``, by ``x-model-version``, session stickiness, the 404 JSON for an
-unknown model, ``GET /v1/models``, large bodies, and that Envoy logged no deprecation.
+``model``, by ``x-model`` (whatever the body), by ``x-model-version``, session
+stickiness, the 404 JSON for an unknown model, the 400 JSON for a POST that names no
+model, ``GET /v1/models``, large bodies, and that Envoy logged no deprecation.
 """
 
 from __future__ import annotations
@@ -183,11 +184,68 @@ def test_header_wins_over_body(edge: _Edge) -> None:
 
 
 def test_unknown_model_is_openai_404(edge: _Edge) -> None:
-    for kw in ({"json": {"model": "no-such-model"}}, {"headers": {"x-model": "nope"}}, {}):
+    for kw in (
+        {"json": {"model": "no-such-model"}},
+        {"headers": {"x-model": "nope"}},
+        {"content": b"not json", "headers": {"x-model": "nope"}},  # the header names one
+        {"json": {"model": 7}},
+    ):
         r = edge.client.post("/v1/chat/completions", **kw)  # type: ignore[arg-type]
-        assert r.status_code == 404
+        assert r.status_code == 404, kw
         assert r.headers["content-type"] == "application/json"
         assert r.json() == json.loads(NOT_FOUND_BODY)
+    assert edge.client.get("/v1/models/no-such-model").status_code == 404  # only POSTs get 400
+
+
+JSON = {"content-type": "application/json"}
+TEXT = {"content-type": "text/plain"}
+
+
+@pytest.mark.parametrize(
+    ("kw", "code", "param"),
+    [
+        ({"content": b'{"model": "llama-3-8b",', "headers": JSON}, "invalid_json", None),
+        ({"content": b"model=llama-3-8b", "headers": JSON}, "invalid_json", None),
+        (
+            {"content": b"{]", "headers": {"content-type": "application/json; charset=utf-8"}},
+            "invalid_json",
+            None,
+        ),
+        ({"json": {"messages": [{"role": "user", "content": "hi"}]}}, "missing_model", "model"),
+        ({"json": {"model": None}}, "missing_model", "model"),
+        ({"json": ["model"]}, "missing_model", "model"),
+        ({"content": b"", "headers": JSON}, "missing_model", "model"),
+        ({"content": b"hello", "headers": TEXT}, "unsupported_content_type", None),
+        ({"data": {"model": "llama-3-8b"}}, "unsupported_content_type", None),  # a form
+        ({}, "unsupported_content_type", None),  # no body, no content-type
+    ],
+    ids=[
+        "truncated-json", "form-as-json", "bad-json-charset", "no-model", "model-null",
+        "json-array", "empty-json", "text-plain", "form", "no-body",
+    ],
+)  # fmt: skip
+def test_malformed_request_is_openai_400(
+    edge: _Edge, kw: dict[str, Any], code: str, param: str | None
+) -> None:
+    r = edge.client.post("/v1/chat/completions", **kw)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert (err["type"], err["code"], err["param"]) == ("invalid_request_error", code, param)
+    assert "model" in err["message"] and "x-model header" in err["message"]
+
+
+def test_header_routes_any_body(edge: _Edge) -> None:
+    """``x-model`` routes whatever the body is: multipart, text, broken JSON, JSON without
+    ``model``."""
+    m = _models(edge)[0]
+    allowed = {w.cluster for w in m.clusters if w.weight > 0}
+    h = {"x-model": m.model}
+    files = {"file": ("a.wav", b"RIFF....", "audio/wav")}
+    assert edge.cluster_for(files=files, data={"model": "whisper"}, headers=h) in allowed
+    assert edge.cluster_for(content=b"hello", headers={**h, **TEXT}) in allowed
+    assert edge.cluster_for(content=b"{]", headers={**h, **JSON}) in allowed
+    assert edge.cluster_for(json={"prompt": "hi"}, headers=h) in allowed
 
 
 def test_models_list(edge: _Edge) -> None:

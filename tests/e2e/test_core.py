@@ -30,6 +30,9 @@ def metric(api: str, name: str) -> float:
     return total
 
 
+JSON = {"content-type": "application/json"}
+
+
 def test_routes_by_body_model_and_header_and_404_for_unknown(fleet: Fleet) -> None:
     llama = [fleet.add_replica("llama"), fleet.add_replica("llama")]
     qwen = fleet.add_replica("qwen", "q1")
@@ -56,6 +59,10 @@ def test_routes_by_body_model_and_header_and_404_for_unknown(fleet: Fleet) -> No
     assert r.status_code == 404
     assert r.headers["content-type"] == "application/json"
     assert r.json()["error"]["type"] == "NotFoundError"
+    # over xDS too: a POST whose body names no model is a 400 that says why
+    for body, code in ((b"{not json", "invalid_json"), (b'{"prompt":"x"}', "missing_model")):
+        r = httpx.post(f"{edge.url}/v1/completions", content=body, headers=JSON)
+        assert r.status_code == 400 and r.json()["error"]["code"] == code
     models = httpx.get(f"{edge.url}/v1/models").json()
     assert sorted(m["id"] for m in models["data"]) == ["llama", "qwen"]
 

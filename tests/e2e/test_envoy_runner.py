@@ -1,6 +1,7 @@
 """``aixds envoy`` against a stub ADS server: the rendered bootstrap reaches the control
 plane at once (HTTP/2 on the xDS cluster, else Envoy waits out initial_fetch_timeout),
-carries node id, locality and metadata, and SIGTERM to ``aixds`` stops Envoy cleanly.
+carries node id, locality and metadata, and SIGTERM or SIGHUP to ``aixds`` stops Envoy
+cleanly; ``kill -9`` of ``aixds`` takes Envoy with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.xds import resources
-from tests.support import Procs, free_port
+from tests.support import Proc, Procs, alive, descendants, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -83,3 +84,34 @@ def test_envoy_connects_and_stops_on_sigterm(stub_ads: tuple[_StubAds, int], pro
     assert p.popen.wait(10) == 0
     assert not _port_open(admin)
     assert "deprecated" not in p.log.read_text(errors="replace").lower()
+
+
+def _runner(procs: Procs, xds_port: int) -> tuple[Proc, int]:
+    admin = free_port()
+    p = procs.aixds(
+        "aixds-envoy",
+        "envoy", "--xds", f"127.0.0.1:{xds_port}", "--node-id", "edge-1", "--region", "no",
+        "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin}",
+        "--concurrency", "1",
+    )  # fmt: skip
+    wait_until(lambda: _port_open(admin), 10, what="Envoy's admin")
+    return p, admin
+
+
+def test_sighup_stops_envoy(stub_ads: tuple[_StubAds, int], procs: Procs) -> None:
+    """A closed terminal: Envoy itself ignores SIGHUP, so ``aixds`` turns it into SIGTERM."""
+    p, admin = _runner(procs, stub_ads[1])
+    assert p.popen is not None
+    os.kill(p.pid, signal.SIGHUP)
+    assert p.popen.wait(10) == 0
+    assert not _port_open(admin)
+
+
+def test_envoy_dies_with_a_killed_runner(stub_ads: tuple[_StubAds, int], procs: Procs) -> None:
+    """The runner asks the kernel for it. Envoy 1.40 also sets PR_SET_PDEATHSIG itself
+    (strace shows it), so with this build the test would pass without the runner's part."""
+    p, admin = _runner(procs, stub_ads[1])
+    (envoy,) = descendants(p.pid)
+    os.kill(p.pid, signal.SIGKILL)  # only aixds, not its process group
+    wait_until(lambda: not alive(envoy), 5, interval=0.02, what="Envoy to exit")
+    assert not _port_open(admin)

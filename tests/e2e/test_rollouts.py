@@ -148,13 +148,20 @@ def route_version(edge: Edge) -> str:
     return str(rc["version_info"])
 
 
+def recorded_stable(fleet: Fleet, model: str = "llama") -> str | None:
+    """The version recorded for the model in the stored intent (None: none yet)."""
+    doc = api(fleet, "GET", "/v1/intent")["doc"] or {}
+    r = doc.get("rollouts", {}).get(model)
+    return None if r is None else str(r["stable"])
+
+
 def two_versions(
     fleet: Fleet, n_v1: int, n_v2: int, **kw: Any
 ) -> tuple[list[Replica], list[Replica], Edge]:
     v1 = [fleet.add_replica("llama", "v1", server_args=FAST) for _ in range(n_v1)]
     edge = fleet.add_edge()
     fleet.wait_routable(edge, "llama", n_v1)
-    api(fleet, "POST", "/v1/rollouts/llama", {"to": "v1"})  # pin v1 before v2 shows up
+    wait_until(lambda: recorded_stable(fleet) == "v1", 10, what="v1 recorded at first sight")
     v2 = [fleet.add_replica("llama", "v2", server_args=FAST, **kw) for _ in range(n_v2)]
     wait_hosts(edge, "llama@v2", n_v2)
     return v1, v2, edge
@@ -358,7 +365,7 @@ def test_api_and_cli_reject_bad_writes_and_drive_a_rollout(fleet: Fleet) -> None
 
     p = run("start", "llama", "--to", "v1", "--canary", "10", token=False)
     assert p.returncode == 1 and "401 unauthorized" in p.stderr
-    p = run("start", "llama", "--to", "v1")  # v2 is the default (greatest name): switch
+    p = run("start", "llama", "--to", "v1")  # a pin or a switch: the version first seen
     assert p.returncode == 0, p.stderr
     p = run("start", "llama", "--to", "v2", "--canary", "20")
     assert p.returncode == 0 and "v1 80%, v2 20%" in p.stdout, p.stdout
@@ -462,3 +469,97 @@ def test_drain_a_node_and_a_replica_under_load_with_the_cli(fleet: Fleet) -> Non
     p = drain("--list")
     assert p.returncode == 0 and "none" in p.stdout, p.stdout
     assert load.failed == 0, load.failures[:5]
+
+
+def test_a_bigger_new_version_takes_no_traffic_until_a_rollout(fleet: Fleet) -> None:
+    """Issue 9: blue (v1) serves; green (v2) comes up beside it, with more replicas and a
+    greater name, and takes nothing (but header-routed requests) until an operator starts
+    a canary; then promote and rollback. Finally blue dies: traffic fails open to green,
+    visibly, and returns to blue when it serves again."""
+    blue = [fleet.add_replica("llama", "v1", server_args=FAST) for _ in range(2)]
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 2)
+    wait_until(lambda: recorded_stable(fleet) == "v1", 10, what="v1 recorded at first sight")
+    env = {**os.environ, "AIXDS_API_TOKEN": TOKEN}
+    by_header = {"x-model-version": "v2"}
+    with TimedLoad(edge.url, "llama", concurrency=16, max_tokens=1) as load:
+        load.wait_requests(100)
+        green = [fleet.add_replica("llama", "v2", server_args=FAST) for _ in range(3)]
+        wait_hosts(edge, "llama@v2", 3)
+        t_green = time.time()
+        wait_samples(load, t_green, 1000)
+        with httpx.Client(base_url=edge.url, timeout=10) as c:
+            header_routed = {
+                c.post("/v1/chat/completions", json=BODY, headers=by_header).headers["x-replica"]
+                for _ in range(30)
+            }
+        assert header_routed <= {r.replica_id for r in green}, header_routed
+        t_canary = time.time()
+        p = subprocess.run(
+            [sys.executable, "-m", "controlplane", "rollout", "start", "llama", "--to", "v2",
+             "--canary", "10", "--api", fleet.api],
+            env=env, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        t_started = time.time()
+        assert p.returncode == 0 and "v1 90%, v2 10%" in p.stdout, (p.stdout, p.stderr)
+        before = [s for s in load.samples if s.sent < t_canary]
+        assert len(before) >= 1100 and share(before, green) == 0.0
+        canary = wait_samples(load, t_started, 2000)
+        split = share(canary, green)
+
+        api(fleet, "POST", "/v1/rollouts/llama/promote", {})
+        t_promote = time.time()
+        promoted = wait_samples(load, t_promote + 0.1, 500)
+        api(fleet, "POST", "/v1/rollouts/llama/rollback", {"reason": "e2e"})
+        t_back = time.time()
+        back = wait_samples(load, t_back + 0.1, 500)
+    print(
+        f"green up beside blue: 0 of {len(before)} requests reached it; canary 10%: "
+        f"measured {split:.2%} over {len(canary)} requests; promote: {share(promoted, green):.0%}"
+        f" to v2; rollback: {share(back, blue):.0%} to v1; {load.total} requests"
+    )
+    assert 0.07 <= split <= 0.13
+    assert share(promoted, green) == 1.0 and share(back, blue) == 1.0
+    assert load.failed == 0, load.failures[:5]
+
+    # blue dies: fail open to green (intent unchanged), visible in API, status, metric, log
+    for r in blue:
+        r.server.kill()
+    ro: dict[str, Any] = {}
+
+    def failed_open() -> bool:
+        ro.update(api(fleet, "GET", "/v1/rollouts/llama"))
+        return ro["fallback"] == "v2" and ro["traffic"] == {"v2": 100.0}
+
+    wait_until(failed_open, 10, what="fail open to v2")
+    assert ro["stable"] == recorded_stable(fleet) == "v1"
+    wait_until(lambda: edge.hosts("llama@v1") == {}, 5, what="v1 hosts gone from Envoy")
+    with httpx.Client(base_url=edge.url, timeout=10) as c:
+        served = {c.post("/v1/chat/completions", json=BODY).headers["x-replica"] for _ in range(20)}
+    assert served <= {r.replica_id for r in green}, served
+    assert metric(fleet, 'aixds_serving_version_fallback{model="llama"}') == 1.0
+    p = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--api", fleet.api],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "FAIL-OPEN: stable v1 has no serving replica; traffic goes to v2" in p.stdout, p.stdout
+    # blue serves again: its traffic comes back
+    for r in blue:
+        assert r.server.popen is not None
+        r.server.popen.wait(5)
+        r.server.start()
+    wait_until(
+        lambda: api(fleet, "GET", "/v1/rollouts/llama")["traffic"] == {"v1": 100.0},
+        15,
+        what="traffic back on v1",
+    )
+    wait_until(
+        lambda: metric(fleet, 'aixds_serving_version_fallback{model="llama"}') == 0.0,
+        5,
+        what="fallback gauge back to 0",
+    )
+    assert fleet.serve_proc is not None
+    log_text = fleet.serve_proc.log.read_text()
+    assert "serving version of llama recorded at first sight: v1" in log_text
+    assert "FAIL OPEN: llama's stable version v1 has no serving replica" in log_text
+    assert "fail open of llama ended: its stable version v1 serves" in log_text

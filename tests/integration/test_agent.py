@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.agent.adapter import Probe
-from controlplane.agent.gpu import NoGpu
+from controlplane.agent.gpus.source import NoGpu
 from controlplane.agent.main import AgentConfig, parse_server, run_agent
 from controlplane.agent.publisher import ReplicaPublisher, Target, Timing
+from controlplane.agent.servers.adapter import Probe
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ReplicaRecord, ServerKind
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.fleet.store import MemoryRegistry, decode_entry

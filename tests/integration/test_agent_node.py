@@ -25,12 +25,12 @@ import httpx
 import pytest
 import redis
 
-from controlplane.agent.converge import ExecTiming
-from controlplane.agent.docker_source import DockerSource
-from controlplane.agent.gpu import NoGpu
+from controlplane.agent.gpus.source import NoGpu
 from controlplane.agent.lock import LockHeld, lock_key
 from controlplane.agent.main import AgentConfig, parse_server, run_agent
+from controlplane.agent.placement.converge import ExecTiming
 from controlplane.agent.publisher import Timing
+from controlplane.agent.servers.docker_source import DockerSource
 from controlplane.fleet import schema
 from controlplane.fleet.model import ModelInfo, ModelState, ReplicaRecord
 from controlplane.fleet.registry import RedisRegistry, connect

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.agent.vllm import parse_metrics
+from controlplane.agent.servers.vllm import parse_metrics
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import FakeLLMServer
 from controlplane.sim.openai_format import TOKENS

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from controlplane.agent.adapter import Probe
-from controlplane.agent.faults import FaultClearWatcher, fault_clear_key, format_clear_stamp
-from controlplane.agent.gpu import make_gpu_source
-from controlplane.agent.gpu_poll import PolledGpuSource
-from controlplane.agent.gpu_sim import SimGpuSource
+from controlplane.agent.gpus.faults import FaultClearWatcher, fault_clear_key, format_clear_stamp
+from controlplane.agent.gpus.poll import PolledGpuSource
+from controlplane.agent.gpus.sim import SimGpuSource
+from controlplane.agent.gpus.wiring import make_gpu_source
 from controlplane.agent.publisher import ReplicaPublisher, Target, Timing
+from controlplane.agent.servers.adapter import Probe
 from controlplane.decide.eligibility import candidate
 from controlplane.fleet.model import (
     LoadStats,

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from controlplane.agent.adapter import Probe
+from controlplane.agent.servers.adapter import Probe
 from controlplane.fleet.codec import decode_record, encode_record
 from controlplane.fleet.model import ReplicaRecord, ServerKind
 

@@ -1,4 +1,4 @@
-"""The agent's prefix-cache hit rate (``agent.cache_hits``): windowed from two or more
+"""The agent's prefix-cache hit rate (``servers.cache_hits``): windowed from two or more
 scrapes of the server's counters, read from vLLM (every name generation) and SGLang, and
 published in the record; also against the fake server itself, in-process."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from controlplane.agent.cache_hits import PrefixHitRate
-from controlplane.agent.sglang import parse_metrics as parse_sglang
-from controlplane.agent.vllm import VllmAdapter, parse_metrics
+from controlplane.agent.servers.cache_hits import PrefixHitRate
+from controlplane.agent.servers.sglang import parse_metrics as parse_sglang
+from controlplane.agent.servers.vllm import VllmAdapter, parse_metrics
 from controlplane.fleet.model import LoadStats, ServerKind
 from controlplane.sim.app import FakeLLM, FakeLLMConfig
 from tests.unit.adapter_support import publishable

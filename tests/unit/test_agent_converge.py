@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 
-from controlplane.agent.converge import Action, Converger, ExecTiming, Observed, Op, Phase
-from controlplane.agent.desired import Desired
+from controlplane.agent.placement.converge import Action, Converger, ExecTiming, Observed, Op, Phase
+from controlplane.agent.placement.desired import Desired
 from controlplane.fleet.model import ModelInfo, ModelState
 
 R, L, W, U = ModelState.READY, ModelState.LOADING, ModelState.WARMING, ModelState.UNLOADING

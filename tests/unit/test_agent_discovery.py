@@ -12,14 +12,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from controlplane.agent.discovery import (
+from controlplane.agent.servers.discovery import (
     MAX_SERVERS,
     Discovery,
     ServerSpec,
     load_config,
     parse_server,
 )
-from controlplane.agent.docker_source import DockerSource, spec_from_container
+from controlplane.agent.servers.docker_source import DockerSource, spec_from_container
 from controlplane.fleet.model import ServerKind
 from tests.unit.fake_docker import FakeDockerEngine, recorded
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from controlplane.agent.converge import ExecTiming
-from controlplane.agent.desired import MemoryDesired
-from controlplane.agent.executor import Executor, ServerHandle
-from controlplane.agent.gpu import NoGpu
-from controlplane.agent.loaders import VllmLoraLoader
+from controlplane.agent.gpus.source import NoGpu
+from controlplane.agent.placement.converge import ExecTiming
+from controlplane.agent.placement.desired import MemoryDesired
+from controlplane.agent.placement.executor import Executor, ServerHandle
+from controlplane.agent.placement.loaders import VllmLoraLoader
 from controlplane.agent.publisher import ReplicaPublisher, Target, Timing
-from controlplane.agent.vllm import VllmAdapter
+from controlplane.agent.servers.vllm import VllmAdapter
 from controlplane.fleet.model import ModelState, ReplicaRecord, ServerKind
 from tests.unit.fake_lora import FakeLoraServer
 

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from controlplane.agent.desired import Desired, DesiredError, parse_desired
-from controlplane.agent.loaders import (
+from controlplane.agent.placement.desired import Desired, DesiredError, parse_desired
+from controlplane.agent.placement.loaders import (
     LoadError,
     OllamaLoader,
     TritonLoader,
@@ -16,7 +16,7 @@ from controlplane.agent.loaders import (
     make_loader,
     server_message,
 )
-from controlplane.agent.scrape import Reply
+from controlplane.agent.servers.scrape import Reply
 from controlplane.fleet.model import ServerKind
 from tests.unit.fake_lora import FakeLoraServer
 from tests.unit.httpstub import StubRequest, StubResponse, StubServer

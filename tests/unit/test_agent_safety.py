@@ -11,7 +11,7 @@ import pytest
 
 from controlplane.agent.aio import raise_if_cancelled, wait_event
 from controlplane.agent.publisher import OwnNodeWriter
-from controlplane.agent.scrape import MAX_BODY_BYTES, BodyTooLarge, Notes, Reply, fetch
+from controlplane.agent.servers.scrape import MAX_BODY_BYTES, BodyTooLarge, Notes, Reply, fetch
 from controlplane.fleet.model import ReplicaRecord, ServerKind
 from controlplane.fleet.store import MemoryRegistry
 

@@ -1,12 +1,12 @@
-"""The agent's measured decode speed (``agent.speed``) and the record it ends up in."""
+"""The agent's measured decode speed (``agent.servers.speed``) and the record it ends up in."""
 
 from __future__ import annotations
 
 import pytest
 
-from controlplane.agent.adapter import Probe
 from controlplane.agent.publisher import Target, build_record, worth_publishing
-from controlplane.agent.speed import DecodeSpeed, next_rung, snap
+from controlplane.agent.servers.adapter import Probe
+from controlplane.agent.servers.speed import DecodeSpeed, next_rung, snap
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.agent.desired import Desired
-from controlplane.agent.loaders import LoadError, VllmLoraLoader
-from controlplane.agent.vllm import parse_models
+from controlplane.agent.placement.desired import Desired
+from controlplane.agent.placement.loaders import LoadError, VllmLoraLoader
+from controlplane.agent.servers.vllm import parse_models
 from controlplane.sim.app import FakeLLM, FakeLLMConfig
 from controlplane.sim.control import ControlError, parse_control
 from controlplane.sim.fake_llm import config_from_args, configure_parser

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.agent.faults import (
+from controlplane.agent.gpus.faults import (
     FaultClearWatcher,
     FaultLatch,
     fault_clear_key,
@@ -94,7 +94,7 @@ async def test_watcher_survives_redis_errors_and_garbage(caplog: pytest.LogCaptu
     store, src, mono = Store(), Source(), Clock()
     w = FaultClearWatcher(store.get, "n1", [src], every_s=1.0, clock=mono)
     store.fail = True
-    with caplog.at_level(logging.WARNING, logger="controlplane.agent.faults"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpus.faults"):
         for i in range(3):
             mono.t = float(i)
             assert await w.check() == []

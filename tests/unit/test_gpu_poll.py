@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from controlplane.agent.fake_nvml import FakeGpu, FakeNvml
-from controlplane.agent.gpu_poll import PolledGpuSource
-from controlplane.agent.nvml import NvmlGpuSource
+from controlplane.agent.gpus.fake_nvml import FakeGpu, FakeNvml
+from controlplane.agent.gpus.nvml import NvmlGpuSource
+from controlplane.agent.gpus.poll import PolledGpuSource
 from controlplane.fleet.model import GpuStats
 
 
@@ -69,7 +69,7 @@ def test_a_hung_read_never_blocks_and_keeps_the_last_sample(
         assert first[0].faulty
         inner.gate.clear()  # the driver hangs
         time.sleep(0.1)
-        with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpu_poll"):
+        with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpus.poll"):
             t0 = time.monotonic()
             assert src.read() == first  # the fault must not disappear
             assert src.read() == first

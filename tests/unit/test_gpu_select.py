@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.agent.gpu import NoGpu, make_gpu_source
-from controlplane.agent.gpu_select import GpuSelection, SelectedGpus, parse_server_gpus
+from controlplane.agent.gpus.selection import GpuSelection, SelectedGpus, parse_server_gpus
+from controlplane.agent.gpus.source import NoGpu
+from controlplane.agent.gpus.wiring import make_gpu_source
 from controlplane.fleet.model import GpuStats
 
 U = [

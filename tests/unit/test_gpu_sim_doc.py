@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controlplane.agent.gpu_sim import SimGpuSource
+from controlplane.agent.gpus.sim import SimGpuSource
 
 UUID = "GPU-6f1c0f4e-2b1c-5b7e-9d1a-0c3e5e7a9b11"
 DOC: dict[str, Any] = {
@@ -159,7 +159,7 @@ def test_bad_answers_give_no_gpus_and_one_log_line(
         server.g()["temperature_c"] = True
     elif breakage == "bad_events":
         server.g()["xid_events"] = [{"seq": "one", "xid": 79}]
-    with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpu_sim"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpus.sim"):
         assert src.read() == ()
         assert src.read() == ()
     assert sum("no simulated GPU" in r.getMessage() for r in caplog.records) == 1

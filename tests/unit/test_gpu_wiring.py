@@ -3,9 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from controlplane.agent.discovery import parse_server
-from controlplane.agent.gpu_select import GpuSelection, SelectedGpus, parse_server_gpus
-from controlplane.agent.gpu_wiring import NodeGpus
+from controlplane.agent.gpus.selection import GpuSelection, SelectedGpus, parse_server_gpus
+from controlplane.agent.gpus.wiring import NodeGpus
+from controlplane.agent.servers.discovery import parse_server
 from controlplane.fleet.model import GpuStats
 
 

@@ -6,16 +6,16 @@ import logging
 
 import pytest
 
-from controlplane.agent import fake_nvml as fk
-from controlplane.agent.fake_nvml import FakeGpu, FakeNvml
-from controlplane.agent.gpu import sane
-from controlplane.agent.nvml import (
+from controlplane.agent.gpus import fake_nvml as fk
+from controlplane.agent.gpus.fake_nvml import FakeGpu, FakeNvml
+from controlplane.agent.gpus.nvml import (
     APP_XIDS,
     THROTTLE_MASK,
     NvmlGpuSource,
     is_throttled,
     throttle_reasons,
 )
+from controlplane.agent.gpus.source import sane
 from controlplane.fleet.codec import decode_record, encode_record
 from controlplane.fleet.model import GpuStats, ReplicaRecord, ServerKind
 
@@ -165,7 +165,7 @@ def test_ecc_unsupported_is_not_a_fault(caplog: pytest.LogCaptureFixture) -> Non
     nv = two_gpus()
     nv.gpus[0].unsupported = {"nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRemappedRows"}
     src, _ = source(nv)
-    with caplog.at_level(logging.INFO, logger="controlplane.agent.nvml"):
+    with caplog.at_level(logging.INFO, logger="controlplane.agent.gpus.nvml"):
         for _ in range(3):
             g0 = src.read()[0]
     assert not g0.faulty
@@ -183,7 +183,7 @@ def test_failing_field_reads_as_default_and_is_logged_once(
     nv = two_gpus()
     nv.gpus[0].failing = {"nvmlDeviceGetPowerUsage": fk.NVMLError_Unknown()}
     src, _ = source(nv)
-    with caplog.at_level(logging.WARNING, logger="controlplane.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpus.nvml"):
         g0 = src.read()[0]
         src.read()
     assert (g0.power_w, g0.power_limit_w, g0.faulty) == (0.0, 700.0, False)
@@ -216,7 +216,7 @@ def test_application_xids_are_logged_not_faults(caplog: pytest.LogCaptureFixture
     src, _ = source(nv)
     src.read()
     assert {13, 31, 43, 45} == APP_XIDS
-    with caplog.at_level(logging.INFO, logger="controlplane.agent.nvml"):
+    with caplog.at_level(logging.INFO, logger="controlplane.agent.gpus.nvml"):
         nv.xid(0, 43)
         nv.xid(0, 13)
         assert not src.read()[0].faulty
@@ -237,7 +237,7 @@ def test_events_unsupported_still_reads_the_gpus(caplog: pytest.LogCaptureFixtur
     nv = two_gpus()
     nv.gpus[0].unsupported = {"nvmlDeviceRegisterEvents"}
     src, _ = source(nv)
-    with caplog.at_level(logging.WARNING, logger="controlplane.agent.nvml"):
+    with caplog.at_level(logging.WARNING, logger="controlplane.agent.gpus.nvml"):
         assert len(src.read()) == 2
     assert any("GPU 0: XID events unavailable" in r.getMessage() for r in caplog.records)
     nv.xid(1, 79)
@@ -322,7 +322,7 @@ def test_no_nvml_is_reported_once_and_reads_nothing(
 ) -> None:
     nv = FakeNvml([FakeGpu(U0)], init_error=error)
     src = NvmlGpuSource(nv, retry_s=30.0, clock=Clock(0.0))
-    with caplog.at_level(logging.INFO, logger="controlplane.agent.nvml"):
+    with caplog.at_level(logging.INFO, logger="controlplane.agent.gpus.nvml"):
         assert src.read() == ()
         assert src.read() == ()
     lines = [r.getMessage() for r in caplog.records]
@@ -358,7 +358,7 @@ def test_nvml_failing_mid_run_reads_nothing_then_recovers() -> None:
 
 
 def test_missing_pynvml_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    import controlplane.agent.nvml as mod
+    import controlplane.agent.gpus.nvml as mod
 
     def no_module() -> object:
         raise ImportError("No module named 'pynvml'")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.agent.adapter import UNREACHABLE
-from controlplane.agent.ollama import OllamaAdapter, parse_ps
+from controlplane.agent.servers.adapter import UNREACHABLE
+from controlplane.agent.servers.ollama import OllamaAdapter, parse_ps
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 from tests.unit.adapter_support import (
     fixture,

@@ -215,7 +215,7 @@ async def test_guard_rolls_back_a_failing_canary_and_says_why() -> None:
 
 async def test_guard_judges_but_does_not_act_without_the_lock() -> None:
     a = build()
-    a.guard._lock.holder_id = "another-replica"  # type: ignore[attr-defined]
+    a.guard_lock.holder_id = "another-replica"
     transport = httpx.ASGITransport(app=a.app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
         await c.post("/v1/rollouts/llama", json={"to": "v2", "canary_percent": 10}, headers=AUTH)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.agent.adapter import UNREACHABLE
-from controlplane.agent.scrape import MetricsError
-from controlplane.agent.sglang import SglangAdapter, model_from_info, parse_metrics
+from controlplane.agent.servers.adapter import UNREACHABLE
+from controlplane.agent.servers.scrape import MetricsError
+from controlplane.agent.servers.sglang import SglangAdapter, model_from_info, parse_metrics
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 from tests.unit.adapter_support import (
     fixture,

@@ -12,6 +12,7 @@ from controlplane.fleet.model import ModelFailure
 from controlplane.status import print_status
 from tests.rollout_app import build, default_fleet
 from tests.unit.httpstub import StubRequest, StubResponse, StubServer
+from tests.unit.test_serving_version import fail_open_app
 
 AUTH = {"authorization": "Bearer tok"}
 
@@ -42,6 +43,18 @@ def test_status_lists_every_models_rollout(capsys: pytest.CaptureFixture[str]) -
     assert section[1] == "  llama: traffic v1 90%, v2 10%"
     assert section[2].startswith("    stable v1, canary v2 at 10% since ")
     assert section[3:] == ["  qwen: traffic q1 100%", "    stable q1"]
+
+
+def test_status_shows_fail_open(capsys: pytest.CaptureFixture[str]) -> None:
+    c, _ = fail_open_app()
+    run_status(forward(c))
+    out = capsys.readouterr().out
+    section = out[out.index("\nrollouts") :].strip().splitlines()
+    assert section[1:4] == [
+        "  llama: traffic v2 100%",
+        "    stable v1",
+        "    FAIL-OPEN: stable v1 has no serving replica; traffic goes to v2 until it serves again",
+    ]
 
 
 def test_status_says_none_without_models(capsys: pytest.CaptureFixture[str]) -> None:

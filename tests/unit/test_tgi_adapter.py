@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from controlplane.agent.adapter import UNREACHABLE
-from controlplane.agent.scrape import MetricsError
-from controlplane.agent.tgi import TgiAdapter, model_from_info, parse_metrics
+from controlplane.agent.servers.adapter import UNREACHABLE
+from controlplane.agent.servers.scrape import MetricsError
+from controlplane.agent.servers.tgi import TgiAdapter, model_from_info, parse_metrics
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 from tests.unit.adapter_support import (
     Route,

@@ -11,9 +11,9 @@ import json
 import httpx
 import pytest
 
-from controlplane.agent.adapter import UNREACHABLE
-from controlplane.agent.scrape import MetricsError
-from controlplane.agent.triton import (
+from controlplane.agent.servers.adapter import UNREACHABLE
+from controlplane.agent.servers.scrape import MetricsError
+from controlplane.agent.servers.triton import (
     TritonAdapter,
     default_metrics_url,
     parse_index,

@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from controlplane.agent.trtllm import TrtllmAdapter, parse_stats
+from controlplane.agent.servers.trtllm import TrtllmAdapter, parse_stats
 from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKind
 from tests.unit.adapter_support import Route, fixture, fixture_json, mock_client, publishable
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controlplane.agent.adapter import UNREACHABLE
-from controlplane.agent.vllm import (
+from controlplane.agent.servers.adapter import UNREACHABLE
+from controlplane.agent.servers.vllm import (
     MetricsError,
     VllmAdapter,
     parse_metrics,

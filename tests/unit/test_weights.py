@@ -15,10 +15,10 @@ from controlplane.decide.weights import (
     SCALE_STEP,
     quantize,
     raw_score,
-    snap,
     weights,
 )
 from controlplane.fleet.model import GpuStats, LoadStats, ReplicaRecord
+from controlplane.ladder import snap
 from tests.fleetgen import replica
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from controlplane.decide import weights
+from controlplane import ladder
 
 REFERENCE_TPS = 25.0
 """Per-sequence decode tokens/s published as speed 1.0 (``aixds agent --reference-tps``)."""
@@ -44,9 +44,9 @@ MIN_SPEED, MAX_SPEED = 0.001, 1000.0
 
 
 def snap(value: float, step: float) -> float:
-    """The power of ``step`` nearest to ``value`` > 0 (log scale, as the weight policy snaps
-    it too), kept in the codec's range."""
-    return min(MAX_SPEED, max(MIN_SPEED, weights.snap(value, step)))
+    """The power of ``step`` nearest to ``value`` > 0 (log scale, ``ladder.snap`` as the weight
+    policy uses it too), kept in the codec's range."""
+    return min(MAX_SPEED, max(MIN_SPEED, ladder.snap(value, step)))
 
 
 def next_rung(current: float | None, estimate: float, step: float) -> float:

@@ -1,5 +1,8 @@
 """Which GPU source each discovered model server gets (``--gpu``), made and closed with it.
 
+``make_gpu_source`` is the one place that picks a source by name, so it imports the
+sources (``nvml``, ``sim``, ``poll``); they import only ``source``, never this module.
+
 ``none`` and ``nvml`` share one node-wide source among all servers; ``sim`` reads each
 fake server's own simulated GPU, so it is made when the server appears and closed when it
 leaves. ``--server-gpus PORT=GPUS`` narrows a server's source to its own GPUs
@@ -11,11 +14,35 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from controlplane.agent.discovery import ServerSpec
-from controlplane.agent.gpu import GpuSource, make_gpu_source
-from controlplane.agent.gpu_select import GpuSelection, SelectedGpus
+from controlplane.agent.gpus.nvml import NvmlGpuSource
+from controlplane.agent.gpus.poll import PolledGpuSource
+from controlplane.agent.gpus.selection import GpuSelection, SelectedGpus
+from controlplane.agent.gpus.sim import SimGpuSource
+from controlplane.agent.gpus.source import GpuSource, NoGpu
+from controlplane.agent.servers.discovery import ServerSpec
 
 log = logging.getLogger(__name__)
+
+GPU_SOURCES = ("none", "nvml", "sim")
+"""Values of ``aixds agent --gpu``."""
+
+
+def make_gpu_source(name: str, server_url: str | None = None) -> GpuSource:
+    """The source named by ``--gpu``; ``ValueError`` for an unknown name.
+
+    ``sim`` reads one fake LLM server's simulated GPU, so it needs that server's
+    ``server_url``; the others ignore it. ``nvml`` and ``sim`` are read in a background
+    thread that starts here.
+    """
+    if name == "none":
+        return NoGpu()
+    if name == "nvml":
+        return PolledGpuSource(NvmlGpuSource(), name="nvml").start()
+    if name == "sim":
+        if not server_url:
+            raise ValueError("--gpu sim needs the model server's URL (its simulated GPU)")
+        return PolledGpuSource(SimGpuSource(server_url), name=f"sim {server_url}").start()
+    raise ValueError(f"unknown GPU source {name!r}; expected one of {', '.join(GPU_SOURCES)}")
 
 
 class NodeGpus:

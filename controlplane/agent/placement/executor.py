@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from controlplane.agent.adapter import Probe
 from controlplane.agent.aio import raise_if_cancelled, wait_event
-from controlplane.agent.converge import Action, Converger, ExecTiming, Observed, Op
-from controlplane.agent.desired import Desired, DesiredError, DesiredSource, parse_desired
-from controlplane.agent.loaders import Loader, LoadError
-from controlplane.agent.scrape import Notes
+from controlplane.agent.placement.converge import Action, Converger, ExecTiming, Observed, Op
+from controlplane.agent.placement.desired import Desired, DesiredError, DesiredSource, parse_desired
+from controlplane.agent.placement.loaders import Loader, LoadError
+from controlplane.agent.servers.adapter import Probe
+from controlplane.agent.servers.scrape import Notes
 from controlplane.fleet.model import ModelState
 
 log = logging.getLogger(__name__)

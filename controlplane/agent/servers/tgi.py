@@ -2,7 +2,7 @@
 
 The model is ``/info``'s ``model_id``. Load: ``tgi_queue_size`` (waiting) and
 ``tgi_batch_current_size`` (running). TGI exposes no KV-cache use, so it is published as
-0 (unknown). Decode speed (``agent.speed``): the count and sum of
+0 (unknown). Decode speed (``servers.speed``): the count and sum of
 ``tgi_batch_forward_duration{method="decode"}``, i.e. decode steps per second of stepping.
 State: ``/health`` 200 -> ready. TGI's router listens only once its shards have loaded,
 so there is no observable ``loading``; any other answer publishes no models.
@@ -14,8 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
-from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
     Reading,

@@ -26,7 +26,7 @@ from typing import Any
 
 import docker
 
-from controlplane.agent.discovery import (
+from controlplane.agent.servers.discovery import (
     NAME_RE,
     WILDCARDS,
     ServerSpec,
@@ -34,7 +34,7 @@ from controlplane.agent.discovery import (
     parse_kind,
     versions_of,
 )
-from controlplane.agent.scrape import Notes
+from controlplane.agent.servers.scrape import Notes
 from controlplane.fleet.model import ServerKind
 
 log = logging.getLogger(__name__)

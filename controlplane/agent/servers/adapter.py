@@ -15,9 +15,9 @@ from typing import Protocol
 
 import httpx
 
-from controlplane.agent.cache_hits import PrefixHitRate
-from controlplane.agent.scrape import Notes, Reading
-from controlplane.agent.speed import REFERENCE_TPS, DecodeSpeed
+from controlplane.agent.servers.cache_hits import PrefixHitRate
+from controlplane.agent.servers.scrape import Notes, Reading
+from controlplane.agent.servers.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
 
 
@@ -31,7 +31,7 @@ class Probe:
     """Models present, each with its state; empty when down or not trustworthy."""
     load: LoadStats = field(default_factory=LoadStats)
     speed: float | None = None
-    """Measured decode speed relative to the reference (``agent.speed``); ``None``: unknown."""
+    """Measured decode speed relative to the reference (``servers.speed``); ``None``: unknown."""
     failures: tuple[ModelFailure, ...] = ()
     """Failed loads/unloads (the executor's overlay adds them; adapters leave it empty)."""
 

@@ -245,11 +245,11 @@ class LoadMetrics:
     kv_cache: tuple[str, ...]
     """KV-cache use, 0..1."""
     generated: tuple[str, ...] = ()
-    """Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
+    """Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
     prefix_hits: tuple[str, ...] = ()
     prefix_queries: tuple[str, ...] = ()
     """Prompt tokens found in / looked up in the prefix cache (counters, paired by index):
-    the agent's hit rate (``agent.cache_hits``)."""
+    the agent's hit rate (``servers.cache_hits``)."""
     prefix_hit_rate: tuple[str, ...] = ()
     """A hit-rate gauge (0..1) for servers without those counters; negative = not known."""
 

@@ -22,8 +22,8 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from controlplane.agent.desired import Desired
-from controlplane.agent.scrape import DEFAULT_VERSION
+from controlplane.agent.placement.desired import Desired
+from controlplane.agent.servers.scrape import DEFAULT_VERSION
 from controlplane.fleet.model import MAX_ERROR_CHARS, ModelFailure, ModelInfo, ModelState
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ State comes from ``/health`` (200 -> ``ready``; a loading code, 503 by default -
 the last time they were seen), names from ``/v1/models``, load from the server's metrics
 endpoint, which each subclass reads in ``read_load``; the same scrape's generated-token
 counter (or decode-step counts, ``trtllm``) feeds the replica's measured decode speed
-(``agent.speed``), and its prefix-cache counters the recent hit rate (``cache_hits``).
-No answer at all -> unreachable, published with no models so that the control plane
-drops the replica at once.
+(``servers.speed``), and its prefix-cache counters the recent hit rate
+(``servers.cache_hits``). No answer at all -> unreachable, published with no models so
+that the control plane drops the replica at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.servers.scrape import (
     Reading,
     Reply,
     failure,

@@ -6,14 +6,14 @@ from collections.abc import Mapping
 
 import httpx
 
-from controlplane.agent.adapter import ModelServerAdapter
-from controlplane.agent.ollama import OllamaAdapter
-from controlplane.agent.sglang import SglangAdapter
-from controlplane.agent.speed import REFERENCE_TPS
-from controlplane.agent.tgi import TgiAdapter
-from controlplane.agent.triton import TritonAdapter
-from controlplane.agent.trtllm import TrtllmAdapter
-from controlplane.agent.vllm import VllmAdapter
+from controlplane.agent.servers.adapter import ModelServerAdapter
+from controlplane.agent.servers.ollama import OllamaAdapter
+from controlplane.agent.servers.sglang import SglangAdapter
+from controlplane.agent.servers.speed import REFERENCE_TPS
+from controlplane.agent.servers.tgi import TgiAdapter
+from controlplane.agent.servers.triton import TritonAdapter
+from controlplane.agent.servers.trtllm import TrtllmAdapter
+from controlplane.agent.servers.vllm import VllmAdapter
 from controlplane.fleet.model import ServerKind
 
 IMPLEMENTED_KINDS = frozenset(ServerKind)

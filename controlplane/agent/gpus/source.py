@@ -2,13 +2,14 @@
 
 - ``none``: no GPU stats in the record (``NoGpu``).
 - ``nvml``: the node's GPUs through NVML (``nvml.NvmlGpuSource``), read in a background
-  thread (``gpu_poll.PolledGpuSource``) so that a slow or hung driver never blocks the
-  agent's event loop; one reader per node, filtered per model server (``gpu_select``).
-- ``sim``: the simulated GPU of a fake LLM server (``gpu_sim.SimGpuSource``), read through
+  thread (``poll.PolledGpuSource``) so that a slow or hung driver never blocks the
+  agent's event loop; one reader per node, filtered per model server (``selection``).
+- ``sim``: the simulated GPU of a fake LLM server (``sim.SimGpuSource``), read through
   the same NVML code path, so fault detection and latching are the same as on real GPUs.
 
-``make_gpu_source`` builds one for ``aixds agent --gpu``; ``faults`` has the latch and
-the operator's clear.
+This module holds only the Protocol and the helpers every source shares (``sane``), so
+the sources import it and nothing imports them back: ``wiring.make_gpu_source`` builds
+one for ``aixds agent --gpu``; ``faults`` has the latch and the operator's clear.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ from dataclasses import replace
 from typing import Protocol
 
 from controlplane.fleet.model import GpuStats
-
-GPU_SOURCES = ("none", "nvml", "sim")
-"""Values of ``aixds agent --gpu``."""
 
 MAX_REASON = 200
 """Longest ``fault_reason`` published (the codec allows more; a reason is a short label)."""
@@ -62,27 +60,3 @@ def sane(g: GpuStats) -> GpuStats:
         power_limit_w=num(g.power_limit_w, 0.0, 1e5),
         fault_reason=g.fault_reason[:MAX_REASON] if g.faulty else "",
     )
-
-
-def make_gpu_source(name: str, server_url: str | None = None) -> GpuSource:
-    """The source named by ``--gpu``; ``ValueError`` for an unknown name.
-
-    ``sim`` reads one fake LLM server's simulated GPU, so it needs that server's
-    ``server_url``; the others ignore it. ``nvml`` and ``sim`` are read in a background
-    thread that starts here.
-    """
-    if name == "none":
-        return NoGpu()
-    if name == "nvml":
-        from controlplane.agent.gpu_poll import PolledGpuSource
-        from controlplane.agent.nvml import NvmlGpuSource
-
-        return PolledGpuSource(NvmlGpuSource(), name="nvml").start()
-    if name == "sim":
-        if not server_url:
-            raise ValueError("--gpu sim needs the model server's URL (its simulated GPU)")
-        from controlplane.agent.gpu_poll import PolledGpuSource
-        from controlplane.agent.gpu_sim import SimGpuSource
-
-        return PolledGpuSource(SimGpuSource(server_url), name=f"sim {server_url}").start()
-    raise ValueError(f"unknown GPU source {name!r}; expected one of {', '.join(GPU_SOURCES)}")

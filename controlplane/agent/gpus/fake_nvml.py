@@ -6,7 +6,7 @@ the code that runs on a GPU node. It serves two purposes:
 
 - tests: set a ``FakeGpu``'s fields, mark calls unsupported or failing, push XID events
   (``xid()``), make a GPU fall off the bus (``lost``) or NVML vanish (``init_error``);
-- the agent's ``--gpu sim`` source (``gpu_sim``), which loads the fake LLM server's
+- the agent's ``--gpu sim`` source (``sim``), which loads the fake LLM server's
   simulated GPU into a ``FakeNvml`` and reads it like real hardware.
 
 Differences from the real library: ``nvmlEventSetWait_v2`` never sleeps (it returns a

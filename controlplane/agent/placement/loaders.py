@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import httpx
 
-from controlplane.agent.desired import Desired
-from controlplane.agent.scrape import Reply, failure, fetch
+from controlplane.agent.placement.desired import Desired
+from controlplane.agent.servers.scrape import Reply, failure, fetch
 from controlplane.fleet.model import ServerKind
 
 MAX_ERROR = 300

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import yaml
 
-from controlplane.agent.scrape import Notes
+from controlplane.agent.servers.scrape import Notes
 from controlplane.fleet.model import ServerKind
 
 log = logging.getLogger(__name__)

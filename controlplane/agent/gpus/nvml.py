@@ -33,8 +33,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controlplane.agent.faults import FaultLatch
-from controlplane.agent.gpu import sane
+from controlplane.agent.gpus.faults import FaultLatch
+from controlplane.agent.gpus.source import sane
 from controlplane.fleet.model import GpuStats
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class NvmlGpuSource:
     """Reads every GPU of the node through NVML. Implements ``GpuSource``.
 
     ``read()`` makes synchronous NVML calls (milliseconds; longer on a sick node): run it
-    through ``gpu_poll.PolledGpuSource``. ``clear_faults`` may be called from another
+    through ``poll.PolledGpuSource``. ``clear_faults`` may be called from another
     thread; it never waits for NVML.
     """
 

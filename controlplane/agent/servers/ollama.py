@@ -13,8 +13,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
-from controlplane.agent.scrape import DEFAULT_VERSION, failure, fetch, json_of, valid_name
+from controlplane.agent.servers.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.servers.scrape import DEFAULT_VERSION, failure, fetch, json_of, valid_name
 from controlplane.fleet.codec import MAX_MODELS
 from controlplane.fleet.model import ModelInfo, ModelState, ServerKind
 

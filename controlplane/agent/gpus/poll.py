@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from controlplane.agent.gpu import GpuSource
+from controlplane.agent.gpus.source import GpuSource
 from controlplane.fleet.model import GpuStats
 
 log = logging.getLogger(__name__)

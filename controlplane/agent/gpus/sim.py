@@ -11,7 +11,7 @@ already present at the first read are history (a remapped-row failure or a lost 
 present condition and counts at once). When the fake server restarts (new ``boot_id``),
 its events are all new. An unreachable server or a document that is not a simulated GPU
 gives ``()`` and one log line. ``read()`` blocks on HTTP: run it through
-``gpu_poll.PolledGpuSource``.
+``poll.PolledGpuSource``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from controlplane.agent.fake_nvml import FakeGpu, FakeNvml
-from controlplane.agent.nvml import NvmlGpuSource
+from controlplane.agent.gpus.fake_nvml import FakeGpu, FakeNvml
+from controlplane.agent.gpus.nvml import NvmlGpuSource
 from controlplane.fleet.model import GpuStats
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-from controlplane.agent.adapter import UNREACHABLE, HttpAdapter, Probe
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.adapter import UNREACHABLE, HttpAdapter, Probe
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
     Reading,

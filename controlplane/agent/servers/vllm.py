@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from controlplane.agent.openai_base import OpenAIServerAdapter
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.openai_base import OpenAIServerAdapter
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
     LoadMetrics,
@@ -40,13 +40,13 @@ __all__ = [
 WAITING = ("vllm:num_requests_waiting",)
 RUNNING = ("vllm:num_requests_running",)
 GENERATED = ("vllm:generation_tokens_total",)
-"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
+"""Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 """The current name first; vLLM < 0.10 named it ``gpu_cache_usage_perc`` (also 0..1)."""
 PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 """Prefix-cache counters (prompt tokens found / looked up): the agent's hit rate
-(``agent.cache_hits``). V1 engines before 0.9 used the ``gpu_`` names."""
+(``servers.cache_hits``). V1 engines before 0.9 used the ``gpu_`` names."""
 PREFIX_HIT_RATE = ("vllm:gpu_prefix_cache_hit_rate",)
 """The V0 engine's gauge instead (0..1 since start, -1 before the first lookup)."""
 

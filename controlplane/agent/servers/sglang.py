@@ -12,8 +12,8 @@ schedulers (``dp_rank``) are summed, and their token usage averaged. State as fo
 
 from __future__ import annotations
 
-from controlplane.agent.openai_base import Names, OpenAIServerAdapter
-from controlplane.agent.scrape import (
+from controlplane.agent.servers.openai_base import Names, OpenAIServerAdapter
+from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     LoadMetrics,
     Reading,
@@ -26,12 +26,12 @@ from controlplane.fleet.model import ServerKind
 WAITING = ("sglang:num_queue_reqs",)
 RUNNING = ("sglang:num_running_reqs",)
 GENERATED = ("sglang:generation_tokens_total",)
-"""Decode tokens so far (a counter): the agent's speed estimate (``agent.speed``)."""
+"""Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("sglang:token_usage",)
 PREFIX_HITS = ("sglang:cached_tokens_total",)
 PREFIX_QUERIES = ("sglang:prompt_tokens_total",)
 """Cached prompt tokens (every ``cache_source`` summed) and all prompt tokens: the agent's
-prefix-cache hit rate (``agent.cache_hits``)."""
+prefix-cache hit rate (``servers.cache_hits``)."""
 PREFIX_HIT_RATE = ("sglang:cache_hit_rate",)
 """The scheduler's own gauge (its last prefill batch), when the counters are missing."""
 

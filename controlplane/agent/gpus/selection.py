@@ -16,7 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from controlplane.agent.gpu import GpuSource
+from controlplane.agent.gpus.source import GpuSource
 from controlplane.fleet.model import GpuStats
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ since the previous call (it drains them). The newest entry gives ``numQueuedRequ
 (waiting), ``numActiveRequests`` (running) and ``kvCacheStats.usedNumBlocks /
 maxNumBlocks`` (KV-cache use). An empty list means no iteration ran since the last probe:
 the server is idle (or was started without iteration stats), so the load is 0.
-Decode speed (``agent.speed``): the pure decode iterations (``numGenRequests`` > 0, no
+Decode speed (``servers.speed``): the pure decode iterations (``numGenRequests`` > 0, no
 context requests) and their ``iterLatencyMS``, summed over the probes: each gives every
 running sequence one token.
 State: ``/health`` 200 -> ready, 503 -> loading (the server listens only once loaded).
@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from controlplane.agent.openai_base import OpenAIServerAdapter
-from controlplane.agent.scrape import MAX_COUNT, Reading, Reply, checked_number
+from controlplane.agent.servers.openai_base import OpenAIServerAdapter
+from controlplane.agent.servers.scrape import MAX_COUNT, Reading, Reply, checked_number
 from controlplane.fleet.model import ServerKind
 
 MAX_BLOCKS = 1e9
