@@ -56,6 +56,9 @@ class ServerShape:
             str(self.kv_capacity_tokens),
             "--max-model-len",
             str(self.max_model_len),
+            # The load's prompts are all "aaaa..." and the model (routing_model) has no
+            # prefix cache: without this, every prompt would be a cache hit.
+            "--no-enable-prefix-caching",
         ]
 
 

@@ -2,7 +2,10 @@
 
 ``decode_record`` never trusts its input: any missing field, wrong type, out-of-range or
 non-finite number raises ``RecordError`` with a reason, so a malformed record is skipped
-by the caller (and counted) instead of reaching ``decide()``.
+by the caller (and counted) instead of reaching ``decide()``. The one exception is
+``load.prefix_cache_hit_rate``, optional and informative: absent or unusable (not a finite
+number) it decodes as ``None``, and a number outside 0..1 is clamped into it, so that a
+replica never disappears over it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ class RecordError(ValueError):
 
 
 def encode_record(rec: ReplicaRecord) -> str:
+    load: dict[str, Any] = {
+        "queue_waiting": rec.load.queue_waiting,
+        "running": rec.load.running,
+        "kv_cache_usage": rec.load.kv_cache_usage,
+    }
+    if rec.load.prefix_cache_hit_rate is not None:  # optional: older readers ignore it
+        load["prefix_cache_hit_rate"] = rec.load.prefix_cache_hit_rate
     doc: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "replica_id": rec.replica_id,
@@ -46,11 +56,7 @@ def encode_record(rec: ReplicaRecord) -> str:
         "models": [
             {"name": m.name, "version": m.version, "state": m.state.value} for m in rec.models
         ],
-        "load": {
-            "queue_waiting": rec.load.queue_waiting,
-            "running": rec.load.running,
-            "kv_cache_usage": rec.load.kv_cache_usage,
-        },
+        "load": load,
         "gpus": [
             {
                 "index": g.index,
@@ -119,6 +125,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
             queue_waiting=_num(load, "queue_waiting", lo=0, hi=1e7, default=0.0),
             running=_num(load, "running", lo=0, hi=1e7, default=0.0),
             kv_cache_usage=_num(load, "kv_cache_usage", lo=0, hi=1, default=0.0),
+            prefix_cache_hit_rate=_fraction_or_none(load.get("prefix_cache_hit_rate")),
         ),
         gpus=tuple(_gpu(g) for g in gpus_raw),
         timestamp=_num(doc, "timestamp", lo=0, hi=1e11),
@@ -186,6 +193,17 @@ def _gpu(g: Any) -> GpuStats:
     )
 
 
+def _fraction_or_none(v: Any) -> float | None:
+    """An optional share: a finite number clamped into 0..1, anything else ``None``."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return min(1.0, max(0.0, f)) if math.isfinite(f) else None
+
+
 _MISSING = object()
 
 
@@ -222,7 +240,10 @@ def _num(
         raise RecordError(f"field {key!r} is not a number")
     if integer and not isinstance(v, int):
         raise RecordError(f"field {key!r} is not an integer")
-    f = float(v)
+    try:
+        f = float(v)
+    except OverflowError:  # JSON allows integers beyond any float
+        raise RecordError(f"field {key!r} is out of range [{lo}, {hi}]") from None
     if not math.isfinite(f) or f < lo or f > hi:
         raise RecordError(f"field {key!r}={v!r} out of range [{lo}, {hi}]")
     return f

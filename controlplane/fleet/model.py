@@ -96,6 +96,9 @@ class LoadStats:
     """Requests being decoded now."""
     kv_cache_usage: float = 0.0
     """KV-cache use, 0..1."""
+    prefix_cache_hit_rate: float | None = None
+    """Share of recent prompt tokens found in the server's prefix cache, 0..1; ``None``
+    when the server does not say (no prefix cache, no such metric, nothing looked up yet)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from controlplane.sim.control import ControlError, parse_control
 from controlplane.sim.engine import Engine, Finish, Knobs, Overloaded, Seq
 from controlplane.sim.lora import LoraAdapters, LoraRefused
 from controlplane.sim.metrics import CONTENT_TYPE, ServerMetrics
+from controlplane.sim.prefix_cache import BLOCK_SIZE
 from controlplane.sim.simgpu import GpuSpec, SimGpu
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,10 @@ class FakeLLMConfig:
     """Output length when a request has no ``max_tokens``."""
     kv_capacity_tokens: int = 65536
     """KV-cache size in tokens (*runtime*)."""
+    prefix_caching: bool = True
+    """Automatic prefix caching, as vLLM's ``--enable-prefix-caching`` (*runtime*)."""
+    block_size: int = BLOCK_SIZE
+    """Tokens per KV block: the prefix cache's unit (vLLM's ``--block-size``)."""
     max_model_len: int = 32768
     """Largest prompt + output a request may ask for (400 beyond)."""
     error_rate: float = 0.0
@@ -113,9 +118,12 @@ class FakeLLM:
             prefill_tps=config.prefill_tps,
             batch_slowdown=config.batch_slowdown,
             external_load=config.external_load,
+            prefix_caching=config.prefix_caching,
         )
         self.metrics = ServerMetrics(config.models[0])
-        self.engine = Engine(self.knobs, on_finish=self.metrics.on_finish)
+        self.engine = Engine(
+            self.knobs, on_finish=self.metrics.on_finish, block_size=config.block_size
+        )
         self.metrics.watch(self.engine)
         self.gpu = SimGpu(self.engine, self.knobs, config.replica_id, config.gpu)
         self.on_crash = on_crash
@@ -167,6 +175,9 @@ class FakeLLM:
             "batch_slowdown": k.batch_slowdown,
             "external_load": k.external_load,
             "gpu_throttle": k.gpu_throttle,
+            "prefix_caching": k.prefix_caching,
+            "block_size": self.engine.cache.block_size,
+            "cached_blocks": self.engine.cache.cached,
             "gpu_fault": self.gpu.last_fault,
             "runtime_lora": self.config.runtime_lora,
             "lora_adapters": {a.name: a.path for a in self.lora.loaded.values()},
@@ -252,8 +263,12 @@ class FakeLLM:
         if self.error_rate > 0 and self._rng.random() < self.error_rate:
             self.metrics.rejected.labels("injected_error").inc()
             return _error(500, "injected fault (--error-rate)", "InternalServerError")
+        # A LoRA adapter's KV differs from the base model's: its own hash chain.
+        salt = "" if model in self._models else model
         try:
-            seq = self.engine.submit(req.prompt_tokens, req.max_tokens)
+            seq = self.engine.submit(
+                req.prompt_tokens, req.max_tokens, self.engine.block_hashes(req.prompt, salt)
+            )
         except Overloaded as e:
             self.metrics.rejected.labels("overloaded").inc()
             return _error(503, f"server overloaded: {e}", "ServiceUnavailableError")
@@ -269,7 +284,10 @@ class FakeLLM:
             self.engine.abort(seq)  # no-op when it finished; frees the slot when not
         if seq.finish is not Finish.LENGTH:
             return _error(503, "request aborted: the model is reloading", "ServiceUnavailableError")
-        return JSONResponse(fmt.completion_body(req, rid, model, created, seq.generated, "length"))
+        body = fmt.completion_body(
+            req, rid, model, created, seq.generated, "length", seq.cached_tokens
+        )
+        return JSONResponse(body)
 
     async def _stream(
         self, seq: Seq, req: fmt.GenRequest, rid: str, model: str, created: int
@@ -289,7 +307,7 @@ class FakeLLM:
                 sent = n
                 if seq.done:
                     if req.include_usage:
-                        out.append(w.usage(sent))
+                        out.append(w.usage(sent, seq.cached_tokens))
                     out.append(fmt.DONE)
                     yield b"".join(out)
                     return

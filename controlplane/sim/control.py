@@ -2,7 +2,8 @@
 
 A control document is a JSON object such as ``{"error_rate": 0.3, "speed": 0.5,
 "stall": true}``, ``{"external_load": 0.3}``, ``{"gpu_throttle": true}``,
-``{"gpu_fault": "xid 79"}``, ``{"lora_fail_loads": 2}`` or ``{"crash": true}``. It is
+``{"gpu_fault": "xid 79"}``, ``{"prefix_caching": false}``, ``{"lora_fail_loads": 2}`` or
+``{"crash": true}``. It is
 checked as a whole before anything changes, so a bad document changes nothing.
 """
 
@@ -56,6 +57,9 @@ SWITCHES: dict[str, _Switch] = {
         float, 0.0, MAX_EXTERNAL_LOAD, "share of the GPU a noisy neighbour takes"
     ),
     "gpu_throttle": _Switch(bool, doc="thermal throttling: slower, and NVML says so"),
+    "prefix_caching": _Switch(
+        bool, doc="automatic prefix caching; false drops the cached blocks nobody uses"
+    ),
     "gpu_fault": _Switch(
         object, doc="'xid N', 'ecc [N]', 'remap', 'lost', or null to clear", check=parse_fault
     ),

@@ -4,10 +4,11 @@ The model, in the terms of a real engine such as vLLM:
 
 - A request becomes a ``Seq`` and waits in a FIFO queue. It is admitted when fewer than
   ``max_running`` sequences run and its tokens fit in the KV cache: prompt (plus what it
-  generated before a preemption) plus one token, within ``kv_capacity_tokens``. A full
+  generated before a preemption) plus one token, less what the prefix cache already
+  holds, within ``kv_capacity_tokens``. A full
   queue (``max_queue``) refuses new requests.
-- Prefill takes ``ttft_ms + prompt_tokens / prefill_tps`` (at speed 1); it ends with the
-  first token.
+- Prefill takes ``ttft_ms + prompt_tokens / prefill_tps`` (at speed 1; only the tokens
+  not found in the prefix cache, below); it ends with the first token.
 - Decoding runs in steps; each step gives every decoding sequence one token and takes
   ``tpot_ms * (1 + batch_slowdown * (batch - 1))``, so per-token latency grows with the
   batch while throughput grows less than linearly. One timer drives all decode steps, as
@@ -16,6 +17,17 @@ The model, in the terms of a real engine such as vLLM:
   When a step needs more KV than is free, the most recently admitted sequence is
   preempted (vLLM's recompute): it frees its KV, goes back to the head of the queue, and
   re-prefills its prompt and output when it is admitted again.
+- Prefix caching (``prefix_caching``, see ``prefix_cache``): a request's prompt comes
+  with the chained hashes of its full blocks. At admission the leading blocks already
+  cached are reused: their tokens skip prefill, and their KV is shared with every other
+  sequence that uses them (counted once). At least one prompt token is always computed
+  (vLLM's rule: the last one gives the logits). When its prefill ends, a sequence's other
+  full prompt blocks join the cache. Blocks of ended or preempted sequences stay cached
+  without a reference and are evicted least recently used first when running sequences
+  need the room; KV-cache use counts only referenced blocks and private tokens, as vLLM's
+  does. A preempted sequence re-admitted reuses whatever of its prompt is still cached.
+  The prefix-cache counters count each request once, at its first admission (vLLM counts
+  a preempted request's second lookup apart and does not export it).
 - Every delay is divided by the effective speed: ``speed`` (GPU generation) times
   ``1 - external_load`` (a noisy neighbour's share of the GPU) times ``THROTTLED_SPEED``
   while the GPU is thermally throttled. ``stall`` freezes all progress (a hung GPU).
@@ -32,6 +44,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from controlplane.sim.prefix_cache import BLOCK_SIZE, BlockPool, block_hashes
 
 THROTTLED_SPEED = 0.6
 """Speed factor while the simulated GPU is thermally throttled (clocks cut by ~40%)."""
@@ -65,6 +79,9 @@ class Knobs:
     """Share of the GPU a noisy neighbour takes (0..0.95): everything runs that much slower."""
     gpu_throttle: bool = False
     """The simulated GPU is thermally throttled: speed times ``THROTTLED_SPEED``."""
+    prefix_caching: bool = True
+    """Automatic prefix caching (vLLM's ``--enable-prefix-caching``, on by default in V1).
+    Turned off, nothing is looked up or added and unreferenced cached blocks are dropped."""
 
     def effective_speed(self) -> float:
         share = 1.0 - min(MAX_EXTERNAL_LOAD, max(0.0, self.external_load))
@@ -136,6 +153,12 @@ class Seq:
     preemptions: int = 0
     prefilled: bool = False
     """Its prompt was prefilled once (counted in the prompt-token total)."""
+    blocks: tuple[int, ...] = ()
+    """Chained hashes of its prompt's full blocks (``prefix_cache.block_hashes``)."""
+    cached_tokens: int = 0
+    """Prompt tokens found in the prefix cache at its first admission (skipped prefill)."""
+    held: int = 0
+    """Leading ``blocks`` it references in the block pool while running."""
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
     _ended: asyncio.Event = field(default_factory=asyncio.Event)
     _prefill: asyncio.TimerHandle | None = None
@@ -167,20 +190,33 @@ class Totals:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     preemptions: int = 0
+    prefix_queries: int = 0
+    """Prompt tokens looked up in the prefix cache (first admissions, caching on)."""
+    prefix_hits: int = 0
+    """Of those, tokens found cached."""
+    prompt_tokens_cached: int = 0
+    """Cached prompt tokens of prefilled requests (counted with ``prompt_tokens``)."""
     finished: dict[Finish, int] = field(default_factory=lambda: dict.fromkeys(Finish, 0))
 
 
 class Engine:
     """Schedules sequences; call its methods from the event loop's thread only."""
 
-    def __init__(self, knobs: Knobs, on_finish: Callable[[Seq], None] | None = None) -> None:
+    def __init__(
+        self,
+        knobs: Knobs,
+        on_finish: Callable[[Seq], None] | None = None,
+        block_size: int = BLOCK_SIZE,
+    ) -> None:
         self.knobs = knobs
         self.totals = Totals()
+        self.cache = BlockPool(block_size)
         self._on_finish = on_finish
         self._waiting: collections.deque[Seq] = collections.deque()
         self._running: dict[Seq, None] = {}
         self._decoding: dict[Seq, None] = {}
-        self._kv_tokens = 0
+        self._private = 0
+        """KV tokens of running sequences outside the blocks they reference in the pool."""
         self._step: asyncio.TimerHandle | None = None
         self._step_s = 0.0
         self._busy = BusyMeter()
@@ -195,8 +231,13 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def kv_tokens(self) -> int:
+        """KV tokens running sequences hold (shared blocks once; cached free ones not)."""
+        return self._private + self.cache.block_size * self.cache.in_use
+
+    @property
     def kv_usage(self) -> float:
-        return min(1.0, self._kv_tokens / max(1, self.knobs.kv_capacity_tokens))
+        return min(1.0, self.kv_tokens / max(1, self.knobs.kv_capacity_tokens))
 
     @property
     def busy_fraction(self) -> float:
@@ -204,11 +245,26 @@ class Engine:
         return self._busy.value()
 
     # -- requests -----------------------------------------------------------------------
-    def submit(self, prompt_tokens: int, max_tokens: int) -> Seq:
-        """Queue a request; raises ``Overloaded`` when the waiting queue is full."""
+    def block_hashes(self, prompt: str, salt: str = "") -> tuple[int, ...]:
+        """The block hashes ``submit`` wants for ``prompt`` (a string of tokens, see
+        ``prefix_cache``); none while prefix caching is off."""
+        if not self.knobs.prefix_caching:
+            return ()
+        return block_hashes(prompt, self.cache.block_size, salt)
+
+    def submit(self, prompt_tokens: int, max_tokens: int, blocks: tuple[int, ...] = ()) -> Seq:
+        """Queue a request; raises ``Overloaded`` when the waiting queue is full.
+
+        ``blocks``: the chained hashes of the prompt's full blocks (``block_hashes``),
+        at most ``prompt_tokens // block_size`` of them; none, and nothing is cached.
+        """
         loop = asyncio.get_running_loop()
+        prompt_tokens = max(1, prompt_tokens)
         seq = Seq(
-            prompt_tokens=max(1, prompt_tokens), max_tokens=max(1, max_tokens), arrived=loop.time()
+            prompt_tokens=prompt_tokens,
+            max_tokens=max(1, max_tokens),
+            arrived=loop.time(),
+            blocks=blocks[: prompt_tokens // self.cache.block_size],
         )
         self._waiting.append(seq)
         self._admit()
@@ -228,6 +284,7 @@ class Engine:
 
     def poke(self) -> None:
         """Re-read the knobs: admit from the queue, restart decoding after a stall."""
+        self._evict()
         self._admit()
         self._schedule_step()
 
@@ -240,29 +297,54 @@ class Engine:
     # -- scheduling ---------------------------------------------------------------------
     def _admit(self) -> None:
         k = self.knobs
+        size = self.cache.block_size
         while self._waiting and len(self._running) < k.max_running:
             head = self._waiting[0]
-            # Its tokens plus the first new one must fit; alone, it runs anyway (a request
-            # larger than the whole cache would otherwise block the queue forever).
-            if self._running and self._kv_tokens + head.kv_tokens + 1 > k.kv_capacity_tokens:
+            hit, revived = (0, 0)
+            if k.prefix_caching:
+                # At least one token is computed: the last one gives the first token.
+                hit, revived = self.cache.match(head.blocks, (head.kv_tokens - 1) // size)
+            # Its uncached tokens (and the cached blocks it takes back from the free pool)
+            # plus the first new one must fit; cached blocks nobody uses are evicted to
+            # make room. Alone, it runs anyway (a request larger than the whole cache
+            # would otherwise block the queue forever).
+            need = head.kv_tokens - size * (hit - revived) + 1
+            if self._running and self.kv_tokens + need > k.kv_capacity_tokens:
                 return
             self._waiting.popleft()
-            self._start(head)
+            self._start(head, hit)
 
-    def _start(self, seq: Seq) -> None:
+    def _start(self, seq: Seq, hit: int) -> None:
         loop = asyncio.get_running_loop()
+        cached = self.cache.block_size * hit
         if seq.started is None:
             seq.started = loop.time()
+            seq.cached_tokens = cached
+            if self.knobs.prefix_caching:
+                self.totals.prefix_queries += seq.prompt_tokens
+                self.totals.prefix_hits += cached
         self._running[seq] = None
         self._busy.set(True)
-        self._kv_tokens += seq.kv_tokens
-        seq._prefill = loop.call_later(self.knobs.prefill_s(seq.kv_tokens), self._prefilled, seq)
+        self.cache.acquire(seq.blocks[:hit])
+        seq.held = hit
+        self._private += seq.kv_tokens - cached
+        self._evict()
+        seq._prefill = loop.call_later(
+            self.knobs.prefill_s(seq.kv_tokens - cached), self._prefilled, seq
+        )
 
     def _prefilled(self, seq: Seq) -> None:
         seq._prefill = None
         if not seq.prefilled:
             seq.prefilled = True
             self.totals.prompt_tokens += seq.prompt_tokens
+            self.totals.prompt_tokens_cached += seq.cached_tokens
+        if self.knobs.prefix_caching and seq.held < len(seq.blocks):
+            # Its computed prompt blocks join the cache (or, computed meanwhile by another
+            # sequence, are shared with it: the KV is then held once).
+            self.cache.acquire(seq.blocks[seq.held :])
+            self._private -= self.cache.block_size * (len(seq.blocks) - seq.held)
+            seq.held = len(seq.blocks)
         self._decoding[seq] = None
         if not self.knobs.stall:
             self._emit(seq, asyncio.get_running_loop().time())
@@ -291,31 +373,45 @@ class Engine:
     def _make_room(self, due: list[Seq]) -> list[Seq]:
         """Preempt the newest sequences until every due one has room for one more token."""
         cap = self.knobs.kv_capacity_tokens
-        while due and self._kv_tokens + len(due) > cap and len(self._running) > 1:
+        while due and self.kv_tokens + len(due) > cap and len(self._running) > 1:
             victim = next(reversed(self._running))
             self._preempt(victim)
             if victim in due:
                 due.remove(victim)
+        self._evict(len(due))
         return due
 
-    def _preempt(self, seq: Seq) -> None:
+    def _evict(self, extra: int = 0) -> None:
+        """Evict unreferenced cached blocks until they fit in the KV left over (all of
+        them while prefix caching is off) with ``extra`` more tokens."""
+        free = self.knobs.kv_capacity_tokens - self.kv_tokens - extra
+        keep = free // self.cache.block_size if self.knobs.prefix_caching else 0
+        self.cache.evict(keep)
+
+    def _release(self, seq: Seq) -> None:
+        """Give back the KV of a sequence leaving the batch; its blocks stay cached."""
         del self._running[seq]
         self._decoding.pop(seq, None)
-        self._kv_tokens -= seq.kv_tokens
+        self._private -= seq.kv_tokens - self.cache.block_size * seq.held
+        self.cache.release(seq.blocks[: seq.held], keep=self.knobs.prefix_caching)
+        seq.held = 0
+        self._busy.set(bool(self._running))
+
+    def _preempt(self, seq: Seq) -> None:
+        self._release(seq)
         if seq._prefill is not None:
             seq._prefill.cancel()
             seq._prefill = None
         seq.preemptions += 1
         self.totals.preemptions += 1
         self._waiting.appendleft(seq)
-        self._busy.set(bool(self._running))
 
     def _emit(self, seq: Seq, now: float) -> None:
         seq.generated += 1
         seq.last_token_at = now
         if seq.first_token_at is None:
             seq.first_token_at = now
-        self._kv_tokens += 1
+        self._private += 1
         self.totals.generation_tokens += 1
         seq._progress.set()
         if seq.generated >= seq.max_tokens:
@@ -323,10 +419,7 @@ class Engine:
 
     def _end(self, seq: Seq, why: Finish) -> None:
         if seq in self._running:
-            del self._running[seq]
-            self._decoding.pop(seq, None)
-            self._kv_tokens -= seq.kv_tokens
-            self._busy.set(bool(self._running))
+            self._release(seq)
         else:
             # Still queued; a deque removal is O(n) but aborts from the queue are rare.
             self._waiting.remove(seq)

@@ -42,11 +42,13 @@ examples:
   aixds fake-llm --listen 127.0.0.1:8004 --model llama-3-8b --speed 0.6 --noisy-neighbor 0.2 \
       --kv-capacity-tokens 20000 --prefill-tps 8000 --batch-slowdown 0.05
   aixds fake-llm --listen 127.0.0.1:8005 --model llama-3-8b --runtime-lora --lora-load-ms 2000
+  aixds fake-llm --listen 127.0.0.1:8006 --model llama-3-8b --no-enable-prefix-caching
 
 runtime control (no restart):
   curl -XPOST localhost:8001/control -d '{"error_rate": 0.3, "speed": 0.5, "stall": true}'
   curl -XPOST localhost:8001/control -d '{"external_load": 0.3, "gpu_throttle": true}'
   curl -XPOST localhost:8001/control -d '{"gpu_fault": "xid 79"}'   # or "ecc", "remap", "lost"
+  curl -XPOST localhost:8001/control -d '{"prefix_caching": false}'
   curl -XPOST localhost:8001/control -d '{"crash": true}'           # exits with status 70
   curl localhost:8001/sim/gpu                                       # the simulated GPU
 
@@ -298,6 +300,20 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="KV-cache size in tokens (%(default)s)",
     )
     cap.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=d.prefix_caching,
+        help="automatic prefix caching, as vLLM's (on by default, as in vLLM V1): prompt "
+        "blocks already cached skip prefill",
+    )
+    cap.add_argument(
+        "--block-size",
+        type=_positive_int,
+        default=d.block_size,
+        metavar="TOKENS",
+        help="tokens per KV block, the prefix cache's unit (%(default)s)",
+    )
+    cap.add_argument(
         "--max-model-len",
         type=_positive_int,
         default=d.max_model_len,
@@ -394,6 +410,8 @@ def config_from_args(
         speed=args.speed,
         default_tokens=args.default_tokens,
         kv_capacity_tokens=args.kv_capacity_tokens,
+        prefix_caching=args.enable_prefix_caching,
+        block_size=args.block_size,
         max_model_len=args.max_model_len,
         error_rate=args.error_rate,
         load_time_s=args.load_time,

@@ -2,6 +2,12 @@
 
 Gauges and counters are read from the engine when scraped (no cost per request); the
 latency histograms are observed when a sequence ends. Each server has its own registry.
+
+Prefix caching as vLLM V1 reports it (``vllm/v1/metrics/loggers.py``): the counters
+``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits`` (prompt tokens looked up and
+found at a request's first scheduling), and with the prompt-token counter
+``vllm:prompt_tokens_cached`` and ``vllm:prompt_tokens_by_source{source}``
+(``local_compute``, ``local_cache_hit``, ``external_kv_transfer``: always 0 here).
 """
 
 from __future__ import annotations
@@ -59,10 +65,38 @@ class _EngineCollector(Collector):
                 "Cumulative number of preemption from the engine.",
                 e.totals.preemptions,
             ),
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                e.totals.prefix_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                e.totals.prefix_hits,
+            ),
+            (
+                "vllm:prompt_tokens_cached",
+                "Number of cached prompt tokens (local + external).",
+                e.totals.prompt_tokens_cached,
+            ),
         ):
             c = CounterMetricFamily(name, doc, labels=names)
             c.add_metric(lv, float(total))
             yield c
+        by_source = CounterMetricFamily(
+            "vllm:prompt_tokens_by_source",
+            "Number of prompt tokens by source.",
+            labels=[*names, "source"],
+        )
+        cached = e.totals.prompt_tokens_cached
+        for source, n in (
+            ("local_compute", e.totals.prompt_tokens - cached),
+            ("local_cache_hit", cached),
+            ("external_kv_transfer", 0),
+        ):
+            by_source.add_metric([*lv, source], float(n))
+        yield by_source
         ok = CounterMetricFamily(
             "vllm:request_success",
             "Count of successfully processed requests.",

@@ -3,14 +3,27 @@
 Pure functions, no I/O. Bodies follow what vLLM's OpenAI-compatible server sends:
 ``chat.completion`` / ``text_completion`` objects, SSE chunks (``data: {...}``, then
 ``data: [DONE]``), and errors as ``{"error": {"message", "type", "param", "code"}}``
-(the LoRA routes: flat, see ``lora_error_body``).
+(the LoRA routes: flat, see ``lora_error_body``). ``usage`` carries
+``prompt_tokens_details.cached_tokens``, as vLLM's does with
+``--enable-prompt-tokens-details`` (and OpenAI's always).
+
+The fake tokenizer: a prompt becomes a string of ``CHARS_PER_TOKEN``-character tokens,
+deterministic and cheap, with real text so that shared prefixes are real (the prefix
+cache hashes it, see ``prefix_cache``). Each piece of text (a message's content, a
+content part, a prompt string) is padded to whole tokens, at least one: about four
+characters per token, as for English with common tokenizers. A chat message adds four
+tokens of framing before its content (the chat template's role markers); a prompt given
+as token ids is one token per id.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from typing import Any
+
+from controlplane.sim.prefix_cache import CHARS_PER_TOKEN
 
 _WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor"
 TOKENS = tuple(" " + w for w in _WORDS.split())
@@ -32,6 +45,8 @@ class GenRequest:
     prompt_tokens: int
     stream: bool = False
     include_usage: bool = False
+    prompt: str = ""
+    """The prompt as ``prompt_tokens`` tokens of ``CHARS_PER_TOKEN`` characters each."""
 
 
 def parse_request(
@@ -47,7 +62,8 @@ def parse_request(
     model = doc.get("model")
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string")
-    prompt_tokens = _chat_tokens(doc.get("messages")) if chat else _prompt_tokens(doc.get("prompt"))
+    prompt = _chat_prompt(doc.get("messages")) if chat else _completion_prompt(doc.get("prompt"))
+    prompt_tokens = len(prompt) // CHARS_PER_TOKEN
     limit = doc.get("max_completion_tokens") if chat else None
     if limit is None:
         limit = doc.get("max_tokens")
@@ -77,40 +93,53 @@ def parse_request(
         prompt_tokens=prompt_tokens,
         stream=stream,
         include_usage=opts.get("include_usage") is True,
+        prompt=prompt,
     )
 
 
-def _text_tokens(text: str) -> int:
-    """About four characters per token, as for English with common tokenizers."""
-    return max(1, (len(text) + 3) // 4)
+_PAD = "\0"
+_FRAME_TOKENS = 4
+"""Tokens of the chat template's framing of one message."""
 
 
-def _chat_tokens(messages: Any) -> int:
+def _text(text: str) -> str:
+    """``text`` padded to whole tokens, at least one."""
+    short = -len(text) % CHARS_PER_TOKEN if text else CHARS_PER_TOKEN
+    return text + _PAD * short
+
+
+def _frame(role: str) -> str:
+    """The framing tokens before a message's content (its role marker)."""
+    width = _FRAME_TOKENS * CHARS_PER_TOKEN
+    return f"\x01{role}\x02"[:width].ljust(width, _PAD)
+
+
+def _chat_prompt(messages: Any) -> str:
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list")
-    total = 0
+    out: list[str] = []
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest("each message must be an object with a 'role'")
+        out.append(_frame(m["role"]))
         content = m.get("content")
         if isinstance(content, str):
-            total += _text_tokens(content)
+            out.append(_text(content))
         elif isinstance(content, list):
-            total += sum(
-                _text_tokens(str(p.get("text", ""))) for p in content if isinstance(p, dict)
-            )
-        total += 4  # the chat template's per-message framing
-    return total
+            out += (_text(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    return "".join(out)
 
 
-def _prompt_tokens(prompt: Any) -> int:
+def _completion_prompt(prompt: Any) -> str:
     if isinstance(prompt, str):
-        return _text_tokens(prompt)
+        return _text(prompt)
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return len(prompt)
+            # Each id as CHARS_PER_TOKEN bytes (its low 32 bits, big-endian).
+            ids = struct.pack(f">{len(prompt)}I", *(p & 0xFFFFFFFF for p in prompt))
+            return ids.decode("latin-1")
         if all(isinstance(p, str) for p in prompt):
-            return sum(_text_tokens(p) for p in prompt)
+            return "".join(_text(p) for p in prompt)
     raise BadRequest("'prompt' must be a string, a list of strings or a list of token ids")
 
 
@@ -118,16 +147,23 @@ def text(start: int, stop: int) -> str:
     return "".join(TOKENS[i % len(TOKENS)] for i in range(start, stop))
 
 
-def usage(req: GenRequest, completion_tokens: int) -> dict[str, int]:
+def usage(req: GenRequest, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": req.prompt_tokens,
         "total_tokens": req.prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
 def completion_body(
-    req: GenRequest, rid: str, model: str, created: int, tokens: int, finish: str
+    req: GenRequest,
+    rid: str,
+    model: str,
+    created: int,
+    tokens: int,
+    finish: str,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
     """The whole (non-streaming) response."""
     choice: dict[str, Any]
@@ -153,7 +189,7 @@ def completion_body(
         "created": created,
         "model": model,
         "choices": [choice],
-        "usage": usage(req, tokens),
+        "usage": usage(req, tokens, cached_tokens),
     }
 
 
@@ -206,9 +242,10 @@ class ChunkWriter:
             }
         return self._chunk({"choices": [choice]})
 
-    def usage(self, completion_tokens: int) -> bytes:
+    def usage(self, completion_tokens: int, cached_tokens: int = 0) -> bytes:
         """The last chunk when ``stream_options.include_usage`` is set: no choices."""
-        return self._chunk({"choices": [], "usage": usage(self._req, completion_tokens)})
+        body = {"choices": [], "usage": usage(self._req, completion_tokens, cached_tokens)}
+        return self._chunk(body)
 
 
 def error_body(message: str, type_: str, code: int) -> dict[str, Any]:

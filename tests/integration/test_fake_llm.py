@@ -72,6 +72,7 @@ async def test_chat_completion_json() -> None:
         "prompt_tokens": CHAT_PROMPT_TOKENS,
         "completion_tokens": 5,
         "total_tokens": CHAT_PROMPT_TOKENS + 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 
@@ -83,7 +84,12 @@ async def test_completion_json_uses_default_tokens_and_default_model() -> None:
     assert body["object"] == "text_completion"
     assert body["model"] == "m"
     assert body["choices"][0]["text"] == expected_text(3)
-    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    assert body["usage"] == {
+        "prompt_tokens": 2,
+        "completion_tokens": 3,
+        "total_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
 
 
 async def test_chat_stream_sse_with_usage() -> None:
@@ -107,6 +113,7 @@ async def test_chat_stream_sse_with_usage() -> None:
         "prompt_tokens": CHAT_PROMPT_TOKENS,
         "completion_tokens": 4,
         "total_tokens": CHAT_PROMPT_TOKENS + 4,
+        "prompt_tokens_details": {"cached_tokens": 0},
     }
 
 

@@ -82,9 +82,10 @@ async def test_prefill_costs_per_prompt_token() -> None:
 
 async def test_kv_capacity_blocks_admission() -> None:
     async with fake(tpot_ms=20, kv_capacity_tokens=100, max_running=8, **PLAIN) as (_, c):
+        # Different prompts: with the same one the second would share the first's KV.
         first = asyncio.create_task(timed(c, prompt=[1] * 60, max_tokens=10))
         await asyncio.sleep(0.05)
-        second = asyncio.create_task(timed(c, prompt=[1] * 60, max_tokens=10))
+        second = asyncio.create_task(timed(c, prompt=[2] * 60, max_tokens=10))
         await asyncio.sleep(0.05)
         m = (await c.get("/metrics")).text
         # Room for 8 sequences, but not for a second 60-token prompt in 100 tokens of KV.
@@ -102,7 +103,7 @@ async def test_kv_pressure_preempts_the_newest_and_both_finish() -> None:
         # Both fit at first (40 + 40 tokens); their outputs then outgrow the cache.
         a = asyncio.create_task(timed(c, prompt=[1] * 40, max_tokens=40))
         await asyncio.sleep(0.02)
-        b = asyncio.create_task(timed(c, prompt=[1] * 40, max_tokens=40))
+        b = asyncio.create_task(timed(c, prompt=[2] * 40, max_tokens=40))
         ta, tb = await asyncio.gather(a, b)
         m = (await c.get("/metrics")).text
     assert metric(m, "vllm:num_preemptions_total") >= 1.0

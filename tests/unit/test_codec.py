@@ -57,6 +57,43 @@ def test_a_record_without_failures_has_no_such_key_and_older_records_decode() ->
     assert decode_record(raw) == bare
 
 
+def test_prefix_cache_hit_rate_round_trips_and_is_left_out_when_unknown() -> None:
+    known = dataclasses.replace(REC, load=dataclasses.replace(REC.load, prefix_cache_hit_rate=0.6))
+    raw = encode_record(known)
+    assert json.loads(raw)["load"]["prefix_cache_hit_rate"] == 0.6
+    assert decode_record(raw) == known
+    assert "prefix_cache_hit_rate" not in json.loads(encode_record(REC))["load"]
+    assert decode_record(encode_record(REC)).load.prefix_cache_hit_rate is None  # older records
+
+
+@pytest.mark.parametrize(
+    ("value", "decoded"),
+    [
+        (0.25, 0.25),
+        (1, 1.0),
+        (1.5, 1.0),  # clamped, not refused: the replica stays
+        (-0.1, 0.0),
+        (None, None),
+        ("0.5", None),  # not a number: skipped
+        (True, None),
+        (10**400, None),
+        ([0.5], None),
+    ],
+)
+def test_a_bad_prefix_cache_hit_rate_is_clamped_or_skipped(value: object, decoded: object) -> None:
+    rec = decode_record(mutate(load__prefix_cache_hit_rate=value))
+    assert rec.load.prefix_cache_hit_rate == decoded
+    assert rec.load.kv_cache_usage == REC.load.kv_cache_usage
+
+
+def test_a_nan_prefix_cache_hit_rate_is_skipped() -> None:
+    raw = encode_record(REC).replace(
+        '"kv_cache_usage":0.42', '"kv_cache_usage":0.42,"prefix_cache_hit_rate":NaN'
+    )
+    assert "NaN" in raw
+    assert decode_record(raw).load.prefix_cache_hit_rate is None
+
+
 def mutate(**changes: object) -> str:
     doc = json.loads(encode_record(REC))
     for path, value in changes.items():
@@ -78,6 +115,7 @@ def mutate(**changes: object) -> str:
         ("[1,2]", "not a JSON object"),
         (mutate(v=2), "schema version"),
         (mutate(port=0), "out of range"),
+        (mutate(timestamp=10**400), "out of range"),  # no float holds it
         (mutate(port="8001"), "not a number"),
         (mutate(port=80.5), "not an integer"),
         (mutate(node=KeyError), "missing field 'node'"),

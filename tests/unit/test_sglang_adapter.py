@@ -28,6 +28,8 @@ def test_documented_metrics() -> None:
     r = parse_metrics(fixture(K, "metrics.txt"))
     assert (r.waiting, r.running, r.kv_cache_usage, r.problems) == (5.0, 12.0, 0.28, ())
     assert r.generated_tokens == 7.557572e06
+    assert r.prefix_cache is None  # prompt tokens counted, cached ones not: no pair
+    assert r.prefix_hit_rate == pytest.approx(0.0075, abs=1e-4)
 
 
 def test_tensor_parallel_ranks_count_once_data_parallel_ranks_add_up() -> None:
@@ -85,7 +87,9 @@ async def test_probe_ready() -> None:
     )
     p = await a.probe()
     assert p.models == (ModelInfo(LLAMA, "default", ModelState.READY),)
-    assert p.load == LoadStats(queue_waiting=5.0, running=12.0, kv_cache_usage=0.28)
+    # no cached-token counter in this version: the scheduler's own hit-rate gauge, rounded
+    load = LoadStats(5.0, 12.0, 0.28, prefix_cache_hit_rate=0.008)
+    assert p.load == load
     assert a.kind is ServerKind.SGLANG
     publishable(p, ServerKind.SGLANG)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import httpx
 
+from controlplane.agent.servers.cache_hits import PrefixHitRate
 from controlplane.agent.servers.scrape import Notes, Reading
 from controlplane.agent.servers.speed import REFERENCE_TPS, DecodeSpeed
 from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
@@ -56,7 +57,7 @@ class ModelServerAdapter(Protocol):
 class HttpAdapter:
     """What every adapter keeps: the server's base URL, the shared HTTP client, the
     version overrides, a ``Notes`` for logging changes once, and the server's measured
-    decode speed. Subclasses add ``kind`` and ``probe``."""
+    decode speed and prefix-cache hit rate. Subclasses add ``kind`` and ``probe``."""
 
     def __init__(
         self,
@@ -72,11 +73,19 @@ class HttpAdapter:
         self._versions = dict(versions)
         self._notes = Notes(self._base, logging.getLogger(type(self).__module__))
         self._speed = DecodeSpeed(reference_tps)
+        self._hits = PrefixHitRate()
         self._clock = clock
 
-    def _measure(self, reading: Reading) -> None:
-        """Feed the decode-speed estimate from one scrape's counters, if it has any."""
+    def _measure(self, reading: Reading) -> LoadStats:
+        """Feed the decode-speed and hit-rate estimates from one scrape's counters, if it
+        has any; the load to publish, with the recent prefix-cache hit rate."""
+        now = self._clock()
         if reading.generated_tokens is not None and reading.running is not None:
-            self._speed.update(self._clock(), reading.generated_tokens, reading.running)
+            self._speed.update(now, reading.generated_tokens, reading.running)
         elif reading.decode_steps is not None:
-            self._speed.update_steps(self._clock(), *reading.decode_steps)
+            self._speed.update_steps(now, *reading.decode_steps)
+        if reading.prefix_cache is not None:
+            self._hits.update(now, *reading.prefix_cache)
+        elif reading.prefix_hit_rate is not None:
+            self._hits.observe(reading.prefix_hit_rate)
+        return replace(reading.load(), prefix_cache_hit_rate=self._hits.rate)

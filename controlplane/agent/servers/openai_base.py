@@ -5,8 +5,9 @@ State comes from ``/health`` (200 -> ``ready``; a loading code, 503 by default -
 the last time they were seen), names from ``/v1/models``, load from the server's metrics
 endpoint, which each subclass reads in ``read_load``; the same scrape's generated-token
 counter (or decode-step counts, ``trtllm``) feeds the replica's measured decode speed
-(``servers.speed``). No answer at all -> unreachable, published with no models so that the
-control plane drops the replica at once.
+(``servers.speed``), and its prefix-cache counters the recent hit rate
+(``servers.cache_hits``). No answer at all -> unreachable, published with no models so
+that the control plane drops the replica at once.
 """
 
 from __future__ import annotations
@@ -76,8 +77,7 @@ class OpenAIServerAdapter(HttpAdapter):
         if state is ModelState.READY:
             reading, problem = reading_from(metrics, self.metrics_path, self.read_load)
             if reading is not None:
-                load = reading.load()
-                self._measure(reading)
+                load = self._measure(reading)
         self._notes.say("state", f"{state.value}: {', '.join(f'{n}@{v}' for n, v in names) or '-'}")
         self._notes.say("metrics", problem, logging.WARNING)
         return Probe(

@@ -49,6 +49,10 @@ class Reading:
     decode_steps: tuple[float, float] | None = None
     """Decode steps so far and the seconds they took (counters), for servers that count
     steps instead of tokens (TGI)."""
+    prefix_cache: tuple[float, float] | None = None
+    """Prefix-cache hits and lookups so far, in prompt tokens (counters, series summed)."""
+    prefix_hit_rate: float | None = None
+    """A prefix-cache hit rate the server computes itself (0..1), when it has no counters."""
 
     def load(self) -> LoadStats:
         """What is published: an unreadable number counts as 0, never as nonsense."""
@@ -213,6 +217,64 @@ def counter_total(
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         return None
     return float(sum(values))
+
+
+def counter_pair(
+    samples: Mapping[str, Series], parts: tuple[str, ...], totals: tuple[str, ...]
+) -> tuple[float, float] | None:
+    """Two counters where the first counts a part of the second (prefix-cache hits of
+    lookups), read under the same name generation (``parts[i]`` with ``totals[i]``);
+    ``None`` if the server has neither or either is not a count, or a part exceeds its total."""
+    for part_name, total_name in zip(parts, totals, strict=True):
+        if part_name in samples or total_name in samples:
+            part = counter_total(samples, (part_name,))
+            total = counter_total(samples, (total_name,))
+            if part is None or total is None or part > total:
+                return None
+            return part, total
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadMetrics:
+    """The Prometheus names a server exports its load under; of each tuple the first name
+    present counts (a metric's current name first, then its older ones)."""
+
+    waiting: tuple[str, ...]
+    running: tuple[str, ...]
+    kv_cache: tuple[str, ...]
+    """KV-cache use, 0..1."""
+    generated: tuple[str, ...] = ()
+    """Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
+    prefix_hits: tuple[str, ...] = ()
+    prefix_queries: tuple[str, ...] = ()
+    """Prompt tokens found in / looked up in the prefix cache (counters, paired by index):
+    the agent's hit rate (``servers.cache_hits``)."""
+    prefix_hit_rate: tuple[str, ...] = ()
+    """A hit-rate gauge (0..1) for servers without those counters; negative = not known."""
+
+    def read(self, text: str) -> Reading:
+        """The load in Prometheus text; ``MetricsError`` if it is not that.
+
+        Counts are summed over every series (models, engines, data-parallel ranks); KV-cache
+        use is a fraction, so it is averaged. One bad series makes the whole metric
+        ``None``: a partial sum would understate load. Counters and the hit-rate gauge are
+        optional: missing, they are ``None`` and no problem is noted.
+        """
+        names = (self.waiting, self.running, self.kv_cache, self.generated)
+        extra = (self.prefix_hits, self.prefix_queries, self.prefix_hit_rate)
+        samples = read_samples(text, (n for group in names + extra for n in group))
+        problems: list[str] = []
+        rate = self.prefix_hit_rate
+        return Reading(
+            gauge(samples, self.waiting, MAX_COUNT, sum, problems),
+            gauge(samples, self.running, MAX_COUNT, sum, problems),
+            gauge(samples, self.kv_cache, 1.0, mean, problems),
+            tuple(problems),
+            counter_total(samples, self.generated),
+            prefix_cache=counter_pair(samples, self.prefix_hits, self.prefix_queries),
+            prefix_hit_rate=gauge(samples, rate, 1.0, mean, []) if rate else None,
+        )
 
 
 def _select(series: Series, where: Mapping[str, str] | None) -> Series:

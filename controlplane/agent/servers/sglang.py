@@ -1,7 +1,9 @@
 """The SGLang adapter: names from ``/v1/models`` (else ``/get_model_info``), load from ``/metrics``.
 
 Reads ``sglang:num_queue_reqs`` (waiting), ``sglang:num_running_reqs`` (running) and
-``sglang:token_usage`` (KV-cache pool use, 0..1). Metrics exist only when the server runs
+``sglang:token_usage`` (KV-cache pool use, 0..1), and for the prefix-cache hit rate
+``sglang:cached_tokens_total`` over ``sglang:prompt_tokens_total`` (else the
+``sglang:cache_hit_rate`` gauge). Metrics exist only when the server runs
 with ``--enable-metrics``; without them the load is published as 0 and the agent says so.
 Series repeated per GPU rank (``tp_rank``/``pp_rank`` labels) count once; data-parallel
 schedulers (``dp_rank``) are summed, and their token usage averaged. State as for vLLM:
@@ -13,14 +15,10 @@ from __future__ import annotations
 from controlplane.agent.servers.openai_base import Names, OpenAIServerAdapter
 from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
-    MAX_COUNT,
+    LoadMetrics,
     Reading,
     Reply,
-    counter_total,
-    gauge,
     json_of,
-    mean,
-    read_samples,
     valid_name,
 )
 from controlplane.fleet.model import ServerKind
@@ -30,16 +28,22 @@ RUNNING = ("sglang:num_running_reqs",)
 GENERATED = ("sglang:generation_tokens_total",)
 """Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("sglang:token_usage",)
+PREFIX_HITS = ("sglang:cached_tokens_total",)
+PREFIX_QUERIES = ("sglang:prompt_tokens_total",)
+"""Cached prompt tokens (every ``cache_source`` summed) and all prompt tokens: the agent's
+prefix-cache hit rate (``servers.cache_hits``)."""
+PREFIX_HIT_RATE = ("sglang:cache_hit_rate",)
+"""The scheduler's own gauge (its last prefill batch), when the counters are missing."""
+
+
+METRICS = LoadMetrics(
+    WAITING, RUNNING, KV_CACHE, GENERATED, PREFIX_HITS, PREFIX_QUERIES, PREFIX_HIT_RATE
+)
 
 
 def parse_metrics(text: str) -> Reading:
-    """SGLang's load gauges from Prometheus text; ``MetricsError`` if it is not that."""
-    samples = read_samples(text, WAITING + RUNNING + KV_CACHE + GENERATED)
-    problems: list[str] = []
-    waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
-    running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
-    kv = gauge(samples, KV_CACHE, 1.0, mean, problems)
-    return Reading(waiting, running, kv, tuple(problems), counter_total(samples, GENERATED))
+    """SGLang's load from Prometheus text; ``MetricsError`` if it is not that."""
+    return METRICS.read(text)
 
 
 def model_from_info(doc: object) -> str | None:

@@ -19,14 +19,11 @@ from controlplane.agent.servers.openai_base import OpenAIServerAdapter
 from controlplane.agent.servers.scrape import (
     DEFAULT_VERSION,
     MAX_COUNT,
+    LoadMetrics,
     MetricsError,
     Reading,
     Reply,
-    counter_total,
-    gauge,
-    mean,
     parse_openai_models,
-    read_samples,
 )
 from controlplane.fleet.model import ServerKind
 
@@ -46,23 +43,29 @@ GENERATED = ("vllm:generation_tokens_total",)
 """Decode tokens so far (a counter): the agent's speed estimate (``servers.speed``)."""
 KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 """The current name first; vLLM < 0.10 named it ``gpu_cache_usage_perc`` (also 0..1)."""
+PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+"""Prefix-cache counters (prompt tokens found / looked up): the agent's hit rate
+(``servers.cache_hits``). V1 engines before 0.9 used the ``gpu_`` names."""
+PREFIX_HIT_RATE = ("vllm:gpu_prefix_cache_hit_rate",)
+"""The V0 engine's gauge instead (0..1 since start, -1 before the first lookup)."""
 
 MetricsReading = Reading
 
 
+METRICS = LoadMetrics(
+    WAITING, RUNNING, KV_CACHE, GENERATED, PREFIX_HITS, PREFIX_QUERIES, PREFIX_HIT_RATE
+)
+
+
 def parse_metrics(text: str) -> Reading:
-    """Read vLLM's load gauges from Prometheus text; ``MetricsError`` if it is not that.
+    """Read vLLM's load from Prometheus text; ``MetricsError`` if it is not that.
 
     Counts are summed over every series (one per ``model_name`` and, with data-parallel
     engines, per ``engine``). KV-cache use is a fraction, so it is averaged over series.
     One bad series makes the whole metric ``None``: a partial sum would understate load.
     """
-    samples = read_samples(text, WAITING + RUNNING + KV_CACHE + GENERATED)
-    problems: list[str] = []
-    waiting = gauge(samples, WAITING, MAX_COUNT, sum, problems)
-    running = gauge(samples, RUNNING, MAX_COUNT, sum, problems)
-    kv = gauge(samples, KV_CACHE, 1.0, mean, problems)
-    return Reading(waiting, running, kv, tuple(problems), counter_total(samples, GENERATED))
+    return METRICS.read(text)
 
 
 def parse_models(doc: Any, versions: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
