@@ -1,10 +1,11 @@
 """LDS builder: one ``ListenerIR`` -> an Envoy ``Listener``.
 
-An HTTP connection manager whose routes come over RDS on the same ADS stream, with two
-HTTP filters: ``json_to_metadata`` copies the OpenAI body field ``model`` into dynamic
-metadata, or notes why it could not (and clears the route cache, so routes can match
-either), then the router. The connection buffer limit is raised so large prompts are not
-answered 413.
+An HTTP connection manager whose routes come over RDS on the same ADS stream, with three
+HTTP filters: ``json_to_metadata`` copies the OpenAI body fields ``model`` and ``user`` into
+dynamic metadata, or notes why it could not (and clears the route cache, so routes can
+match either); ``set_filter_state`` turns a non-empty ``user`` into a hashable filter state
+object that the routes' session hash policy reads; then the router. The connection buffer
+limit is raised so large prompts are not answered 413.
 Pure: imports protobuf messages only.
 """
 
@@ -12,10 +13,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    base_pb2,
+    config_source_pb2,
+    substitution_format_string_pb2,
+)
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2 as sfs_value
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2 as j2m
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2 as sfs
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -29,6 +37,8 @@ from controlplane.xds.route import (
     NO_MODEL,
     NOT_JSON,
     REQUEST_ERROR_KEY,
+    SESSION_FILTER_STATE_KEY,
+    USER_METADATA_KEY,
 )
 
 STREAM_IDLE_TIMEOUT_S = 600
@@ -55,11 +65,34 @@ def _json_to_metadata() -> Any:
         on_missing=_request_error(NO_MODEL),
         on_error=_request_error(NOT_JSON),
     )
+    user = j2m.JsonToMetadata.Rule(
+        selectors=[j2m.JsonToMetadata.Selector(key=USER_METADATA_KEY)],
+        on_present=j2m.JsonToMetadata.KeyValuePair(
+            metadata_namespace=BODY_METADATA_NAMESPACE, key=USER_METADATA_KEY
+        ),
+    )
     rules = j2m.JsonToMetadata.MatchRules(
-        rules=[rule],
+        rules=[rule, user],
         allow_content_types_regex=regex_pb2.RegexMatcher(regex=JSON_CONTENT_TYPES),
     )
     return j2m.JsonToMetadata(request_rules=rules)
+
+
+def _session_filter_state() -> Any:
+    """The body's ``user`` as an ``envoy.hashable_string`` (``envoy.string`` has no hash,
+    so a hash policy on it yields nothing). Absent or empty: nothing is set, so requests
+    without a ``user`` are not hashed together into one giant session."""
+    fmt = f"%DYNAMIC_METADATA({BODY_METADATA_NAMESPACE}:{USER_METADATA_KEY})%"
+    value = sfs_value.FilterStateValue(
+        object_key=SESSION_FILTER_STATE_KEY,
+        factory_key="envoy.hashable_string",
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=fmt),
+            omit_empty_values=True,  # absent renders "", not "-"
+        ),
+        skip_if_empty=True,
+    )
+    return sfs.Config(on_request_headers=[value])
 
 
 def _hcm(lis: ListenerIR) -> Any:
@@ -68,6 +101,10 @@ def _hcm(lis: ListenerIR) -> Any:
     )
     j2m_filter = h.http_filters.add(name="envoy.filters.http.json_to_metadata")
     j2m_filter.typed_config.Pack(_json_to_metadata())
+    # After json_to_metadata: it holds the headers until the body is read, so this filter's
+    # on_request_headers runs with the body's metadata already there.
+    session = h.http_filters.add(name="envoy.filters.http.set_filter_state")
+    session.typed_config.Pack(_session_filter_state())
     router = h.http_filters.add(name="envoy.filters.http.router")
     router.typed_config.Pack(router_pb2.Router())
     h.rds.route_config_name = lis.route_config

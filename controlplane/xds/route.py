@@ -37,6 +37,11 @@ from controlplane.ir import ModelRouteIR, RetryIR, RouteConfigIR
 BODY_METADATA_NAMESPACE = "envoy.filters.http.json_to_metadata"
 """Where the listener's json_to_metadata filter puts the body field ``model``."""
 BODY_METADATA_KEY = "model"
+USER_METADATA_KEY = "user"
+"""The OpenAI body field ``user``, copied by the same filter when present: a session key."""
+SESSION_FILTER_STATE_KEY = "aixds.session.user"
+"""Filter state object (an ``envoy.hashable_string``) holding the body's ``user``; the
+listener's ``set_filter_state`` filter sets it, the routes' hash policy reads it."""
 REQUEST_ERROR_KEY = "request_error"
 """Set in the same namespace by the filter when the body has no ``model`` to copy."""
 NOT_JSON = "not_json"
@@ -138,12 +143,19 @@ def _weighted(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
         cw.weight.value = w.weight
     if m.session_header:
         wc.use_hash_policy.value = True  # the session keeps its version, not only its host
-        a.hash_policy.append(_session_hash(m.session_header))
+        a.hash_policy.extend(_session_hash(m.session_header))
     return a
 
 
-def _session_hash(header: str) -> Any:
-    return rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=header))
+def _session_hash(header: str) -> list[Any]:
+    """The session key: the header if sent (terminal: nothing else is mixed in), else the
+    body's ``user`` (filter state, set only when non-empty). With neither, no hash: the
+    request still goes through (MAGLEV/RING_HASH then pick a random host)."""
+    hp = rc.RouteAction.HashPolicy
+    return [
+        hp(header=hp.Header(header_name=header), terminal=True),
+        hp(filter_state=hp.FilterState(key=SESSION_FILTER_STATE_KEY)),
+    ]
 
 
 def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "body"]) -> list[Any]:
@@ -162,7 +174,7 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
         a = _action(rcfg)
         a.cluster = cluster
         if m.session_header:
-            a.hash_policy.append(_session_hash(m.session_header))
+            a.hash_policy.extend(_session_hash(m.session_header))
         routes.append(
             rc.Route(
                 name=f"{m.model}/{by}/version/{version}",

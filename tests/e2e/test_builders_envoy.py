@@ -147,6 +147,16 @@ def _envoy_argv(config: Path) -> list[str]:
             "--concurrency", "1", "--log-level", "warning"]  # fmt: skip
 
 
+def start_static_envoy(plan: Plan, procs: Procs, tmp_path: Path, admin: int) -> None:
+    """``plan`` built and loaded as a static config (endpoints as planned); waits for ready."""
+    assert plan.validate() == []
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(static_bootstrap(build_resources(plan), admin)))
+    procs.start("envoy", _envoy_argv(path))
+    ready = f"http://127.0.0.1:{admin}/ready"
+    wait_until(lambda: httpx.get(ready, timeout=1).status_code == 200, 10, what="ready")
+
+
 @contextlib.contextmanager
 def _stopping(procs: Procs) -> Iterator[None]:
     try:
@@ -352,12 +362,7 @@ def test_inference_defaults_hold_with_traffic(procs: Procs, tmp_path: Path) -> N
         )
         port, admin = free_port(), free_port()
         plan = Plan((sick, failover), (routes,), (ListenerIR("l", "127.0.0.1", port, "routes"),))
-        assert plan.validate() == []
-        path = tmp_path / "envoy.json"
-        path.write_text(json.dumps(static_bootstrap(build_resources(plan), admin)))
-        procs.start("envoy", _envoy_argv(path))
-        ready = f"http://127.0.0.1:{admin}/ready"
-        wait_until(lambda: httpx.get(ready, timeout=1).status_code == 200, 10, what="ready")
+        start_static_envoy(plan, procs, tmp_path, admin)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             r = client.post("/v1/completions", json={"model": "sick"})
             assert r.status_code == 503
