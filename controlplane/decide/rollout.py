@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from controlplane.decide.eligibility import candidate, is_fresh
-from controlplane.decide.routes import default_version, fallback_version
+from controlplane.decide.routes import default_version, fallback_version, routable_among
 from controlplane.fleet.model import FleetView
 from controlplane.intent import DrainingVersion, Intent, RollbackRecord, Rollout, Trigger
 from controlplane.ir import Health
@@ -114,9 +114,8 @@ def version_counts(
 def routable_versions(model: str, counts: Counts, intent: Intent) -> dict[str, int]:
     """Versions that can take ``model``'s traffic now, with their serving replicas: those
     not draining, or every serving one if only draining versions serve (as ``decide()``)."""
-    draining = intent.draining_versions.get(model, {})
     serving = {v: c.serving for v, c in counts.get(model, {}).items() if c.serving > 0}
-    return {v: n for v, n in serving.items() if v not in draining} or serving
+    return routable_among(serving, intent.draining_versions.get(model, {}))
 
 
 def current_stable(model: str, counts: Counts, intent: Intent) -> str | None:

@@ -14,7 +14,7 @@ service) take no share unless no other version can serve; they stay reachable th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from controlplane.intent import Intent
 from controlplane.ir import ModelRouteIR, WeightedClusterIR, cluster_name
@@ -26,6 +26,12 @@ SPLIT_SCALE = 10_000
 def default_version(serving: Mapping[str, int]) -> str:
     """The version with the most serving replicas; ties go to the greatest name."""
     return max(serving, key=lambda v: (serving[v], v))
+
+
+def routable_among(serving: Mapping[str, int], exclude: Collection[str]) -> dict[str, int]:
+    """The versions that may take traffic: those not in ``exclude`` (leaving service), or
+    every one of ``serving`` if only excluded versions serve."""
+    return {v: n for v, n in serving.items() if v not in exclude} or dict(serving)
 
 
 def fallback_version(model: str, routable: Mapping[str, int], intent: Intent) -> str | None:
@@ -50,7 +56,7 @@ def model_route(
     """``serving``: version -> number of replicas that can take traffic (>= 1 each)."""
     if not serving:
         return None
-    routable = {v: n for v, n in serving.items() if v not in exclude} or dict(serving)
+    routable = routable_among(serving, exclude)
     split: dict[str, int] = {}
     rollout = intent.rollouts.get(model)
     fallback = fallback_version(model, routable, intent)
