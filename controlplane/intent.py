@@ -3,7 +3,7 @@
 Intent is plain data (stored in Redis as JSON with a revision number, never expiring).
 ``decide()`` reads it together with the observed fleet state. ``intent_to_doc`` and
 ``intent_from_doc`` are its JSON codec; the fleet.yaml part (region distances, session
-header) is not stored: ``with_base`` puts it back.
+header, affinity defaults) is not stored: ``with_base`` puts it back.
 """
 
 from __future__ import annotations
@@ -92,14 +92,34 @@ class Intent:
     )
     """``draining_versions[model][version]``: versions leaving service (see
     ``DrainingVersion``); a version listed here takes no share of the model's traffic."""
+    affinity: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    """Per model, set through the API: session affinity on (True) or off (False). Absent:
+    fleet.yaml's ``affinity_base``, then ``affinity_default``."""
+    affinity_base: Mapping[str, bool] = field(default_factory=lambda: MappingProxyType({}))
+    """fleet.yaml's per-model affinity settings (not stored)."""
+    affinity_default: bool = True
+    """fleet.yaml's default for models named nowhere (not stored): on."""
+
+    def affinity_on(self, model: str) -> bool:
+        """Whether a session of ``model`` sticks to one replica (see ``docs/affinity.md``)."""
+        if model in self.affinity:
+            return self.affinity[model]
+        return self.affinity_base.get(model, self.affinity_default)
 
 
 EMPTY_INTENT = Intent()
 
 
 def with_base(stored: Intent, base: Intent) -> Intent:
-    """The stored intent with fleet.yaml's part (region distances, session header)."""
-    return replace(stored, region_distance=base.region_distance, session_header=base.session_header)
+    """The stored intent with fleet.yaml's part (region distances, session header, affinity
+    defaults)."""
+    return replace(
+        stored,
+        region_distance=base.region_distance,
+        session_header=base.session_header,
+        affinity_base=base.affinity_base,
+        affinity_default=base.affinity_default,
+    )
 
 
 # -- JSON codec ---------------------------------------------------------------------------
@@ -122,6 +142,7 @@ def intent_to_doc(intent: Intent) -> dict[str, Any]:
             for m, vs in sorted(intent.draining_versions.items())
             if vs
         },
+        "affinity": dict(sorted(intent.affinity.items())),
     }
 
 
@@ -167,11 +188,17 @@ def intent_from_doc(doc: Any, revision: int) -> Intent:
                 remove_at=_num(d.get("remove_at"), "remove_at"),
             )
         draining[_name(m, "model")] = MappingProxyType(entries)
+    affinity = _obj(doc.get("affinity", {}), "affinity")
+    for m, on in affinity.items():
+        _name(m, "model")
+        if not isinstance(on, bool):
+            raise IntentError(f"affinity.{m} must be true or false")
     return Intent(
         revision=revision,
         rollouts=MappingProxyType(rollouts),
         drained=frozenset(drained),
         draining_versions=MappingProxyType(draining),
+        affinity=MappingProxyType(dict(affinity)),
     )
 
 

@@ -104,6 +104,12 @@ class ModelRouteIR:
     """A request carrying this header with a version name goes to that version's cluster."""
     versions: tuple[tuple[str, str], ...] = ()
     """(version, cluster) pairs reachable through ``version_header``."""
+    affinity_clusters: tuple[WeightedClusterIR, ...] = ()
+    """Non-empty (session affinity on): a request with a session key (``session_key_header``
+    or the body's ``user``) goes to these hash clusters instead, same version split,
+    hashed on the key so each session keeps one replica (and one version)."""
+    session_key_header: str = ""
+    """The header that carries a session key for affinity (with ``affinity_clusters``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +158,9 @@ class Plan:
             for m in rc.models:
                 if not m.clusters or sum(w.weight for w in m.clusters) <= 0:
                     problems.append(f"route-without-weight:{m.model}")
-                for w in m.clusters:
+                if m.affinity_clusters and not m.session_key_header:
+                    problems.append(f"affinity-without-session-key:{m.model}")
+                for w in (*m.clusters, *m.affinity_clusters):
                     if w.cluster not in known:
                         problems.append(f"route-to-missing-cluster:{m.model}:{w.cluster}")
         for lis in self.listeners:
@@ -161,6 +169,20 @@ class Plan:
         return problems
 
 
+AFFINITY_SUFFIX = "#affinity"
+
+
 def cluster_name(model: str, version: str) -> str:
     """The Envoy cluster name of one model version."""
     return f"{model}@{version}"
+
+
+def affinity_cluster_name(model: str, version: str) -> str:
+    """The Envoy cluster of one model version that sessions hash onto (session affinity)."""
+    return f"{model}@{version}{AFFINITY_SUFFIX}"
+
+
+def version_cluster(name: str) -> str:
+    """The model version's cluster name for any of its clusters (affinity or not): load
+    reports of both count for the same version."""
+    return name.removesuffix(AFFINITY_SUFFIX)

@@ -96,6 +96,8 @@ class FleetConfig:
 
     region_distance: dict[str, dict[str, int]] = field(default_factory=dict)
     session_header: str = "x-session-id"
+    affinity_default: bool = True
+    affinity_models: dict[str, bool] = field(default_factory=dict)
 
     def base_intent(self) -> Intent:
         return Intent(
@@ -103,6 +105,8 @@ class FleetConfig:
                 {k: MappingProxyType(dict(v)) for k, v in self.region_distance.items()}
             ),
             session_header=self.session_header,
+            affinity_base=MappingProxyType(dict(self.affinity_models)),
+            affinity_default=self.affinity_default,
         )
 
 
@@ -119,6 +123,9 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
           us-east: {us-west: 10, eu-west: 80}
           eu-west: {us-east: 80, us-west: 90}
         session_header: x-session-id
+        affinity:                  # session affinity (default: on for every model)
+          default: true
+          models: {embed-small: false}
     """
     if path is None:
         return FleetConfig()
@@ -129,7 +136,7 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(doc) - {"regions", "session_header"}
+    unknown = set(doc) - {"regions", "session_header", "affinity"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     regions = doc.get("regions", {}) or {}
@@ -145,4 +152,26 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     header = doc.get("session_header", "x-session-id")
     if not isinstance(header, str) or not header:
         raise ConfigError(f"{path}: session_header must be a non-empty string")
-    return FleetConfig(region_distance=dist, session_header=header.lower())
+    default, models = _affinity(path, doc.get("affinity", {}))
+    return FleetConfig(
+        region_distance=dist,
+        session_header=header.lower(),
+        affinity_default=default,
+        affinity_models=models,
+    )
+
+
+def _affinity(path: Path, doc: Any) -> tuple[bool, dict[str, bool]]:
+    """fleet.yaml's ``affinity: {default: BOOL, models: {MODEL: BOOL}}``."""
+    doc = doc or {}
+    if not isinstance(doc, dict) or set(doc) - {"default", "models"}:
+        raise ConfigError(f"{path}: 'affinity' takes 'default: true|false' and 'models'")
+    default = doc.get("default", True)
+    if not isinstance(default, bool):
+        raise ConfigError(f"{path}: affinity.default must be true or false")
+    models = doc.get("models", {}) or {}
+    if not isinstance(models, dict) or not all(
+        isinstance(k, str) and k and isinstance(v, bool) for k, v in models.items()
+    ):
+        raise ConfigError(f"{path}: affinity.models must map model names to true or false")
+    return default, dict(models)

@@ -9,6 +9,10 @@ endpoints stay HEALTHY while it settles, then turn DRAINING, then its cluster is
 (see ``rollout.Phase``). Fail open: if no other version of the model can serve, the
 draining list is ignored for that model, since an old version beats no version.
 
+With session affinity on for the model (the default, ``Intent.affinity_on``), each
+version also gets a session-hash cluster (``decide.affinity``) that requests carrying a
+session key are routed to.
+
 A canary's cluster never ejects all of its hosts (``CANARY_OUTLIER``): its share of the
 traffic has no other cluster to go to (healthy_panic_threshold is 0), so ejecting a lone
 canary host would turn its errors into 100 % "no healthy upstream" replies that Envoy's
@@ -22,6 +26,7 @@ from collections import defaultdict
 from dataclasses import replace
 from typing import Final
 
+from controlplane.decide.affinity import affinity_cluster
 from controlplane.decide.eligibility import Candidate, candidate, is_fresh
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
@@ -65,6 +70,7 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
         }
         phases = _phases(intent, model, by_version, now)
         rollout = intent.rollouts.get(model)
+        affinity = intent.affinity_on(model)
         serving: dict[str, int] = {}
         for version, cands in by_version.items():
             ph = phases.get(version)
@@ -74,10 +80,13 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
                 cands = [replace(c, health=Health.DRAINING) for c in cands]
             canary = rollout is not None and rollout.canary == version != rollout.stable
             clusters.append(_cluster(model, version, cands, prio, canary=canary))
+            if affinity:
+                outlier = CANARY_OUTLIER if canary else OutlierIR()
+                clusters.append(affinity_cluster(model, version, cands, prio, outlier))
             n = sum(1 for c in cands if c.health is Health.HEALTHY)
             if n:
                 serving[version] = n
-        route = model_route(model, serving, intent, exclude=frozenset(phases))
+        route = model_route(model, serving, intent, exclude=frozenset(phases), affinity=affinity)
         if route is not None:
             routes.append(route)
 

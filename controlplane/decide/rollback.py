@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from controlplane.intent import Rollout
-from controlplane.ir import cluster_name
+from controlplane.ir import cluster_name, version_cluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ def evaluate(
     req = [0, 0]
     err = [0, 0]
     for b in buckets:
-        i = names.get(b.cluster)
+        i = names.get(version_cluster(b.cluster))  # the affinity cluster counts too
         # a bucket counts only if it began inside the window (whole seconds after start)
         if i is None or b.at < start or b.at > now:
             continue

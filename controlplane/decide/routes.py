@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from controlplane.intent import Intent
-from controlplane.ir import ModelRouteIR, WeightedClusterIR, cluster_name
+from controlplane.ir import ModelRouteIR, WeightedClusterIR, affinity_cluster_name, cluster_name
 
 SPLIT_SCALE = 10_000
 """Route weights are out of 10,000 so a canary percent keeps two decimals."""
@@ -52,8 +52,12 @@ def model_route(
     serving: Mapping[str, int],
     intent: Intent,
     exclude: frozenset[str] = frozenset(),
+    *,
+    affinity: bool = False,
 ) -> ModelRouteIR | None:
-    """``serving``: version -> number of replicas that can take traffic (>= 1 each)."""
+    """``serving``: version -> number of replicas that can take traffic (>= 1 each).
+    ``affinity``: requests with a session key go to the versions' affinity clusters (same
+    split, hashed on the key)."""
     if not serving:
         return None
     routable = routable_among(serving, exclude)
@@ -79,4 +83,10 @@ def model_route(
         ),
         session_header=intent.session_header if len(split) > 1 else "",
         versions=tuple((v, cluster_name(model, v)) for v in sorted(serving)),
+        affinity_clusters=tuple(
+            WeightedClusterIR(affinity_cluster_name(model, v), w) for v, w in sorted(split.items())
+        )
+        if affinity
+        else (),
+        session_key_header=intent.session_header if affinity else "",
     )

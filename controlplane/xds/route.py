@@ -3,8 +3,10 @@
 One virtual host ``*``. Routes, first match wins:
 
 1. ``GET /v1/models``: an OpenAI model list of the models below (direct response).
-2. Per model, on the ``x-model`` header: one route per version for ``x-model-version``,
-   then the weighted route across versions.
+2. Per model, on the ``x-model`` header: one route per version for ``x-model-version``;
+   with session affinity, a route for requests carrying the session header and one for
+   those whose body has a non-empty ``user`` (both to the versions' affinity clusters,
+   hashed on the key); then the weighted route across versions (load-following).
 3. The same per model on the body field ``model`` (dynamic metadata written by
    ``envoy.filters.http.json_to_metadata``). Header routes come first for every model, so
    the header wins consistently when a request carries both.
@@ -147,6 +149,29 @@ def _weighted(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
     return a
 
 
+def _affinity(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
+    """The version split over the affinity clusters, hashed on the session key: the hash
+    picks the version (``use_hash_policy``) and, in the MAGLEV cluster, the replica."""
+    a = _action(rcfg)
+    wc = a.weighted_clusters
+    for w in m.affinity_clusters:
+        cw = wc.clusters.add(name=w.cluster)
+        cw.weight.value = w.weight
+    wc.use_hash_policy.value = True
+    a.hash_policy.extend(_session_hash(m.session_key_header))
+    return a
+
+
+def _non_empty_body_field(key: str) -> Any:
+    return metadata_pb2.MetadataMatcher(
+        filter=BODY_METADATA_NAMESPACE,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=key)],
+        value=value_pb2.ValueMatcher(
+            string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=".+"))
+        ),
+    )
+
+
 def _session_hash(header: str) -> list[Any]:
     """The session key: the header if sent (terminal: nothing else is mixed in), else the
     body's ``user`` (filter state, set only when non-empty). With neither, no hash: the
@@ -181,6 +206,16 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
                 match=match(_exact_header(m.version_header, version)),
                 route=a,
             )
+        )
+    if m.affinity_clusters:
+        by_header = match(rc.HeaderMatcher(name=m.session_key_header, present_match=True))
+        routes.append(
+            rc.Route(name=f"{m.model}/{by}/session", match=by_header, route=_affinity(rcfg, m))
+        )
+        by_user = match()
+        by_user.dynamic_metadata.append(_non_empty_body_field(USER_METADATA_KEY))
+        routes.append(
+            rc.Route(name=f"{m.model}/{by}/user", match=by_user, route=_affinity(rcfg, m))
         )
     routes.append(rc.Route(name=f"{m.model}/{by}", match=match(), route=_weighted(rcfg, m)))
     return routes

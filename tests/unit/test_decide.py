@@ -27,7 +27,14 @@ def test_one_cluster_per_model_version_and_route_by_model() -> None:
         ),
     )
     plan = decide(f, Intent(), NODE, NOW)
-    assert [c.name for c in plan.clusters] == ["llama@v1", "llama@v2", "qwen@q1"]
+    assert [c.name for c in plan.clusters] == [
+        "llama@v1",
+        "llama@v1#affinity",
+        "llama@v2",
+        "llama@v2#affinity",
+        "qwen@q1",
+        "qwen@q1#affinity",
+    ]
     assert plan.validate() == []
     routes = {m.model: m for m in plan.route_configs[0].models}
     assert set(routes) == {"llama", "qwen"}
@@ -132,7 +139,10 @@ def test_rollout_to_a_version_without_replicas_keeps_stable() -> None:
 def test_loading_version_has_an_empty_cluster_but_no_route() -> None:
     f = fleet(replica("n1/a", models=(("llama", "v1", ModelState.LOADING),)))
     plan = decide(f, Intent(), NODE, NOW)
-    assert [(c.name, c.endpoints) for c in plan.clusters] == [("llama@v1", ())]
+    assert [(c.name, c.endpoints) for c in plan.clusters] == [
+        ("llama@v1", ()),
+        ("llama@v1#affinity", ()),
+    ]
     assert plan.route_configs[0].models == ()
     assert plan.validate() == []
 
@@ -157,5 +167,8 @@ def test_plan_validate_names_problems() -> None:
     f = fleet(replica("n1/a"))
     plan = decide(f, Intent(), NODE, NOW)
     bad = Plan(clusters=(), route_configs=plan.route_configs, listeners=plan.listeners)
-    assert bad.validate() == ["route-to-missing-cluster:llama:llama@v1"]
+    assert bad.validate() == [
+        "route-to-missing-cluster:llama:llama@v1",
+        "route-to-missing-cluster:llama:llama@v1#affinity",
+    ]
     assert Health.DRAINING.value == "DRAINING"

@@ -55,10 +55,11 @@ def test_a_drained_node_drains_every_replica_of_it_and_only_those() -> None:
         (set(), set()),
     ):
         plan = decide(fleet, Intent(drained=frozenset(drained)), node, 0.0)
-        (cluster,) = plan.clusters
-        health = {e.replica_id: e.health for e in cluster.endpoints}
-        assert {r for r, h in health.items() if h is Health.DRAINING} == want
-        assert set(health) == set(fleet)  # drained replicas stay in EDS (in flight finishes)
+        assert [c.name for c in plan.clusters] == ["llama@v1", "llama@v1#affinity"]
+        for cluster in plan.clusters:  # the session-affinity cluster drains the same
+            health = {e.replica_id: e.health for e in cluster.endpoints}
+            assert {r for r, h in health.items() if h is Health.DRAINING} == want
+            assert set(health) == set(fleet)  # drained replicas stay in EDS (in flight ends)
 
 
 def test_api_drains_lists_and_undrains() -> None:

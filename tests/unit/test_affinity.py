@@ -1,0 +1,170 @@
+"""Session affinity in ``decide()``: a hash cluster per version with weights that hold still."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+from controlplane.decide import EnvoyNode, decide
+from controlplane.decide.affinity import BALANCE_FACTOR, capacity_weight
+from controlplane.fleet.model import GpuStats, ModelState
+from controlplane.intent import Intent, IntentError, Rollout, intent_from_doc, intent_to_doc
+from controlplane.ir import Health, LbPolicy, Plan, version_cluster
+from controlplane.settings import ConfigError, load_fleet_config
+from tests.fleetgen import fleet, replica
+
+NODE = EnvoyNode(role="edge", region="us", zone="us-a")
+NOW = 50.0
+
+
+def cluster(plan: Plan, name: str) -> dict[str, tuple[int, Health]]:
+    (c,) = [c for c in plan.clusters if c.name == name]
+    return {e.replica_id: (e.weight, e.health) for e in c.endpoints}
+
+
+def test_capacity_weights_follow_speed_on_coarse_rungs() -> None:
+    assert [capacity_weight(s) for s in (1.5, 1.0, 0.6, 0.35)] == [150, 100, 67, 30]
+    # an estimate wandering inside one rung does not move the weight
+    assert {capacity_weight(s) for s in (0.85, 0.95, 1.0, 1.1, 1.2)} == {100}
+    assert capacity_weight(0.0) >= 1 and capacity_weight(float("inf")) >= 1
+
+
+def test_every_version_gets_a_maglev_cluster_with_bounded_load_and_capacity_weights() -> None:
+    f = fleet(replica("n1/a", speed=1.5), replica("n2/a", speed=0.6, port=8001))
+    plan = decide(f, Intent(), NODE, NOW)
+    (aff,) = [c for c in plan.clusters if c.name == "llama@v1#affinity"]
+    assert aff.lb_policy is LbPolicy.MAGLEV and aff.hash_balance_factor == BALANCE_FACTOR
+    assert cluster(plan, "llama@v1#affinity") == {
+        "n1/a": (150, Health.HEALTHY),
+        "n2/a": (67, Health.HEALTHY),
+    }
+    (route,) = plan.route_configs[0].models
+    assert [(w.cluster, w.weight) for w in route.affinity_clusters] == [
+        ("llama@v1#affinity", 10_000)
+    ]
+    assert route.session_key_header == "x-session-id"
+    assert [w.cluster for w in route.clusters] == ["llama@v1"]  # sessionless: load-following
+    assert plan.validate() == []
+
+
+def test_load_noise_moves_load_weights_but_never_affinity_weights() -> None:
+    """The churn bound: 300 rounds of random load, KV use, queues and throttling change the
+    load-following weights again and again and the affinity cluster not once."""
+    rng = random.Random(7)
+    speeds = [1.5, 1.5, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6]
+    load_changes = affinity_changes = 0
+    last_load = last_aff = None
+    for _ in range(300):
+        reps = [
+            replica(
+                f"n{i}/a",
+                port=8000 + i,
+                speed=s,
+                running=rng.uniform(0, 40),
+                waiting=rng.choice([0, 0, 0, 1, 5]),
+                kv=rng.uniform(0, 1),
+                gpus=(GpuStats(index=0, throttled=rng.random() < 0.1),),
+            )
+            for i, s in enumerate(speeds)
+        ]
+        plan = decide(fleet(*reps), Intent(), NODE, NOW)
+        load, aff = cluster(plan, "llama@v1"), cluster(plan, "llama@v1#affinity")
+        load_changes += last_load is not None and load != last_load
+        affinity_changes += last_aff is not None and aff != last_aff
+        last_load, last_aff = load, aff
+    assert load_changes > 100
+    assert affinity_changes == 0
+
+
+def test_a_replica_leaving_changes_only_its_own_entry() -> None:
+    """Drained: DRAINING (out of the Maglev table, streams finish); GPU fault or gone:
+    absent. Every other replica keeps its weight, so only the leaver's sessions move."""
+    reps = [replica(f"n{i}/a", port=8000 + i, speed=1.0 + i / 10) for i in range(4)]
+    base = cluster(decide(fleet(*reps), Intent(), NODE, NOW), "llama@v1#affinity")
+    drained = cluster(
+        decide(fleet(*reps), Intent(drained=frozenset({"n1/a"})), NODE, NOW), "llama@v1#affinity"
+    )
+    assert drained["n1/a"] == (base["n1/a"][0], Health.DRAINING)
+    assert {k: v for k, v in drained.items() if k != "n1/a"} == {
+        k: v for k, v in base.items() if k != "n1/a"
+    }
+    faulty = list(reps)
+    faulty[2] = replica("n2/a", port=8002, speed=1.2, gpus=(GpuStats(index=0, faulty=True),))
+    gone = cluster(decide(fleet(*faulty), Intent(), NODE, NOW), "llama@v1#affinity")
+    assert gone == {k: v for k, v in base.items() if k != "n2/a"}
+
+
+def test_canary_split_is_the_same_for_sessions_and_the_canary_never_loses_its_last_host() -> None:
+    f = fleet(
+        replica("n1/a", models=(("llama", "v1", ModelState.READY),)),
+        replica("n2/a", port=8001, models=(("llama", "v2", ModelState.READY),)),
+    )
+    it = Intent(rollouts=MappingProxyType({"llama": Rollout("v1", "v2", 25.0)}))
+    plan = decide(f, it, NODE, NOW)
+    (route,) = plan.route_configs[0].models
+    assert [(w.cluster, w.weight) for w in route.clusters] == [
+        ("llama@v1", 7500),
+        ("llama@v2", 2500),
+    ]
+    assert [(w.cluster, w.weight) for w in route.affinity_clusters] == [
+        ("llama@v1#affinity", 7500),
+        ("llama@v2#affinity", 2500),
+    ]
+    (canary,) = [c for c in plan.clusters if c.name == "llama@v2#affinity"]
+    assert canary.outlier.always_eject_one_host is False
+
+
+def test_affinity_off_per_model_from_api_or_fleet_yaml() -> None:
+    f = fleet(
+        replica("n1/a", models=(("llama", "v1", ModelState.READY), ("emb", "e1", ModelState.READY)))
+    )
+
+    def names(it: Intent) -> list[str]:
+        return [c.name for c in decide(f, it, NODE, NOW).clusters]
+
+    assert names(Intent()) == ["emb@e1", "emb@e1#affinity", "llama@v1", "llama@v1#affinity"]
+    base_off = Intent(affinity_base=MappingProxyType({"emb": False}))
+    assert names(base_off) == ["emb@e1", "llama@v1", "llama@v1#affinity"]
+    # the API's setting (stored) wins over fleet.yaml's
+    api_on = Intent(
+        affinity=MappingProxyType({"emb": True}), affinity_base=MappingProxyType({"emb": False})
+    )
+    assert names(api_on) == ["emb@e1", "emb@e1#affinity", "llama@v1", "llama@v1#affinity"]
+    all_off = Intent(affinity_default=False)
+    assert names(all_off) == ["emb@e1", "llama@v1"]
+    routes = decide(f, all_off, NODE, NOW).route_configs[0].models
+    assert all(not r.affinity_clusters and not r.session_key_header for r in routes)
+
+
+def test_intent_codec_keeps_affinity_and_refuses_non_booleans() -> None:
+    it = Intent(affinity=MappingProxyType({"llama": False, "emb": True}))
+    doc = intent_to_doc(it)
+    assert doc["affinity"] == {"emb": True, "llama": False}
+    assert dict(intent_from_doc(doc, 3).affinity) == {"emb": True, "llama": False}
+    assert (
+        dict(intent_from_doc({k: v for k, v in doc.items() if k != "affinity"}, 1).affinity) == {}
+    )
+    with pytest.raises(IntentError, match=r"affinity\.llama must be true or false"):
+        intent_from_doc({**doc, "affinity": {"llama": "off"}}, 1)
+
+
+def test_fleet_yaml_affinity(tmp_path: Path) -> None:
+    p = tmp_path / "fleet.yaml"
+    p.write_text("affinity:\n  default: false\n  models: {llama: true}\n")
+    base = load_fleet_config(p).base_intent()
+    assert base.affinity_on("llama") and not base.affinity_on("other")
+    for bad in (
+        "affinity: {default: maybe}\n",
+        "affinity: {models: {llama: 1}}\n",
+        "affinity: 3\n",
+    ):
+        p.write_text(bad)
+        with pytest.raises(ConfigError, match="affinity"):
+            load_fleet_config(p)
+
+
+def test_load_reports_of_the_affinity_cluster_count_for_its_version() -> None:
+    assert version_cluster("llama@v2#affinity") == "llama@v2" == version_cluster("llama@v2")
