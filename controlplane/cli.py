@@ -205,6 +205,10 @@ COMMANDS: dict[
         "take a replica or a whole node out of service, or put it back",
         *_delegate("controlplane.api.drain_cli"),
     ),
+    "affinity": (
+        "session affinity per model: on, off, or back to fleet.yaml's setting",
+        *_delegate("controlplane.api.affinity_cli"),
+    ),
     "models": (
         "load and unload models on a node (its desired-models key) through the config API",
         *_delegate("controlplane.api.models_cli"),

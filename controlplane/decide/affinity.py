@@ -28,9 +28,13 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Final
 
 from controlplane.decide.eligibility import Candidate
+from controlplane.decide.rollout import ErrorKind, RolloutError
+from controlplane.intent import Intent
 from controlplane.ir import ClusterIR, EndpointIR, LbPolicy, OutlierIR, affinity_cluster_name
 from controlplane.ladder import snap
 
@@ -39,6 +43,7 @@ CAPACITY_STEP: Final = 1.5
 speed estimate wandering near a rung does not remap sessions."""
 CAPACITY_WEIGHT: Final = 100
 """Weight of a replica of speed 1.0."""
+MAX_MODEL_CHARS: Final = 512
 BALANCE_FACTOR: Final = 150
 """Envoy ``hash_balance_factor`` (percent): a host takes at most 1.5x its weighted share of
 an Envoy's active requests before that Envoy passes its sessions' turns to the next host."""
@@ -81,3 +86,14 @@ def affinity_cluster(
         hash_balance_factor=BALANCE_FACTOR,
         outlier=outlier,
     )
+
+
+def set_affinity(intent: Intent, model: str, enabled: bool | None) -> Intent:
+    """``intent`` with ``model``'s affinity set through the API (``None``: the API's setting
+    removed, so fleet.yaml's or the default applies again)."""
+    if not model or len(model) > MAX_MODEL_CHARS or model != model.strip():
+        raise RolloutError(ErrorKind.INVALID, "bad_model", f"{model!r} is not a model name")
+    settings = {m: on for m, on in intent.affinity.items() if m != model}
+    if enabled is not None:
+        settings[model] = enabled
+    return replace(intent, affinity=MappingProxyType(dict(sorted(settings.items()))))

@@ -7,7 +7,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+from fastapi.testclient import TestClient
 
+from controlplane.api.affinity_cli import format_affinity
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.affinity import BALANCE_FACTOR, capacity_weight
 from controlplane.fleet.model import GpuStats, ModelState
@@ -15,6 +17,7 @@ from controlplane.intent import Intent, IntentError, Rollout, intent_from_doc, i
 from controlplane.ir import Health, LbPolicy, Plan, version_cluster
 from controlplane.settings import ConfigError, load_fleet_config
 from tests.fleetgen import fleet, replica
+from tests.rollout_app import build
 
 NODE = EnvoyNode(role="edge", region="us", zone="us-a")
 NOW = 50.0
@@ -168,3 +171,63 @@ def test_fleet_yaml_affinity(tmp_path: Path) -> None:
 
 def test_load_reports_of_the_affinity_cluster_count_for_its_version() -> None:
     assert version_cluster("llama@v2#affinity") == "llama@v2" == version_cluster("llama@v2")
+
+
+AUTH = {"authorization": "Bearer tok"}
+
+
+def test_api_sets_lists_and_forgets_affinity_per_model() -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    doc = c.get("/v1/affinity").json()
+    assert (doc["revision"], doc["default"], doc["session_header"]) == (0, True, "x-session-id")
+    assert doc["models"] == [
+        {"model": "llama", "enabled": True, "source": "default"},
+        {"model": "qwen", "enabled": True, "source": "default"},
+    ]
+    r = c.put("/v1/affinity/qwen", json={"enabled": False}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["changed"] and r.json()["revision"] == 1
+    assert {"model": "qwen", "enabled": False, "source": "api"} in r.json()["models"]
+    again = c.put("/v1/affinity/qwen", json={"enabled": False, "revision": 1}, headers=AUTH)
+    assert again.json()["changed"] is False
+    r = c.delete("/v1/affinity/qwen?revision=1", headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert {"model": "qwen", "enabled": True, "source": "default"} in r.json()["models"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "error"),
+    [
+        ("PUT", "/v1/affinity/llama", {"enabled": False}, {}, 401, "unauthorized"),
+        ("PUT", "/v1/affinity/llama", {"enabled": "no"}, AUTH, 422, None),
+        ("PUT", "/v1/affinity/llama", {}, AUTH, 422, None),
+        ("PUT", "/v1/affinity/llama", {"enabled": True, "x": 1}, AUTH, 422, None),
+        ("PUT", "/v1/affinity/%20llama", {"enabled": False}, AUTH, 422, "bad_model"),
+        ("PUT", "/v1/affinity/llama", {"enabled": False, "revision": 9}, AUTH, 409, None),
+        ("DELETE", "/v1/affinity/llama", None, {}, 401, "unauthorized"),
+    ],
+)
+def test_api_refuses_bad_affinity_writes(
+    method: str, path: str, body: object, headers: dict[str, str], status: int, error: str | None
+) -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    r = c.request(method, path, json=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+    if error is not None:
+        assert r.json()["error"] == error
+    assert c.get("/v1/affinity").json()["revision"] == 0  # nothing written
+
+
+def test_cli_formats_the_affinity_view() -> None:
+    doc = {
+        "revision": 4,
+        "session_header": "x-session-id",
+        "default": True,
+        "models": [{"model": "emb", "enabled": False, "source": "fleet.yaml"}],
+    }
+    assert format_affinity(doc).splitlines() == [
+        "session affinity (intent revision 4; session key: the x-session-id header, else the"
+        " body's user; default on):",
+        "  emb: off (fleet.yaml)",
+    ]
