@@ -287,8 +287,19 @@ def test_session_keeps_its_version(edge: _Edge) -> None:
                 got = edge.cluster_for(json={"model": m.model}, headers={m.session_header: session})
                 seen.setdefault(session, set()).add(got)
         assert all(len(v) == 1 for v in seen.values()), seen
-        # 40 fixed sessions over a 90/10 split: both versions get some (deterministic hash)
-        assert {c for v in seen.values() for c in v} == {w.cluster for w in m.clusters}
+        # 40 fixed sessions over a 90/10 split: both versions get some (deterministic hash);
+        # with session affinity, through the versions' affinity clusters
+        want = m.affinity_clusters or m.clusters
+        assert {c for v in seen.values() for c in v} == {w.cluster for w in want}
+        if m.affinity_clusters:  # sessionless requests follow load, as before
+            got = {edge.cluster_for(json={"model": m.model}) for _ in range(40)}
+            got |= {edge.cluster_for(json={"model": m.model, "user": ""}) for _ in range(40)}
+            assert got == {w.cluster for w in m.clusters}
+            # the body's user is a session key too (when no header is sent)
+            by_user = {
+                edge.cluster_for(json={"model": m.model, "user": f"session-{i}"}) for i in range(40)
+            }
+            assert by_user == {w.cluster for w in m.affinity_clusters}
 
 
 def test_no_deprecation_warnings(edge: _Edge) -> None:

@@ -1,0 +1,276 @@
+"""Issue 10 end to end: session affinity and migration through ``decide()``, on real parts.
+
+Real Redis, ``aixds serve``, one edge Envoy over ADS, fake vLLM servers with their agents.
+A session is the ``x-session-id`` header or the body's ``user``; every response names the
+replica that served it (``x-replica``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.fleet import Edge, Fleet, Replica
+from tests.support import Procs, RedisServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+TOKEN = "affinity-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+MODEL = "llama"
+AFFINITY = f"{MODEL}@v1#affinity"
+
+
+@pytest.fixture
+def fleet(procs: Procs, redis_srv: RedisServer) -> Iterator[Fleet]:
+    f = Fleet(procs, redis_srv)
+    f.start_serve("--api-token", TOKEN)
+    yield f
+
+
+def turn(
+    edge: Edge,
+    session: str,
+    *,
+    by: str = "header",
+    max_tokens: int = 2,
+    client: httpx.Client | None = None,
+) -> httpx.Response:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"turn of {session}"}],
+        "max_tokens": max_tokens,
+    }
+    headers = {}
+    if by == "header":
+        headers["x-session-id"] = session
+    elif by == "user":
+        body["user"] = session
+    post = (client or httpx).post
+    return post(f"{edge.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def home(edge: Edge, session: str, **kw: Any) -> str:
+    r = turn(edge, session, **kw)
+    assert r.status_code == 200, r.text
+    return r.headers["x-replica"]
+
+
+REFERENCE = ("--reference-tps", "100")
+"""The fake server's decode rate at speed 1 (tpot 10 ms): measured speeds read as set."""
+
+
+def replica(fleet: Fleet, *args: str) -> Replica:
+    return fleet.add_replica(MODEL, server_args=args, agent_args=REFERENCE)
+
+
+def start(fleet: Fleet, n: int, *args: str) -> tuple[list[Replica], Edge]:
+    reps = [replica(fleet, *args) for _ in range(n)]
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, MODEL, n)
+    wait_until(lambda: len(edge.hosts(AFFINITY)) == n, 20, what=f"{n} hosts in {AFFINITY}")
+    return reps, edge
+
+
+@dataclass
+class Sessions:
+    """Chats that take turns one after another (one request in flight at a time), in a
+    background thread: each turn's replica and outcome is recorded. One at a time keeps
+    Envoy's bounded load out of the picture, so any move seen is a move of the mapping."""
+
+    edge: Edge
+    names: list[str]
+    max_tokens: int = 2
+    turns: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Sessions:
+        self.turns = {s: [] for s in self.names}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client() as c:
+            while not self._stop.is_set():
+                for s in self.names:
+                    try:
+                        r = turn(self.edge, s, max_tokens=self.max_tokens, client=c)
+                    except httpx.HTTPError as e:
+                        self.failures.append(f"{s}: {e!r}")
+                        continue
+                    if r.status_code != 200:
+                        self.failures.append(f"{s}: {r.status_code} {r.text[:200]}")
+                        continue
+                    self.turns[s].append((time.monotonic(), r.headers["x-replica"]))
+
+    def total(self) -> int:
+        return sum(len(t) for t in self.turns.values())
+
+    def wait_turns(self, n: int, timeout: float = 30) -> None:
+        start = self.total()
+        wait_until(lambda: self.total() - start >= n, timeout, what=f"{n} more session turns")
+
+    def path(self, s: str) -> list[str]:
+        """The replicas session ``s`` went to, in order, repeats collapsed."""
+        out: list[str] = []
+        for _, rep in self.turns[s]:
+            if not out or out[-1] != rep:
+                out.append(rep)
+        return out
+
+
+def test_fifty_turns_of_one_session_land_on_one_replica_by_header_and_by_user(
+    fleet: Fleet,
+) -> None:
+    _, edge = start(fleet, 4)
+    for by in ("header", "user"):
+        served = Counter(home(edge, f"chat-{by}", by=by) for _ in range(50))
+        assert len(served) == 1, (by, served)
+    # sessionless requests are not one giant session: they spread by load
+    with httpx.Client() as c:
+        spread = Counter(
+            turn(edge, "", by="none", client=c).headers["x-replica"] for _ in range(40)
+        )
+    assert len(spread) >= 2, spread
+
+
+def test_forty_sessions_spread_over_the_replicas_by_capacity(fleet: Fleet) -> None:
+    fast = replica(fleet, "--speed", "2.0")
+    slow = [replica(fleet) for _ in range(2)]
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, MODEL, 3)
+    port = {r.replica_id: r.port for r in (fast, *slow)}
+
+    def weights() -> dict[int, int]:
+        return {p: h["weight"] for p, h in edge.hosts(AFFINITY).items()}
+
+    # the agents measure decode speed from traffic; the affinity weights follow it on
+    # coarse rungs (fast: 2.0 -> 225, the others 100)
+    with httpx.Client() as c:
+        seen: list[dict[int, int]] = []
+
+        def measured() -> bool:
+            for _ in range(6):
+                turn(edge, "", by="none", max_tokens=30, client=c)
+            seen.append(w := weights())
+            return len(w) == 3 and w[fast.port] > 2 * max(w[r.port] for r in slow)
+
+        try:
+            wait_until(measured, 60, interval=0.2, what="capacity weights")
+        except TimeoutError:
+            raise AssertionError(f"weights by port {seen[-3:]}, fast {fast.port}") from None
+    w = weights()
+    assert w[slow[0].port] == w[slow[1].port]
+    homes = Counter(port[home(edge, f"user-{i}")] for i in range(40))
+    share = homes[fast.port] / 40
+    expected = w[fast.port] / sum(w.values())  # about 0.53
+    assert abs(share - expected) < 0.2, (homes, w)
+    assert all(homes[r.port] >= 3 for r in slow), homes
+
+
+def test_drained_replica_hands_its_sessions_over_once_without_a_failed_turn(
+    fleet: Fleet,
+) -> None:
+    _, edge = start(fleet, 4)
+    names = [f"s{i}" for i in range(12)]
+    first = {s: home(edge, s) for s in names}
+    target = Counter(first.values()).most_common(1)[0][0]
+    moved = [s for s in names if first[s] == target]
+    in_flight: list[httpx.Response] = []
+    long_turn = threading.Thread(
+        target=lambda: in_flight.append(turn(edge, moved[0], max_tokens=300)), daemon=True
+    )
+    with Sessions(edge, names, max_tokens=4) as load:
+        load.wait_turns(36)
+        long_turn.start()
+        time.sleep(0.5)  # the long turn is on its way (it takes ~3 s)
+        r = httpx.post(f"{fleet.api}/v1/drains/{target}", headers=AUTH, timeout=30)
+        assert r.status_code == 200 and r.json()["converged"], r.text
+        drained_at = time.monotonic()
+        load.wait_turns(60)
+        long_turn.join(30)
+    assert load.failures == []
+    # the turn in flight when the drain came finished where it was
+    assert [(r.status_code, r.headers["x-replica"]) for r in in_flight] == [(200, target)]
+    moved = [s for s in names if first[s] == target]
+    assert moved
+    for s in names:
+        after = {rep for t, rep in load.turns[s] if t > drained_at + 0.5}
+        assert after, s
+        if s in moved:
+            # once, to one other replica, and it stays there (no ping-pong)
+            assert target not in after and len(after) == 1, (s, load.path(s))
+            assert load.path(s) == [target, *after], load.path(s)
+        else:
+            assert load.path(s) == [first[s]], (s, load.path(s))  # the others never move
+
+
+def test_killed_replica_sessions_move_once_without_a_failed_turn(fleet: Fleet) -> None:
+    reps, edge = start(fleet, 4)
+    names = [f"k{i}" for i in range(12)]
+    first = {s: home(edge, s) for s in names}
+    target = Counter(first.values()).most_common(1)[0][0]
+    victim = next(r for r in reps if r.replica_id == target)
+    with Sessions(edge, names, max_tokens=4) as load:
+        load.wait_turns(36)
+        victim.server.kill()  # kill -9 the model server; its agent stays up
+        killed_at = time.monotonic()
+        wait_until(lambda: time.monotonic() > killed_at + 8, 20, what="8 s of turns")
+    assert load.failures == []  # retries to other hosts carried the turns that hit it
+    for s in names:
+        after = [rep for t, rep in load.turns[s] if t > killed_at]
+        assert target not in after, (s, load.path(s))
+        if first[s] == target:
+            # every turn after the kill on one replica: the first retry's pick is the
+            # same as the table's once the host is ejected or gone
+            late = {rep for t, rep in load.turns[s] if t > killed_at + 5}
+            assert len(late) == 1, (s, load.path(s))
+
+
+def test_saturated_replica_sends_new_sessions_elsewhere_and_keeps_the_rest(
+    fleet: Fleet,
+) -> None:
+    """Bounded load: while one replica holds far more than its share of the Envoy's
+    requests in flight, the turns of sessions hashed to it go to their next replica; the
+    sessions of the other replicas stay where they are."""
+    _, edge = start(fleet, 4, "--max-running", "64")
+    names = [f"n{i}" for i in range(40)]
+    first = {s: home(edge, s) for s in names}
+    hot = Counter(first.values()).most_common(1)[0][0]
+    hot_sessions = [s for s in names if first[s] == hot]
+    # long turns of the hot replica's own sessions, all at once, keep it busy
+    streams = [
+        threading.Thread(target=turn, args=(edge, s), kwargs={"max_tokens": 500}, daemon=True)
+        for s in hot_sessions * 3
+    ]
+    for t in streams:
+        t.start()
+    wait_until(
+        lambda: edge.stat(f"cluster.{AFFINITY}.upstream_rq_active") >= len(streams) - 1,
+        20,
+        what="long streams in flight",
+    )
+    new = [f"fresh-{i}" for i in range(40)]
+    landed = {s: home(edge, s) for s in new}
+    others = {s: home(edge, s) for s in names if s not in hot_sessions}
+    for t in streams:
+        t.join(30)
+    assert hot not in set(landed.values()), Counter(landed.values())
+    assert others == {s: first[s] for s in others}
+    # and once it is no longer overloaded, its sessions come home to their cache
+    assert {home(edge, s) for s in hot_sessions} == {hot}
