@@ -11,7 +11,7 @@ UV     := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck imports unit e2e bench golden lock redis-server clean
+.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server clean
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
@@ -20,6 +20,11 @@ $(UV):
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	@touch $(STAMP)
+
+# vllm-router too (the `bench` extra: a baseline of bench.routing and bench.sessions).
+# A later plain install (the stamp above) leaves it out again.
+bench-extra: $(STAMP)
+	$(UV) sync --frozen --extra dev --extra bench --python $(PYTHON)
 
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)
