@@ -17,14 +17,15 @@ $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
 	  --target .tools/uv uv==$(UV_VERSION)
 
+# Keeps the `bench` extra where `make bench-extra` put it (uv sync removes what it is not told).
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev $(if $(wildcard $(VENV)/.bench),--extra bench) --python $(PYTHON)
 	@touch $(STAMP)
 
 # vllm-router too (the `bench` extra: a baseline of bench.routing and bench.sessions).
-# A later plain install (the stamp above) leaves it out again.
 bench-extra: $(STAMP)
 	$(UV) sync --frozen --extra dev --extra bench --python $(PYTHON)
+	@touch $(VENV)/.bench
 
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)
