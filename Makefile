@@ -11,15 +11,21 @@ UV     := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck imports unit e2e bench golden lock redis-server clean
+.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server clean
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
 	  --target .tools/uv uv==$(UV_VERSION)
 
+# Keeps the `bench` extra where `make bench-extra` put it (uv sync removes what it is not told).
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	$(UV) sync --frozen --extra dev $(if $(wildcard $(VENV)/.bench),--extra bench) --python $(PYTHON)
 	@touch $(STAMP)
+
+# vllm-router too (the `bench` extra: a baseline of bench.routing and bench.sessions).
+bench-extra: $(STAMP)
+	$(UV) sync --frozen --extra dev --extra bench --python $(PYTHON)
+	@touch $(VENV)/.bench
 
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)

@@ -8,6 +8,8 @@ the same seeded open-loop Poisson workload through 4 edge Envoys (each gets a qu
 
 - ``ROUND_ROBIN`` / ``LEAST_REQUEST``: static Envoys, equal weights, with the cluster,
   routes, retries and timeouts aixds itself would push (``routing_envoy``);
+- ``vllm-router-p2``: vLLM's router (the ``vllm-router`` package, the ``bench`` extra),
+  4 of them in place of the Envoys, ``--policy power_of_two`` (it reads each worker's load);
 - ``aixds``: Redis + ``aixds serve`` + one ``aixds agent`` per GPU node + Envoys over ADS
   (LEAST_REQUEST on top of aixds's EDS weights).
 
@@ -16,7 +18,7 @@ Prints, per policy and load: throughput, TTFT and end-to-end p50/p95/p99, errors
 updates per second per Envoy, CPU use of every process (warns when one nears a full core);
 then the ratios of aixds to the baselines, and writes a plot of p99 vs load.
 
-    python -m bench.routing              # 3 loads x 3 policies, 90 s windows (~20 min)
+    python -m bench.routing              # 3 loads x 4 policies, 90 s windows (~25 min)
     python -m bench.routing --quick      # 80% load only, 24 s windows (< 3 min)
     python -m bench.routing --loads 0.8 --window 60 --keep-logs /tmp/rb
 
@@ -71,7 +73,15 @@ from controlplane.proc_guard import interrupt_on_stop_signals
 from controlplane.proxy.runner import envoy_binary
 
 EDGES = 4
-POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "aixds")
+POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "vllm-router-p2", "aixds")
+VLLM_ROUTER = {"vllm-router-p2": "power_of_two", "vllm-router-ca": "cache_aware"}
+"""Policy names of vLLM's router (``vllm-router``, 4 of them as the edges) -> its --policy."""
+VLLM_ROUTER_MISSING = (
+    "vllm-router is not installed: `uv sync --frozen --extra dev --extra bench` (or "
+    "`make bench-extra`) adds it, or leave its policy out with --policies"
+)
+SESSION_HEADER = "x-session-id"
+"""What the static hash policies (MAGLEV, RING_HASH) hash on: the session key aixds uses."""
 REGION, ZONE = "us", "us-a"
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = ROOT / "docs" / "routing-p99.png"
@@ -130,10 +140,16 @@ class RunResult:
 
 
 def summarize(
-    policy: str, load: float, rate: float, warmup: float, window: float, rows: list[list[Any]]
+    policy: str,
+    load: float,
+    rate: float,
+    warmup: float,
+    window: float,
+    rows: list[list[Any]],
+    fields: tuple[str, ...] = ROW_FIELDS,
 ) -> RunResult:
     r = RunResult(policy, load, rate, window)
-    ix = {f: i for i, f in enumerate(ROW_FIELDS)}
+    ix = {f: i for i, f in enumerate(fields)}
     ttft: list[float] = []
     e2e: list[float] = []
     served: Counter[str] = Counter()
@@ -189,6 +205,7 @@ class Edge:
     child: Child
     port: int
     admin: int
+    """Envoy's admin port; 0 for a vllm-router (it has none)."""
 
 
 class Bench:
@@ -211,24 +228,28 @@ class Bench:
     def start_fleet(self) -> None:
         for i, speed in enumerate(SPEEDS):
             port = free_port()
-            child = self.group.aixds(
-                f"llm-gpu-{i}",
-                "fake-llm",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--model",
-                MODEL,
-                "--version",
-                VERSION,
-                "--replica-id",
-                f"gpu-{i}/vllm-{port}",
-                "--speed",
-                str(speed),
-                *self.shape.args(),
-            )
-            self.replicas.append(Replica(i, port, child))
+            self.replicas.append(Replica(i, port, self.start_server(i, speed, port)))
         for r in self.replicas:
             wait_port(r.port, timeout=30)
+
+    def start_server(self, i: int, speed: float, port: int | None = None) -> Child:
+        """The fake server of ``gpu-i`` (on its own port again when ``port`` is given)."""
+        port = port or self.replicas[i].port
+        return self.group.aixds(
+            f"llm-gpu-{i}",
+            "fake-llm",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--model",
+            MODEL,
+            "--version",
+            VERSION,
+            "--replica-id",
+            f"gpu-{i}/vllm-{port}",
+            "--speed",
+            str(speed),
+            *self.shape.args(),
+        )
 
     def start_control_plane(self) -> None:
         self.group.redis(self.redis_port)
@@ -244,11 +265,13 @@ class Bench:
             f"127.0.0.1:{self.api_port}",
         )
         wait_port(self.api_port, timeout=30)
+        self.agents = [self.start_agent(r) for r in self.replicas]
+
+    def start_agent(self, r: Replica) -> Child:
         url = f"redis://127.0.0.1:{self.redis_port}/0"
-        for r in self.replicas:
-            args = ["--redis", url, "--node", r.node, "--region", REGION, "--zone", ZONE]
-            args += ["--server", f"vllm={r.url}", "--gpu", self.gpu]
-            self.agents.append(self.group.aixds(f"agent-{r.node}", "agent", *args))
+        args = ["--redis", url, "--node", r.node, "--region", REGION, "--zone", ZONE]
+        args += ["--server", f"vllm={r.url}", "--gpu", self.gpu]
+        return self.group.aixds(f"agent-{r.node}", "agent", *args)
 
     def start_edges(self, policy: str) -> list[Edge]:
         """Start the 4 edge Envoys of ``policy``; once more on new ports if one cannot bind."""
@@ -282,11 +305,17 @@ class Bench:
                     "--concurrency",
                     "1",
                 )
+            elif policy in VLLM_ROUTER:
+                child = self._start_vllm_router(name, VLLM_ROUTER[policy], port)
+                admin = 0
             else:
+                lb = LbPolicy(policy)
+                hashed = lb in (LbPolicy.MAGLEV, LbPolicy.RING_HASH)
                 cfg = self.log_dir / f"{name}.json"
                 cfg.write_text(
                     static_bootstrap(
-                        policy=LbPolicy(policy),
+                        policy=lb,
+                        session_header=SESSION_HEADER if hashed else "",
                         replicas=[(r.replica_id, r.port) for r in self.replicas],
                         node_id=f"static-{i}",
                         listen_port=port,
@@ -303,26 +332,40 @@ class Bench:
             edges.append(Edge(child, port, admin))
         try:
             for e in edges:
-                wait_port(e.admin, timeout=30)
+                wait_port(e.admin or e.port, timeout=30)
                 self._wait_routable(e)
         except (RuntimeError, TimeoutError) as err:
             self.stop([e.child for e in edges])
             raise RuntimeError(str(err)) from err
         return edges
 
+    def _start_vllm_router(self, name: str, policy: str, port: int) -> Child:
+        """vLLM's router (``vllm-router``, the ``bench`` extra) over every replica."""
+        exe = vllm_router_binary()
+        if exe is None:
+            raise SystemExit(VLLM_ROUTER_MISSING)
+        argv = [exe, "--host", "127.0.0.1", "--port", str(port), "--policy", policy]
+        argv += ["--worker-urls", *(r.url for r in self.replicas)]
+        argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+        argv += ["--log-level", "warning"]
+        return self.group.start(name, argv)
+
     def _wait_routable(self, e: Edge) -> None:
         cluster = f"{MODEL}@{VERSION}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                doc = self.http.get(f"http://127.0.0.1:{e.admin}/clusters?format=json").json()
-                hosts = [
-                    h
-                    for c in doc.get("cluster_statuses", [])
-                    if c["name"] == cluster
-                    for h in c.get("host_statuses", [])
-                ]
-                if len(hosts) == len(self.replicas):
+                hosts = []
+                if e.admin:  # an Envoy: every replica known first
+                    url = f"http://127.0.0.1:{e.admin}/clusters?format=json"
+                    doc = self.http.get(url).json()
+                    hosts = [
+                        h
+                        for c in doc.get("cluster_statuses", [])
+                        if c["name"] == cluster
+                        for h in c.get("host_statuses", [])
+                    ]
+                if not e.admin or len(hosts) == len(self.replicas):
                     body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
                     r = self.http.post(f"http://127.0.0.1:{e.port}/v1/completions", json=body)
                     if r.status_code == 200:
@@ -370,14 +413,17 @@ class Bench:
         window: float,
         edges: list[Edge],
         out: Path,
+        module: str = "bench.routing_load",
     ) -> tuple[list[list[Any]], dict[str, float], list[dict[str, int]], dict[str, float]]:
-        """Start the load generator, play the events, sample CPU and xDS counters.
+        """Start the load generator (``module``), play the events (``play_events``),
+        sample CPU and xDS counters.
 
         Returns the rows, CPU share per process over the window, one sample of xDS
         updates per Envoy per second, and the control plane's pushes/s by type.
         """
+        edges = [e for e in edges if e.admin]  # Envoys: the ones with xDS counters
         start = time.time() + 1.5
-        argv = [sys.executable, "-m", "bench.routing_load", *loadgen_args]
+        argv = [sys.executable, "-m", module, *loadgen_args]
         argv += ["--start", f"{start:.6f}"]
         loadgen = self.group.start(name, argv)
         cpu = CpuWindow(self.roots())
@@ -399,9 +445,7 @@ class Bench:
         if edges:
             samples.append(_updates(self.http, edges))
             sampler.start()
-        for ev in EVENTS:
-            _sleep_until(t_begin + ev.at * window)
-            self.control(self.replicas[ev.replica], ev.control)
+        self.play_events(t_begin, window)
         _sleep_until(t_begin + window)
         share = cpu.stop(time.time())
         cp1 = self._cp_pushes()
@@ -418,6 +462,16 @@ class Bench:
         cp = {k: (cp1.get(k, 0.0) - cp0.get(k, 0.0)) / window for k in cp1}
         return rows, share, samples, cp
 
+    def event_times(self) -> list[float]:
+        """When the scripted events happen, as shares of the window, in order."""
+        return [ev.at for ev in EVENTS]
+
+    def play_events(self, t_begin: float, window: float) -> None:
+        """The scripted events, each at its share of the window (wall clock)."""
+        for ev in EVENTS:
+            _sleep_until(t_begin + ev.at * window)
+            self.control(self.replicas[ev.replica], ev.control)
+
     def _cp_pushes(self) -> dict[str, float]:
         try:
             return cp_pushes(self.http, self.api_port)
@@ -425,22 +479,26 @@ class Bench:
             return {}
 
     # -- capacity ---------------------------------------------------------------------------
-    def measure_capacity(self, warmup: float, window: float) -> tuple[float, list[float]]:
-        """Completions/s of the saturated fleet over the window (same events); per phase too."""
+    def measure_capacity(
+        self, warmup: float, window: float, module: str = "bench.routing_load"
+    ) -> tuple[float, list[float]]:
+        """Completions/s of the saturated fleet over the window (same events); per phase too.
+
+        ``module``: the load generator (its ``saturate`` mode)."""
         self.reset_and_wait_idle()
         out = self.log_dir / "capacity.json"
         per_replica = self.shape.max_running + 2
         args = ["saturate", str(out), "--duration", f"{warmup + window:.3f}"]
         args += ["--per-replica", str(per_replica), "--seed", str(CAPACITY_SEED)]
         args += ["--ports", ",".join(str(r.port) for r in self.replicas)]
-        rows, share, _, _ = self.timed_run("capacity", args, warmup, window, [], out)
+        rows, share, _, _ = self.timed_run("capacity", args, warmup, window, [], out, module)
         ix = {f: i for i, f in enumerate(ROW_FIELDS)}
         ends = [
             row[ix["at"]] + row[ix["e2e"]] - warmup
             for row in rows
             if not row[ix["error"]] and row[ix["e2e"]] >= 0
         ]
-        bounds = [0.0, *(e.at for e in EVENTS), 1.0]
+        bounds = [0.0, *self.event_times(), 1.0]
         phases = []
         for lo, hi in itertools.pairwise(bounds):
             n = sum(1 for t in ends if lo * window <= t < hi * window)
@@ -476,6 +534,12 @@ class Bench:
             res.updates_max_1s = max(per_s, default=0.0)
         res.cp_pushes_per_s = {k: v / EDGES for k, v in cp.items() if v}
         return res
+
+
+def vllm_router_binary() -> str | None:
+    """The ``vllm-router`` of this environment (next to its Python), else on PATH."""
+    here = Path(sys.executable).parent / "vllm-router"
+    return str(here) if here.exists() else shutil.which("vllm-router")
 
 
 def quiet_port() -> int:
@@ -555,12 +619,17 @@ def row_text(r: RunResult) -> str:
     )
 
 
-def print_run(r: RunResult) -> None:
-    print(row_text(r), flush=True)
+def print_served(r: RunResult) -> None:
+    """Which replica served what share of the run, and its errors if any."""
     share = " ".join(f"{k.split('/')[0]}:{v * 100:.0f}%" for k, v in r.share.items())
     print(f"  served: {share}")
     if r.errors:
         print(f"  errors: {dict(r.errors)}")
+
+
+def print_run(r: RunResult) -> None:
+    print(row_text(r), flush=True)
+    print_served(r)
     if r.cp_pushes_per_s:
         cp = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.cp_pushes_per_s.items()))
         print(f"  control plane pushes per Envoy per s: {cp}")
@@ -573,36 +642,53 @@ def print_run(r: RunResult) -> None:
     print_cpu(f"{r.policy} at {r.load * 100:.0f}%", r.cpu)
 
 
-def write_plot(results: list[RunResult], path: Path, title: str) -> None:
+STYLES = {
+    "ROUND_ROBIN": ("o", "-", "tab:blue"),
+    "LEAST_REQUEST": ("s", "-", "tab:orange"),
+    "vllm-router-p2": ("^", "--", "tab:purple"),
+    "aixds": ("D", "-", "tab:green"),
+}
+"""Marker, line and colour of each policy in the plots."""
+P99_PANELS: tuple[tuple[str, Any, bool], ...] = (
+    ("p99 end-to-end latency, s (log scale)", lambda r: r.e2e[2], True),
+    ("p99 time to first token, s (log scale)", lambda r: r.ttft[2], True),
+)
+"""(y label, value of a run, log scale) of each panel."""
+
+
+def write_plot(
+    results: list[Any],
+    path: Path,
+    title: str,
+    styles: dict[str, tuple[str, str, str]] = STYLES,
+    panels: tuple[tuple[str, Any, bool], ...] = P99_PANELS,
+) -> None:
+    """One panel per ``panels`` entry, a line per policy, against load."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    styles = {
-        "ROUND_ROBIN": ("o", "-", "tab:blue"),
-        "LEAST_REQUEST": ("s", "-", "tab:orange"),
-        "aixds": ("D", "-", "tab:green"),
-    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
     loads = sorted({r.load * 100 for r in results})
     for policy, (marker, line, color) in styles.items():
         rs = sorted((r for r in results if r.policy == policy), key=lambda r: r.load)
         if not rs:
             continue
-        label = policy
         xs = [r.load * 100 for r in rs]
-        for ax, ys in zip(axes, ([r.e2e[2] for r in rs], [r.ttft[2] for r in rs]), strict=True):
-            ax.plot(xs, ys, marker=marker, linestyle=line, color=color, label=label)
+        for ax, (_, value, _) in zip(axes, panels, strict=True):
+            ys = [value(r) for r in rs]
+            ax.plot(xs, ys, marker=marker, linestyle=line, color=color, label=policy)
     seconds = FuncFormatter(lambda v, _: f"{v:g}")
-    for ax, what in zip(axes, ("end-to-end latency", "time to first token"), strict=True):
+    for ax, (label, _, log) in zip(axes, panels, strict=True):
         ax.set_xlabel("offered load, % of measured fleet capacity")
-        ax.set_ylabel(f"p99 {what}, s (log scale)")
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(seconds)
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel(label)
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(seconds)
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(loads)
         ax.set_xlim(min(loads) - 5, max(loads) + 5)
         ax.grid(True, which="both", alpha=0.3)
@@ -694,18 +780,27 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 print_run(r)
     finally:
-        bench.group.stop_all()
-        bench.http.close()
-        if args.keep_logs is None:
-            shutil.rmtree(log_dir, ignore_errors=True)
-
-    if args.results:
-        doc = [{**asdict(r), "errors": dict(r.errors)} for r in results]
-        args.results.write_text(json.dumps(doc, indent=1))
-    print()
-    print(f"summary (load average now {loadavg()}; {time.monotonic() - t_start:.0f} s)")
+        shut_down(bench, log_dir, keep=args.keep_logs is not None)
+    save_results(results, args.results, t_start)
     report(results, args.plot, window)
     return 0
+
+
+def shut_down(bench: Bench, log_dir: Path, keep: bool) -> None:
+    """Stop every process the bench started; remove its logs unless ``keep``."""
+    bench.group.stop_all()
+    bench.http.close()
+    if not keep:
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def save_results(results: list[Any], path: Path | None, t_start: float) -> None:
+    """Every run's numbers to ``path`` (JSON), if given; then the summary's heading."""
+    if path:
+        doc = [{**asdict(r), "errors": dict(r.errors)} for r in results]
+        path.write_text(json.dumps(doc, indent=1))
+    print()
+    print(f"summary (load average now {loadavg()}; {time.monotonic() - t_start:.0f} s)")
 
 
 def load_results(path: Path) -> list[RunResult]:
@@ -729,12 +824,12 @@ def report(results: list[RunResult], plot: Path, window: float) -> None:
         a = by.get(("aixds", load))
         if a is None:
             continue
-        for base in ("ROUND_ROBIN", "LEAST_REQUEST"):
+        for base in ("ROUND_ROBIN", "LEAST_REQUEST", "vllm-router-p2"):
             b = by.get((base, load))
             if b is None:
                 continue
             print(
-                f"  {load * 100:.0f}% vs {base:<13}: e2e p50 {_ratio(b.e2e[0], a.e2e[0]):.2f}"
+                f"  {load * 100:.0f}% vs {base:<14}: e2e p50 {_ratio(b.e2e[0], a.e2e[0]):.2f}"
                 f" p95 {_ratio(b.e2e[1], a.e2e[1]):.2f} p99 {_ratio(b.e2e[2], a.e2e[2]):.2f}"
                 f"  ttft p99 {_ratio(b.ttft[2], a.ttft[2]):.2f}"
                 f"  throughput {_ratio(a.throughput, b.throughput):.2f} (aixds/baseline)"

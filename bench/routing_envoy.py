@@ -6,12 +6,17 @@ except that the endpoints are static with equal weights and the load-balancing p
 the baseline's. The builders' protobuf messages are turned into JSON (a YAML subset Envoy
 reads as a bootstrap): the EDS cluster becomes STATIC with its load assignment inline, and
 the listener's RDS becomes an inline route configuration.
+
+The policy and the session header are set on the IR (``ClusterIR.lb_policy``,
+``ModelRouteIR.session_header``), so the builders add what goes with them (the Maglev
+table size, the route's hash policy on the header, else on the body's ``user``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -30,11 +35,6 @@ from controlplane.intent import Intent
 from controlplane.ir import LbPolicy
 from controlplane.xds.build import build_resources
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
-
-_LB = {
-    LbPolicy.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
-    LbPolicy.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
-}
 
 
 def static_fleet(
@@ -73,16 +73,25 @@ def static_bootstrap(
     version: str,
     region: str = "us",
     zone: str = "us-a",
+    session_header: str = "",
 ) -> str:
-    """The bootstrap JSON of one static edge Envoy with ``policy`` over ``replicas``."""
+    """The bootstrap JSON of one static edge Envoy with ``policy`` over ``replicas``;
+    with ``session_header``, every model route hashes on it (for RING_HASH and MAGLEV)."""
     node = EnvoyNode(region=region, zone=zone, listen_port=listen_port)
     plan = decide(static_fleet(replicas, model, version, region, zone), Intent(), node, 0.0)
+    plan = replace(
+        plan,
+        clusters=tuple(replace(c, lb_policy=policy) for c in plan.clusters),
+        route_configs=tuple(
+            replace(rc, models=tuple(replace(m, session_header=session_header) for m in rc.models))
+            for rc in plan.route_configs
+        ),
+    )
     res = build_resources(plan)
     cla_by_name = {c.cluster_name: c for c in res[ENDPOINT]}
     clusters: list[dict[str, Any]] = []
     for c in res[CLUSTER]:
         c.type = cluster_pb2.Cluster.STATIC
-        c.lb_policy = _LB[policy]
         c.ClearField("eds_cluster_config")
         cla = cla_by_name[c.name]
         for loc in cla.endpoints:

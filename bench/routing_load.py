@@ -28,8 +28,10 @@ import json
 import random
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.routing_workload import MODEL, OUTPUT, PROMPT, Req, Schedule
 
@@ -93,13 +95,18 @@ def _body(prompt: int, output: int) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-async def fetch(port: int, o: Outcome, t_ref: float) -> None:
-    """One streamed completion; fills ``o``. Times are relative to ``t_ref`` (monotonic)."""
+async def fetch(
+    port: int, o: Outcome, t_ref: float, body: bytes | None = None, headers: str = ""
+) -> None:
+    """One streamed completion; fills ``o``. Times are relative to ``t_ref`` (monotonic).
+
+    ``body``: the request's JSON (default: ``o.prompt`` tokens of filler); ``headers``:
+    extra header lines, each ending in CRLF."""
     loop = asyncio.get_running_loop()
-    body = _body(o.prompt, o.output)
+    body = _body(o.prompt, o.output) if body is None else body
     head = (
         f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}"
         "Connection: close\r\n\r\n"
     ).encode()
     writer: asyncio.StreamWriter | None = None
@@ -149,26 +156,26 @@ async def fetch(port: int, o: Outcome, t_ref: float) -> None:
                 await writer.wait_closed()
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, t: float) -> None:
+async def sleep_until(loop: asyncio.AbstractEventLoop, t: float) -> None:
     d = t - loop.time()
     if d > 0:
         await asyncio.sleep(d)
 
 
-def _loop_start(start_wall: float, loop: asyncio.AbstractEventLoop) -> float:
+def loop_start(start_wall: float, loop: asyncio.AbstractEventLoop) -> float:
     """The event-loop time that corresponds to wall-clock ``start_wall``."""
     return loop.time() + (start_wall - time.time())
 
 
 async def run_open(sched: Schedule, ports: list[int], start_wall: float) -> list[Outcome]:
     loop = asyncio.get_running_loop()
-    t0 = _loop_start(start_wall, loop)
+    t0 = loop_start(start_wall, loop)
     outcomes: list[Outcome] = []
     measured: list[asyncio.Task[None]] = []
     others: list[asyncio.Task[None]] = []
 
     async def one(r: Req, o: Outcome) -> None:
-        await _sleep_until(loop, t0 + r.at)
+        await sleep_until(loop, t0 + r.at)
         o.lag = loop.time() - (t0 + r.at)
         await fetch(ports[r.edge % len(ports)], o, t0 + r.at)
 
@@ -179,42 +186,70 @@ async def run_open(sched: Schedule, ports: list[int], start_wall: float) -> list
         (measured if sched.measured(r.at) else others).append(task)
     await asyncio.gather(*measured)
     end_of_load = t0 + (sched.requests[-1].at if sched.requests else 0.0)
-    await _sleep_until(loop, end_of_load)
+    await sleep_until(loop, end_of_load)
     for t in others:
         t.cancel()
     await asyncio.gather(*others, return_exceptions=True)
     return [o for o in outcomes if sched.measured(o.at)]
 
 
+async def saturate_with(
+    n_targets: int,
+    start_wall: float,
+    duration: float,
+    per_target: int,
+    step: Callable[[int, float], Awaitable[bool]],
+) -> None:
+    """``per_target`` workers per target, each awaiting ``step(target, t0)`` over and over
+    from ``start_wall`` for ``duration`` seconds (a step that fails is followed by a short
+    pause); what still runs then is cancelled."""
+    loop = asyncio.get_running_loop()
+    t0 = loop_start(start_wall, loop)
+
+    async def worker(i: int) -> None:
+        await sleep_until(loop, t0)
+        while loop.time() < t0 + duration:
+            if not await step(i, t0):
+                await asyncio.sleep(0.05)  # a target gone: do not spin
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(n_targets) for _ in range(per_target)]
+    await sleep_until(loop, t0 + duration)
+    for t in tasks:
+        t.cancel()  # requests still running are not counted as completions
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_saturate(
     ports: list[int], start_wall: float, duration: float, per_replica: int, seed: int
 ) -> list[Outcome]:
     loop = asyncio.get_running_loop()
-    t0 = _loop_start(start_wall, loop)
     rng = random.Random(seed)
     outcomes: list[Outcome] = []
 
-    async def worker(i: int) -> None:
-        await _sleep_until(loop, t0)
-        while loop.time() < t0 + duration:
-            o = Outcome(
-                at=loop.time() - t0, target=i, prompt=PROMPT.draw(rng), output=OUTPUT.draw(rng)
-            )
-            outcomes.append(o)
-            await fetch(ports[i], o, t0 + o.at)
-            if o.error:
-                await asyncio.sleep(0.05)
+    async def step(i: int, t0: float) -> bool:
+        o = Outcome(at=loop.time() - t0, target=i, prompt=PROMPT.draw(rng), output=OUTPUT.draw(rng))
+        outcomes.append(o)
+        await fetch(ports[i], o, t0 + o.at)
+        return not o.error
 
-    tasks = [asyncio.create_task(worker(i)) for i in range(len(ports)) for _ in range(per_replica)]
-    await _sleep_until(loop, t0 + duration)
-    for t in tasks:
-        t.cancel()  # requests still running are not counted as completions
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await saturate_with(len(ports), start_wall, duration, per_replica, step)
     return outcomes
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+def main(
+    argv: list[str] | None = None,
+    *,
+    doc: str | None = __doc__,
+    load: Callable[[Path], Any] = Schedule.load,
+    open_loop: Callable[[Any, list[int], float], Awaitable[list[Outcome]]] = run_open,
+    saturate: Callable[[list[int], float, float, int, int], Awaitable[list[Outcome]]] = (
+        run_saturate
+    ),
+    fields: tuple[str, ...] = ROW_FIELDS,
+) -> int:
+    """The command line of a load generator: ``open`` runs ``open_loop`` on the schedule
+    ``load`` reads, ``saturate`` runs ``saturate``; the rows go out with ``fields``."""
+    ap = argparse.ArgumentParser(description=doc)
     sub = ap.add_subparsers(dest="mode", required=True)
     op = sub.add_parser("open")
     op.add_argument("schedule", type=Path)
@@ -229,12 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     ports = [int(p) for p in args.ports.split(",")]
     if args.mode == "open":
-        res = asyncio.run(run_open(Schedule.load(args.schedule), ports, args.start))
+        res = asyncio.run(open_loop(load(args.schedule), ports, args.start))
     else:
-        res = asyncio.run(
-            run_saturate(ports, args.start, args.duration, args.per_replica, args.seed)
-        )
-    args.out.write_text(json.dumps({"fields": ROW_FIELDS, "rows": [o.row() for o in res]}))
+        res = asyncio.run(saturate(ports, args.start, args.duration, args.per_replica, args.seed))
+    args.out.write_text(json.dumps({"fields": fields, "rows": [o.row() for o in res]}))
     return 0
 
 

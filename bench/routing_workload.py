@@ -39,6 +39,9 @@ class ServerShape:
     batch_slowdown: float = 0.05
     kv_capacity_tokens: int = 8192
     max_model_len: int = 16384
+    prefix_caching: bool = False
+    """The routing load's prompts are all "aaaa..." and its model (routing_model) has no
+    prefix cache: with caching on, every prompt would be a cache hit."""
 
     def args(self) -> list[str]:
         return [
@@ -56,9 +59,7 @@ class ServerShape:
             str(self.kv_capacity_tokens),
             "--max-model-len",
             str(self.max_model_len),
-            # The load's prompts are all "aaaa..." and the model (routing_model) has no
-            # prefix cache: without this, every prompt would be a cache hit.
-            "--no-enable-prefix-caching",
+            "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
         ]
 
 

@@ -1,0 +1,165 @@
+"""The session benchmark's pure parts: workload, oracle, scoring, static MAGLEV bootstrap.
+
+No processes: the workload generator must be deterministic (the same seed gives the same
+sessions for every policy), each turn's prompt must start with the previous one (what
+makes the prefix cache matter), and groups must share their system prompt.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from bench.routing_envoy import static_bootstrap
+from bench.sessions import SessionResult, score_sessions
+from bench.sessions_load import SESSION_FIELDS, request
+from bench.sessions_workload import (
+    DRAIN_S,
+    REMOVED,
+    REMOVED_AT,
+    TURNS,
+    SessionSchedule,
+    make_sessions,
+    oracle_hits,
+    prompt_tokens,
+    prompts,
+    system_prompt,
+)
+from controlplane.ir import LbPolicy
+from controlplane.sim.prefix_cache import BLOCK_SIZE, CHARS_PER_TOKEN, block_hashes
+
+
+def _sched(seed: int = 7) -> SessionSchedule:
+    return make_sessions(2.0, 5.0, 20.0, 4, seed, cooldown=5.0)
+
+
+def test_same_seed_same_sessions_and_text(tmp_path: Path) -> None:
+    a, b = _sched(), _sched()
+    assert a == b
+    assert [prompts(7, s) for s in a.sessions[:5]] == [prompts(7, s) for s in b.sessions[:5]]
+    other = _sched(8)
+    assert other.sessions != a.sessions
+    path = tmp_path / "s.json"
+    a.dump(path)
+    assert SessionSchedule.load(path) == a
+
+
+def test_poisson_arrivals_and_turn_counts() -> None:
+    s = _sched()
+    ats = [x.at for x in s.sessions]
+    assert ats == sorted(ats) and ats[-1] < s.end
+    assert 25 <= len(s.sessions) <= 90  # 2/s over 30 s
+    assert all(TURNS[0] <= len(x.turns) <= TURNS[1] for x in s.sessions)
+    assert {x.edge for x in s.sessions} == {0, 1, 2, 3}
+    assert all(t.think >= 0 for x in s.sessions for t in x.turns)
+
+
+def test_prefix_grows_turn_by_turn() -> None:
+    for s in _sched().sessions[:10]:
+        ps = prompts(7, s)
+        assert [len(p) // CHARS_PER_TOKEN for p in ps] == prompt_tokens(7, s)
+        for prev, cur in itertools.pairwise(ps):
+            assert cur.startswith(prev) and len(cur) > len(prev)
+            # the server's view: every full block of the last prompt is a block of this one
+            old, new = block_hashes(prev), block_hashes(cur)
+            assert new[: len(old)] == old
+
+
+def test_groups_share_system_prompts() -> None:
+    sessions = _sched().sessions
+    by_group: dict[int, list[str]] = {}
+    for s in sessions:
+        by_group.setdefault(s.group, []).append(prompts(7, s)[0])
+    assert len(by_group) >= 3
+    for group, firsts in by_group.items():
+        sys_prompt = system_prompt(7, group)
+        assert all(p.startswith(sys_prompt) for p in firsts)
+        if len(firsts) > 1:
+            assert firsts[0] != firsts[1]  # the user's messages differ
+    a, b = (system_prompt(7, g) for g in list(by_group)[:2])
+    assert block_hashes(a)[0] != block_hashes(b)[0]
+
+
+def test_turn_request_carries_the_session_key() -> None:
+    s = _sched().sessions[0]
+    body, headers = request(s, prompts(7, s)[0], 5)
+    doc = json.loads(body)
+    assert doc["user"] == s.sid and doc["max_tokens"] == 5 and doc["stream"] is True
+    assert headers == f"x-session-id: {s.sid}\r\n"
+
+
+def test_oracle_counts_whole_blocks_of_the_last_prompt() -> None:
+    s = _sched().sessions[0]
+    sizes = prompt_tokens(7, s)
+    sent = [(float(k), s.sid, k) for k in range(3)]
+    hits, queries = oracle_hits(7, {s.sid: s}, sent, 0.0, 10.0)
+    assert queries == sum(sizes[:3])
+    # first turn: nothing (its group is new); then the previous prompt's whole blocks
+    assert hits == sum((sizes[k - 1] // BLOCK_SIZE) * BLOCK_SIZE for k in (1, 2))
+    # only what was sent in the window counts
+    assert oracle_hits(7, {s.sid: s}, sent, 0.5, 1.5) == (
+        (sizes[0] // BLOCK_SIZE) * BLOCK_SIZE,
+        sizes[1],
+    )
+
+
+def _row(at: float, sid: str, turn: int, replica: str, error: str = "") -> list[object]:
+    values = {"at": at, "session": sid, "turn": turn, "replica": replica, "error": error}
+    defaults = {"attempts": 1, "ttft": 0.1, "e2e": 0.2, "lag": 0.0, "output": 1}
+    return [values.get(f, defaults.get(f, 0)) for f in SESSION_FIELDS]
+
+
+def test_score_counts_moves_and_moves_across_the_removal() -> None:
+    sched = _sched()
+    a, b = sched.sessions[0], sched.sessions[1]
+    warmup, window = 0.0, 100.0
+    rm = warmup + REMOVED_AT * window + DRAIN_S
+    gone = f"gpu-{REMOVED}/vllm-1"
+    rows = [
+        _row(10, a.sid, 0, gone),
+        _row(20, a.sid, 1, gone),
+        _row(rm + 1, a.sid, 2, "gpu-0/vllm-2"),  # moved: its replica left
+        _row(10, b.sid, 0, "gpu-1/vllm-3"),
+        _row(20, b.sid, 1, "gpu-2/vllm-4"),  # moved for no reason
+        _row(30, b.sid, 2, "gpu-2/vllm-4", error="timeout"),  # failed: not counted
+        _row(rm + 2, b.sid, 3, "gpu-2/vllm-4"),
+    ]
+    res = SessionResult("x", 0.8, 1.0, window)
+    score_sessions(res, rows, {s.sid: s for s in sched.sessions}, 7, warmup, window)
+    assert res.moves == 2
+    assert (res.across_removal, res.moved_on_removal, res.on_removed) == (2, 1, 1)
+    assert res.moves_per_min == 2 / (window / 60)
+    assert res.oracle_queries > 0
+
+
+def test_static_maglev_bootstrap_hashes_on_the_session_header() -> None:
+    doc = json.loads(
+        static_bootstrap(
+            policy=LbPolicy.MAGLEV,
+            replicas=[("gpu-0/a", 1001), ("gpu-1/b", 1002)],
+            node_id="n",
+            listen_port=1003,
+            admin_port=1004,
+            model="llama",
+            version="v1",
+            session_header="x-session-id",
+        )
+    )
+    (cluster,) = doc["static_resources"]["clusters"]
+    assert cluster["lb_policy"] == "MAGLEV" and cluster["type"] == "STATIC"
+    weights = [
+        ep["load_balancing_weight"]
+        for loc in cluster["load_assignment"]["endpoints"]
+        for ep in loc["lb_endpoints"]
+    ]
+    assert weights == [1, 1]
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = [
+        r for vh in hcm["typed_config"]["route_config"]["virtual_hosts"] for r in vh["routes"]
+    ]
+    hashed = [r for r in routes if "route" in r and "hash_policy" in r["route"]]
+    assert hashed
+    assert all(
+        r["route"]["hash_policy"][0]["header"]["header_name"] == "x-session-id" for r in hashed
+    )
