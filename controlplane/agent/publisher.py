@@ -75,6 +75,7 @@ def build_record(
         gpus=gpus,
         timestamp=now,
         speed=1.0 if probe.speed is None else probe.speed,
+        capacity=1.0 if probe.capacity is None else probe.capacity,
         failures=probe.failures,
     )
 
@@ -95,8 +96,8 @@ def load_changed(a: LoadStats, b: LoadStats) -> bool:
 def worth_publishing(
     last: tuple[Probe, tuple[GpuStats, ...]] | None, now: tuple[Probe, tuple[GpuStats, ...]]
 ) -> bool:
-    """Models, their states, reachability, GPU faults, speed, failed loads or load changed
-    meaningfully."""
+    """Models, their states, reachability, GPU faults, speed or capacity, failed loads or
+    load changed meaningfully."""
     if last is None:
         return True
     (p0, g0), (p1, g1) = last, now
@@ -106,6 +107,7 @@ def worth_publishing(
         or _gpu_flags(g0) != _gpu_flags(g1)
         or load_changed(p0.load, p1.load)
         or p0.speed != p1.speed
+        or p0.capacity != p1.capacity
         or p0.failures != p1.failures
     )
 

@@ -9,10 +9,11 @@ key keep the load-following LEAST_REQUEST cluster. Why two clusters (see
 remaps keys, so a hash cluster must not carry the load-driven weights that move with every
 queue change.
 
-- Weights are capacity only: the replica's speed snapped to powers of
-  ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue, throttling and
-  warming never change them; a replica's weight moves only when its measured speed
-  crosses a whole rung (a GPU that became ~1.5x slower or faster).
+- Weights are capacity only: the replica's ``capacity`` (its best recent decode speed,
+  held by the agent on a 2x ladder with hysteresis, see ``agent.servers.speed``) snapped
+  to powers of ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue,
+  throttling and warming never change them, nor does the drop of per-sequence speed in a
+  big batch; a weight moves only when a GPU stays ~2x slower or faster for many minutes.
 - Saturation is Envoy's bounded load (``BALANCE_FACTOR``): a host with more than
   ``BALANCE_FACTOR`` % of its weighted share of the Envoy's active requests is passed over
   for the next host in the key's own fixed order, so overflow of one replica goes to one
@@ -38,9 +39,8 @@ from controlplane.intent import Intent
 from controlplane.ir import ClusterIR, EndpointIR, LbPolicy, OutlierIR, affinity_cluster_name
 from controlplane.ladder import snap
 
-CAPACITY_STEP: Final = 1.5
-"""Speed rungs for affinity weights: coarser than the load weights' so that an agent's
-speed estimate wandering near a rung does not remap sessions."""
+CAPACITY_STEP: Final = 2.0
+"""Capacity rungs for affinity weights (the agent publishes on the same ladder)."""
 CAPACITY_WEIGHT: Final = 100
 """Weight of a replica of speed 1.0."""
 MAX_MODEL_CHARS: Final = 512
@@ -50,7 +50,7 @@ an Envoy's active requests before that Envoy passes its sessions' turns to the n
 
 
 def capacity_weight(speed: float) -> int:
-    """A replica's affinity weight: its speed on ``CAPACITY_STEP`` rungs, >= 1."""
+    """A replica's affinity weight: its capacity on ``CAPACITY_STEP`` rungs, >= 1."""
     rung = snap(min(1e3, max(1e-3, speed)), CAPACITY_STEP)
     return max(1, round(CAPACITY_WEIGHT * rung))
 
@@ -69,7 +69,7 @@ def affinity_cluster(
             replica_id=c.record.replica_id,
             address=c.record.address,
             port=c.record.port,
-            weight=capacity_weight(c.record.speed),
+            weight=capacity_weight(c.record.capacity),
             health=c.health,
             region=c.record.region,
             zone=c.record.zone,

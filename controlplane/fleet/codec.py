@@ -76,6 +76,7 @@ def encode_record(rec: ReplicaRecord) -> str:
         ],
         "timestamp": rec.timestamp,
         "speed": rec.speed,
+        "capacity": rec.capacity,
         "draining": rec.draining,
     }
     if rec.failures:  # optional: older readers ignore the key
@@ -130,6 +131,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         gpus=tuple(_gpu(g) for g in gpus_raw),
         timestamp=_num(doc, "timestamp", lo=0, hi=1e11),
         speed=_num(doc, "speed", lo=0.001, hi=1000, default=1.0),
+        capacity=_num(doc, "capacity", lo=0.001, hi=1000, default=1.0),
         draining=_bool(doc, "draining", default=False),
         failures=tuple(_failure(f) for f in failures_raw),
     )

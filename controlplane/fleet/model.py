@@ -120,6 +120,9 @@ class ReplicaRecord:
     """Agent wall clock (seconds since the epoch) when the record was written."""
     speed: float = 1.0
     """Relative throughput of this replica's hardware (1.0 = reference GPU); optional."""
+    capacity: float = 1.0
+    """Its best recent speed on a coarse ladder: changes far less often than ``speed``,
+    which falls as the batch grows (session-affinity weights use it); optional."""
     draining: bool = False
     """The operator or the agent asked that this replica take no new requests."""
     failures: tuple[ModelFailure, ...] = ()

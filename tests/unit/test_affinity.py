@@ -28,10 +28,10 @@ def cluster(plan: Plan, name: str) -> dict[str, tuple[int, Health]]:
     return {e.replica_id: (e.weight, e.health) for e in c.endpoints}
 
 
-def test_capacity_weights_follow_speed_on_coarse_rungs() -> None:
-    assert [capacity_weight(s) for s in (1.5, 1.0, 0.6, 0.35)] == [150, 100, 67, 30]
-    # an estimate wandering inside one rung does not move the weight
-    assert {capacity_weight(s) for s in (0.85, 0.95, 1.0, 1.1, 1.2)} == {100}
+def test_capacity_weights_follow_capacity_on_coarse_rungs() -> None:
+    assert [capacity_weight(s) for s in (1.5, 1.0, 0.6, 0.35)] == [200, 100, 50, 25]
+    # a value wandering inside one rung does not move the weight
+    assert {capacity_weight(s) for s in (0.75, 0.9, 1.0, 1.2, 1.4)} == {100}
     assert capacity_weight(0.0) >= 1 and capacity_weight(float("inf")) >= 1
 
 
@@ -41,8 +41,8 @@ def test_every_version_gets_a_maglev_cluster_with_bounded_load_and_capacity_weig
     (aff,) = [c for c in plan.clusters if c.name == "llama@v1#affinity"]
     assert aff.lb_policy is LbPolicy.MAGLEV and aff.hash_balance_factor == BALANCE_FACTOR
     assert cluster(plan, "llama@v1#affinity") == {
-        "n1/a": (150, Health.HEALTHY),
-        "n2/a": (67, Health.HEALTHY),
+        "n1/a": (200, Health.HEALTHY),
+        "n2/a": (50, Health.HEALTHY),
     }
     (route,) = plan.route_configs[0].models
     assert [(w.cluster, w.weight) for w in route.affinity_clusters] == [
@@ -65,7 +65,8 @@ def test_load_noise_moves_load_weights_but_never_affinity_weights() -> None:
             replica(
                 f"n{i}/a",
                 port=8000 + i,
-                speed=s,
+                speed=s * rng.choice([1.0, 0.8, 0.64]),  # per-sequence speed falls in a batch
+                capacity=s,
                 running=rng.uniform(0, 40),
                 waiting=rng.choice([0, 0, 0, 1, 5]),
                 kv=rng.uniform(0, 1),

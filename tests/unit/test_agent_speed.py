@@ -109,3 +109,28 @@ def test_speed_from_decode_steps_is_steps_per_second_of_stepping() -> None:
     assert est.speed == 1.0
     assert est.update_steps(t + 5, steps, secs) == 1.0  # idle: nothing new, kept
     assert est.update_steps(t + 6, 0.0, 0.0) == 1.0  # restart: counters went back, ignored
+
+
+def test_capacity_holds_the_best_speed_through_a_busy_batch_and_follows_a_lasting_change() -> None:
+    est = DecodeSpeed(reference_tps=25.0)
+    assert est.capacity is None
+    feed(est, 0.0, 10, 25.0, 2)  # light load: full speed
+    assert est.capacity == 1.0
+    # a big batch: per-sequence rate down to 60 %; speed follows, capacity holds
+    assert feed(est, 10.0, 120, 15.0, 30) < 0.8
+    assert est.capacity == 1.0
+    # a GPU that stays at a third of its speed for an hour: capacity follows
+    feed(est, 200.0, 3600, 25.0 / 3, 2)
+    assert est.capacity == 0.5
+    # and a faster one (twice as fast) shows at once: the best estimate is held
+    feed(est, 4000.0, 10, 50.0, 2)
+    assert est.capacity == 2.0
+
+
+def test_record_carries_capacity_and_a_change_is_published() -> None:
+    rec = build_record(TARGET, Probe(True, MODELS, speed=0.8, capacity=1.0), (), 1.0)
+    assert (rec.speed, rec.capacity) == (0.8, 1.0)
+    assert build_record(TARGET, Probe(True, MODELS), (), 1.0).capacity == 1.0
+    before = (Probe(True, MODELS, speed=1.0, capacity=1.0), ())
+    halved = (Probe(True, MODELS, speed=1.0, capacity=0.5), ())
+    assert worth_publishing(before, halved)

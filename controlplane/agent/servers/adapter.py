@@ -32,6 +32,8 @@ class Probe:
     load: LoadStats = field(default_factory=LoadStats)
     speed: float | None = None
     """Measured decode speed relative to the reference (``servers.speed``); ``None``: unknown."""
+    capacity: float | None = None
+    """Best recent decode speed on a coarse ladder (``servers.speed``); ``None``: unknown."""
     failures: tuple[ModelFailure, ...] = ()
     """Failed loads/unloads (the executor's overlay adds them; adapters leave it empty)."""
 

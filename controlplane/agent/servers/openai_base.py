@@ -85,6 +85,7 @@ class OpenAIServerAdapter(HttpAdapter):
             models=tuple(ModelInfo(n, v, state) for n, v in names),
             load=load,
             speed=self._speed.speed,
+            capacity=self._speed.capacity,
         )
 
     async def _get(self, path: str) -> Reply | Exception:

@@ -22,6 +22,13 @@ an xDS push). Idle intervals (no running sequences at either end) and counter re
 (a restart) are not samples: the last estimate stays. Before the first sample the speed
 is unknown (``None``) and the record keeps its default (1.0).
 
+``capacity`` is the speed the server reaches at its best, for weights that must not follow
+load (session affinity, ``decide.affinity``): the per-sequence rate falls as the batch
+grows, so the estimate under load is not the GPU's capacity. It holds the highest estimate
+seen, decaying toward the current one with time constant ``peak_decay_s`` (a GPU that
+really got slower shows within tens of minutes), published on a coarse ladder
+(``capacity_step``) with the same hysteresis.
+
 Only ratios between the replicas of one model matter (Envoy normalises weights), so every
 agent of a fleet must use the same ``reference_tps``; its value only keeps numbers
 readable (25 tokens/s = the fake server's default speed).
@@ -69,6 +76,14 @@ class DecodeSpeed:
     """The published estimate; ``None`` until the server has decoded something."""
     rate_tps: float = 0.0
     """The smoothed per-sequence decode rate, tokens/s (0 until measured)."""
+    capacity_step: float = 2.0
+    """The published capacity is a power of this."""
+    peak_decay_s: float = 1800.0
+    """Time constant with which the held best estimate decays toward the current one, s."""
+    capacity: float | None = None
+    """The published capacity (best recent speed); ``None`` until measured."""
+    peak: float = 0.0
+    """The held best estimate (relative to the reference)."""
     _last: tuple[float, float, float] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,4 +122,7 @@ class DecodeSpeed:
         )
         estimate = min(MAX_SPEED, max(MIN_SPEED, self.rate_tps / self.reference_tps))
         self.speed = next_rung(self.speed, estimate, self.step)
+        held = estimate + (self.peak - estimate) * math.exp(-dt / self.peak_decay_s)
+        self.peak = max(estimate, held)
+        self.capacity = next_rung(self.capacity, self.peak, self.capacity_step)
         return self.speed

@@ -85,7 +85,7 @@ class TgiAdapter(HttpAdapter):
         self._notes.say("metrics", problem, logging.WARNING)
         load = LoadStats() if reading is None else reading.load()
         models = (ModelInfo(name, version, ModelState.READY),)
-        return Probe(True, models, load, speed=self._speed.speed)
+        return Probe(True, models, load, speed=self._speed.speed, capacity=self._speed.capacity)
 
 
 def _read(reply: Reply) -> Reading:
