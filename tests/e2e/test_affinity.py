@@ -72,7 +72,8 @@ def replica(fleet: Fleet, *args: str) -> Replica:
 
 
 def settle(edge: Edge, want: dict[int, int] | None = None) -> dict[int, int]:
-    """Sessionless traffic until the agents have measured every replica's capacity (a
+    """Sessionless traffic (turns long enough for the agents to see them running at two
+    scrapes in a row) until the agents have measured every replica's capacity (a
     first measurement, like a GPU's real change, moves the affinity weights once) and the
     weights hold still for 2 s; with ``want`` (port -> weight), until they are that."""
     seen: list[dict[int, int]] = []
@@ -83,7 +84,7 @@ def settle(edge: Edge, want: dict[int, int] | None = None) -> dict[int, int]:
         with httpx.Client() as c:
             threads = [
                 threading.Thread(target=turn, args=(edge, ""), kwargs={"by": "none",
-                                 "max_tokens": 40, "client": c})
+                                 "max_tokens": 150, "client": c})
                 for _ in range(4)
             ]  # fmt: skip
             for t in threads:
