@@ -14,7 +14,16 @@ queue change.
   to powers of ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue,
   throttling and warming never change them, nor does the drop of per-sequence speed in a
   big batch; a weight moves only when a GPU stays ~2x slower or faster for many minutes.
-- Saturation is Envoy's bounded load (``BALANCE_FACTOR``): a host with more than
+- A replica far worse than its peers is shed: when its load-following score
+  (``weights.raw_score``: measured speed now, fleet-wide load, queue, throttling) is under
+  the upper quartile of the version's replicas divided by ``SHED_RATIO`` (a GPU that became
+  several times slower, a saturated slow one), it is DEGRADED in the affinity cluster.
+  Envoy builds the Maglev table from healthy hosts only and sends a degraded one nothing
+  while the others can serve, so its sessions move, each to one fixed replica, and come
+  back when it recovers: GIE's "sticky until the sticky pod's expected TTFT is worse by a
+  bound", with the control plane's fleet-wide view. Scores move on coarse rungs (load in
+  4x steps), so this does not flap with ordinary load.
+- Saturation is also Envoy's bounded load (``BALANCE_FACTOR``): a host with more than
   ``BALANCE_FACTOR`` % of its weighted share of the Envoy's active requests is passed over
   for the next host in the key's own fixed order, so overflow of one replica goes to one
   deterministic neighbour per session and returns when the load falls.
@@ -35,8 +44,16 @@ from typing import Final
 
 from controlplane.decide.eligibility import Candidate
 from controlplane.decide.rollout import ErrorKind, RolloutError
+from controlplane.decide.weights import raw_score
 from controlplane.intent import Intent
-from controlplane.ir import ClusterIR, EndpointIR, LbPolicy, OutlierIR, affinity_cluster_name
+from controlplane.ir import (
+    ClusterIR,
+    EndpointIR,
+    Health,
+    LbPolicy,
+    OutlierIR,
+    affinity_cluster_name,
+)
 from controlplane.ladder import snap
 
 CAPACITY_STEP: Final = 2.0
@@ -44,6 +61,9 @@ CAPACITY_STEP: Final = 2.0
 CAPACITY_WEIGHT: Final = 100
 """Weight of a replica of speed 1.0."""
 MAX_MODEL_CHARS: Final = 512
+SHED_RATIO: Final = 16.0
+"""A replica whose load-following score is this many times under the version's median is
+DEGRADED in the affinity cluster (its sessions move until it recovers)."""
 BALANCE_FACTOR: Final = 150
 """Envoy ``hash_balance_factor`` (percent): a host takes at most 1.5x its weighted share of
 an Envoy's active requests before that Envoy passes its sessions' turns to the next host."""
@@ -55,6 +75,22 @@ def capacity_weight(speed: float) -> int:
     return max(1, round(CAPACITY_WEIGHT * rung))
 
 
+def shed_replicas(cands: Sequence[Candidate]) -> frozenset[str]:
+    """HEALTHY replicas whose score is under the upper quartile's ``1 / SHED_RATIO`` (the
+    quartile, not the median, so that several bad replicas do not hide each other), the
+    worst first, fewer than half of them."""
+    healthy = sorted(
+        (raw_score(c.record, warming=c.warming), c.record.replica_id)
+        for c in cands
+        if c.health is Health.HEALTHY
+    )
+    if len(healthy) < 2:
+        return frozenset()
+    reference = healthy[(3 * len(healthy)) // 4][0]
+    limit = (len(healthy) - 1) // 2
+    return frozenset(r for s, r in healthy[:limit] if s * SHED_RATIO < reference)
+
+
 def affinity_cluster(
     model: str,
     version: str,
@@ -63,14 +99,15 @@ def affinity_cluster(
     outlier: OutlierIR,
 ) -> ClusterIR:
     """The session-hash cluster of one model version (same replicas and health as its
-    load-following cluster; capacity weights)."""
+    load-following cluster, apart from shed ones; capacity weights)."""
+    shed = shed_replicas(cands)
     endpoints = tuple(
         EndpointIR(
             replica_id=c.record.replica_id,
             address=c.record.address,
             port=c.record.port,
             weight=capacity_weight(c.record.capacity),
-            health=c.health,
+            health=Health.DEGRADED if c.record.replica_id in shed else c.health,
             region=c.record.region,
             zone=c.record.zone,
             priority=prio.get(c.record.region, len(prio)),

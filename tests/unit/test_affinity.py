@@ -28,6 +28,10 @@ def cluster(plan: Plan, name: str) -> dict[str, tuple[int, Health]]:
     return {e.replica_id: (e.weight, e.health) for e in c.endpoints}
 
 
+def weights_of(plan: Plan, name: str) -> dict[str, int]:
+    return {r: w for r, (w, _) in cluster(plan, name).items()}
+
+
 def test_capacity_weights_follow_capacity_on_coarse_rungs() -> None:
     assert [capacity_weight(s) for s in (1.5, 1.0, 0.6, 0.35)] == [200, 100, 50, 25]
     # a value wandering inside one rung does not move the weight
@@ -54,8 +58,9 @@ def test_every_version_gets_a_maglev_cluster_with_bounded_load_and_capacity_weig
 
 
 def test_load_noise_moves_load_weights_but_never_affinity_weights() -> None:
-    """The churn bound: 300 rounds of random load, KV use, queues and throttling change the
-    load-following weights again and again and the affinity cluster not once."""
+    """The churn bound: 300 rounds of random load, KV use, queues, batch slowdowns and
+    throttling change the load-following weights again and again and the affinity weights
+    not once (only shedding, below, changes a replica's health there)."""
     rng = random.Random(7)
     speeds = [1.5, 1.5, 1.0, 1.0, 1.0, 1.0, 0.6, 0.6]
     load_changes = affinity_changes = 0
@@ -75,12 +80,39 @@ def test_load_noise_moves_load_weights_but_never_affinity_weights() -> None:
             for i, s in enumerate(speeds)
         ]
         plan = decide(fleet(*reps), Intent(), NODE, NOW)
-        load, aff = cluster(plan, "llama@v1"), cluster(plan, "llama@v1#affinity")
+        load, aff = cluster(plan, "llama@v1"), weights_of(plan, "llama@v1#affinity")
         load_changes += last_load is not None and load != last_load
         affinity_changes += last_aff is not None and aff != last_aff
         last_load, last_aff = load, aff
     assert load_changes > 100
     assert affinity_changes == 0
+
+
+def test_a_replica_far_worse_than_its_peers_is_shed_and_only_that_one() -> None:
+    """DEGRADED in the affinity cluster (out of the Maglev table while the others serve)
+    when its score is under the median / SHED_RATIO: a GPU that became 3x slower, a
+    saturated one (queue, KV nearly full); not a busy one that keeps up, nor an older GPU
+    generation."""
+    reps = [
+        replica("n0/a", port=8000, speed=0.33, capacity=1.0),  # slowed: 0.33^3 = 1/27
+        replica("n1/a", port=8001, running=30, waiting=4, kv=0.9),  # saturated
+        replica("n2/a", port=8002, speed=0.64, capacity=0.5),  # an older GPU
+        replica("n3/a", port=8003, running=8),  # busy
+        *(replica(f"n{i}/a", port=8000 + i) for i in range(4, 7)),
+    ]
+    aff = cluster(decide(fleet(*reps), Intent(), NODE, NOW), "llama@v1#affinity")
+    assert {r for r, (_, h) in aff.items() if h is Health.DEGRADED} == {"n0/a", "n1/a"}
+    assert aff["n0/a"][0] == 100  # its weight stays: when it recovers, its keys come back
+    # the load-following cluster is unchanged by shedding: it only weights the slow one down
+    load = cluster(decide(fleet(*reps), Intent(), NODE, NOW), "llama@v1")
+    assert all(h is Health.HEALTHY for _, h in load.values())
+    # a lone replica, or one of two, is never shed below nothing
+    assert {
+        h
+        for _, h in cluster(
+            decide(fleet(reps[0]), Intent(), NODE, NOW), "llama@v1#affinity"
+        ).values()
+    } == {Health.HEALTHY}
 
 
 def test_a_replica_leaving_changes_only_its_own_entry() -> None:
