@@ -78,7 +78,9 @@ def static_bootstrap(
     """The bootstrap JSON of one static edge Envoy with ``policy`` over ``replicas``;
     with ``session_header``, every model route hashes on it (for RING_HASH and MAGLEV)."""
     node = EnvoyNode(region=region, zone=zone, listen_port=listen_port)
-    plan = decide(static_fleet(replicas, model, version, region, zone), Intent(), node, 0.0)
+    # one cluster per version, as the policy says (no session-affinity cluster)
+    no_affinity = Intent(affinity_default=False)
+    plan = decide(static_fleet(replicas, model, version, region, zone), no_affinity, node, 0.0)
     plan = replace(
         plan,
         clusters=tuple(replace(c, lb_policy=policy) for c in plan.clusters),

@@ -15,8 +15,9 @@ queue change.
   throttling and warming never change them, nor does the drop of per-sequence speed in a
   big batch; a weight moves only when a GPU stays ~2x slower or faster for many minutes.
 - A replica far worse than its peers is shed: when its load-following score
-  (``weights.raw_score``: measured speed now, fleet-wide load, queue, throttling) is under
-  the upper quartile of the version's replicas divided by ``SHED_RATIO`` (a GPU that became
+  (``weights.raw_score``: measured speed now, fleet-wide load, queue, throttling) relative
+  to its capacity (so an older GPU generation is not shed for being one) is under the
+  upper quartile of the version's replicas divided by ``SHED_RATIO`` (a GPU that became
   several times slower, a saturated slow one), it is DEGRADED in the affinity cluster.
   Envoy builds the Maglev table from healthy hosts only and sends a degraded one nothing
   while the others can serve, so its sessions move, each to one fixed replica, and come
@@ -44,7 +45,7 @@ from typing import Final
 
 from controlplane.decide.eligibility import Candidate
 from controlplane.decide.rollout import ErrorKind, RolloutError
-from controlplane.decide.weights import raw_score
+from controlplane.decide.weights import SPEED_EXP, raw_score
 from controlplane.intent import Intent
 from controlplane.ir import (
     ClusterIR,
@@ -75,14 +76,20 @@ def capacity_weight(speed: float) -> int:
     return max(1, round(CAPACITY_WEIGHT * rung))
 
 
+def relative_score(c: Candidate) -> float:
+    """The load-following score over what the replica's capacity alone would give: an
+    older GPU generation doing as well as it can scores like a new one; a GPU slower than
+    its own capacity, or saturated, scores low."""
+    rung = snap(min(1e3, max(1e-3, c.record.capacity)), CAPACITY_STEP)
+    return raw_score(c.record, warming=c.warming) / float(rung**SPEED_EXP)
+
+
 def shed_replicas(cands: Sequence[Candidate]) -> frozenset[str]:
-    """HEALTHY replicas whose score is under the upper quartile's ``1 / SHED_RATIO`` (the
-    quartile, not the median, so that several bad replicas do not hide each other), the
-    worst first, fewer than half of them."""
+    """HEALTHY replicas whose relative score is under the upper quartile's
+    ``1 / SHED_RATIO`` (the quartile, not the median, so that several bad replicas do not
+    hide each other), the worst first, fewer than half of them."""
     healthy = sorted(
-        (raw_score(c.record, warming=c.warming), c.record.replica_id)
-        for c in cands
-        if c.health is Health.HEALTHY
+        (relative_score(c), c.record.replica_id) for c in cands if c.health is Health.HEALTHY
     )
     if len(healthy) < 2:
         return frozenset()

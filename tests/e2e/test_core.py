@@ -119,7 +119,7 @@ def test_invalid_resource_is_nacked_not_resent_and_last_good_keeps_serving(fleet
     edge = fleet.add_edge()
     fleet.wait_routable(edge, "llama", 1)
     good = edge.dynamic_versions()
-    assert set(good) == {"llama@v1"}
+    assert set(good) == {"llama@v1", "llama@v1#affinity"}
     with Load(edge.url, "llama", concurrency=4) as load:
         r = httpx.post(f"{fleet.api}/v1/test/invalid-xds", json={"enabled": True})
         assert r.status_code == 200
@@ -148,7 +148,7 @@ def test_control_plane_kill_9_under_load_then_reconverge_without_version_regress
     edge = fleet.add_edge()
     fleet.wait_routable(edge, "llama", 2)
     before = edge.dynamic_versions()
-    assert set(before) == {"llama@v1"}
+    assert set(before) == {"llama@v1", "llama@v1#affinity"}
     assert fleet.serve_proc is not None
     with Load(edge.url, "llama", concurrency=8) as load:
         load.wait_requests(40)
