@@ -194,7 +194,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
-    served: deque[tuple[float, str, int]] = deque(maxlen=200_000)
+    served: deque[Served] = deque(maxlen=200_000)
     tasks = [
         asyncio.create_task(_load(e, args.rate, served, stop), name=f"load-{e.region}")
         for e in edges
@@ -237,9 +237,19 @@ async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:
     raise RuntimeError("the edge Envoy never routed a request; see the logs")
 
 
-async def _load(
-    edge: DemoEdge, rate: float, served: deque[tuple[float, str, int]], stop: asyncio.Event
-) -> None:
+Served = tuple[float, str, int, str]
+"""(monotonic time, replica that answered, status, chat user or "")."""
+CHAT_USERS = 24
+"""Half the demo's requests are turns of one of these chats (the OpenAI body field
+``user``, a session key): each keeps its replica, where its long prompt is cached."""
+
+
+def _chat_prompt(user: int) -> str:
+    """A chat's long, fixed system prompt: the part a replica's prefix cache keeps."""
+    return f"You are assistant {user}. " + " ".join(f"rule-{user}-{i}" for i in range(120))
+
+
+async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asyncio.Event) -> None:
     """Open-loop Poisson arrivals at ``rate``/s; records (time, replica, status)."""
     rng = random.Random(7)
     url = f"http://127.0.0.1:{edge.port}/v1/chat/completions"
@@ -248,16 +258,23 @@ async def _load(
         inflight: set[asyncio.Task[None]] = set()
 
         async def one() -> None:
-            body = {
+            body: dict[str, Any] = {
                 "model": MODEL,
                 "messages": [{"role": "user", "content": "hello"}],
                 "max_tokens": rng.choice((8, 16, 32)),
             }
+            user = ""
+            if rng.random() < 0.5:
+                k = rng.randrange(CHAT_USERS)
+                user = f"chat-{edge.region}-{k}"
+                body["user"] = user
+                body["messages"].insert(0, {"role": "system", "content": _chat_prompt(k)})
             try:
                 r = await client.post(url, json=body)
-                served.append((time.monotonic(), r.headers.get("x-replica", "?"), r.status_code))
+                rid = r.headers.get("x-replica", "?")
+                served.append((time.monotonic(), rid, r.status_code, user))
             except httpx.HTTPError:
-                served.append((time.monotonic(), "?", 0))
+                served.append((time.monotonic(), "?", 0, user))
 
         while not stop.is_set():
             await asyncio.sleep(rng.expovariate(rate))
@@ -271,7 +288,7 @@ async def _table(
     api: str,
     edges: list[DemoEdge],
     replicas: list[DemoReplica],
-    served: deque[tuple[float, str, int]],
+    served: deque[Served],
     curl: str,
     stop: asyncio.Event,
 ) -> None:
@@ -290,13 +307,18 @@ async def _table(
                 await asyncio.sleep(0.5)
                 continue
             now = time.monotonic()
-            window = [(rid, st) for t, rid, st in served if now - t <= 5.0]
+            recent = [s for s in served if now - s[0] <= 5.0]
+            window = [(rid, st) for _, rid, st, _ in recent]
             share = Counter(rid for rid, st in window if st == 200)
+            homes: dict[str, set[str]] = {}
+            for _, rid, st, user in recent:
+                if user and st == 200:
+                    homes.setdefault(user, set()).add(rid)
             errors = sum(1 for _, st in window if st != 200)
             total = max(1, sum(share.values()))
             lines = ["\x1b[2J\x1b[H", "aixds demo: live fleet (Ctrl-C to stop)", ""]
             head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'meas':>6}{'wait':>6}{'run':>5}"
-            head += f"{'kv%':>6}"
+            head += f"{'kv%':>6}{'hit%':>6}"
             head += "".join(f"{'w@' + e.region:>11}" for e in edges) + f"{'share(5s)':>11}"
             lines.append(head)
             for r in replicas:
@@ -307,6 +329,7 @@ async def _table(
                     f"{rec.get('speed', 0.0):>6.2f}{load.get('queue_waiting', 0):>6.0f}"
                     f"{load.get('running', 0):>5.0f}"
                     f"{100 * load.get('kv_cache_usage', 0):>6.1f}"
+                    f"{100 * (load.get('prefix_cache_hit_rate') or 0):>6.0f}"
                 )
                 for e in edges:
                     w = weights[e.region].get(r.port)
@@ -317,8 +340,11 @@ async def _table(
             lines += [
                 "",
                 f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
+                f"chat sessions (body 'user') in the last 5 s: {len(homes)}, replicas per"
+                f" session {sum(map(len, homes.values())) / max(1, len(homes)):.2f}"
+                " (1.00: every chat stayed where its prompt is cached)",
                 "speed: the fake server's setting; meas: the decode speed its agent measured"
-                " (per running sequence: a fuller batch reads lower)",
+                " (per running sequence: a fuller batch reads lower); hit%: prefix-cache hits",
                 "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters);"
                 " /D: draining",
                 "",
