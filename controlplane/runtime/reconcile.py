@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.rollout import next_deadline
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
-from controlplane.ir import Plan
+from controlplane.ir import AFFINITY_SUFFIX, Health, Plan
 from controlplane.runtime.fleet_watch import FleetWatcher
 from controlplane.xds.build import build_resources
 from controlplane.xds.cache import SnapshotCache
@@ -53,6 +53,13 @@ class ReconcileMetrics:
             "aixds_plans_rejected",
             "Plans that failed validation and were not published",
             ["group"],
+            registry=registry,
+        )
+        self.shed = Gauge(
+            "aixds_affinity_shed_replicas",
+            "Replicas shed from a version's session-affinity cluster (DEGRADED: their "
+            "sessions go to other replicas until they recover)",
+            ["group", "cluster"],
             registry=registry,
         )
 
@@ -146,9 +153,34 @@ class Reconciler:
             self.resource_hook(resources)
         snap = Snapshot.from_resources(resources)
         prev = self.groups.get(group)
+        self._report_shed(group, prev.plan if prev else None, plan)
         if prev is not None and prev.snapshot.versions == snap.versions:
             self.groups[group] = GroupState(node, plan, prev.snapshot, prev.at)
             return
         self._cache.set_snapshot(group, snap)
         self.groups[group] = GroupState(node, plan, snap, now)
         self._m.published.labels(group).inc()
+
+    def _report_shed(self, group: str, before: Plan | None, plan: Plan) -> None:
+        """The shed-replica gauge per affinity cluster, and a log line when one is shed or
+        comes back."""
+        now = _shed(plan)
+        for cluster in {c.name for c in plan.clusters if c.name.endswith(AFFINITY_SUFFIX)}:
+            self._m.shed.labels(group, cluster).set(sum(1 for c, _ in now if c == cluster))
+        was = _shed(before) if before is not None else set()
+        for cluster, rid in sorted(now - was):
+            log.info(
+                "affinity: %s shed from %s in %s (far worse than its peers)", rid, cluster, group
+            )
+        for cluster, rid in sorted(was - now):
+            log.info("affinity: %s back in %s in %s", rid, cluster, group)
+
+
+def _shed(plan: Plan) -> set[tuple[str, str]]:
+    return {
+        (c.name, e.replica_id)
+        for c in plan.clusters
+        if c.name.endswith(AFFINITY_SUFFIX)
+        for e in c.endpoints
+        if e.health is Health.DEGRADED
+    }

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from controlplane.api.affinity_cli import format_affinity
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.affinity import BALANCE_FACTOR, capacity_weight
 from controlplane.fleet.model import GpuStats, ModelState
+from controlplane.fleet.store import MemoryRegistry
 from controlplane.intent import Intent, IntentError, Rollout, intent_from_doc, intent_to_doc
 from controlplane.ir import Health, LbPolicy, Plan, version_cluster
+from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
+from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
 from controlplane.settings import ConfigError, load_fleet_config
+from controlplane.xds.cache import SnapshotCache
 from tests.fleetgen import fleet, replica
 from tests.rollout_app import build
 
@@ -264,3 +270,24 @@ def test_cli_formats_the_affinity_view() -> None:
         " body's user; default on):",
         "  emb: off (fleet.yaml)",
     ]
+
+
+def test_the_reconciler_reports_shed_replicas(caplog: pytest.LogCaptureFixture) -> None:
+    reg = CollectorRegistry()
+    watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
+    far = 1e12
+    healthy = [replica(f"n{i}/a", port=8000 + i, expires_at=far) for i in range(1, 6)]
+    slowed = replica("n0/a", port=8000, speed=0.3, capacity=1.0, expires_at=far)
+    watcher.view = fleet(slowed, *healthy)
+    watcher.synced_once = watcher.connected = True
+    rec = Reconciler(watcher, Intent, SnapshotCache(), ReconcileMetrics(reg))
+    rec.add_group("g", NODE)
+    labels = {"group": "g", "cluster": "llama@v1#affinity"}
+    with caplog.at_level("INFO"):
+        rec.reconcile_once()
+        assert reg.get_sample_value("aixds_affinity_shed_replicas", labels) == 1
+        assert "affinity: n0/a shed from llama@v1#affinity" in caplog.text
+        watcher.view = fleet(replica("n0/a", port=8000, expires_at=far), *healthy)
+        rec.reconcile_once()
+    assert reg.get_sample_value("aixds_affinity_shed_replicas", labels) == 0
+    assert "affinity: n0/a back in llama@v1#affinity" in caplog.text
