@@ -7,6 +7,9 @@ replica that served it (``x-replica``).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -339,3 +342,23 @@ def test_saturated_replica_sends_new_sessions_elsewhere_and_keeps_the_rest(
         wait_until(home_again, 90, what="the slow replica's sessions back home")
     except TimeoutError:
         raise AssertionError((back, edge.hosts(AFFINITY), hot_rep.port)) from None
+
+
+def test_affinity_turned_off_through_the_cli_sends_sessions_by_load(fleet: Fleet) -> None:
+    _, edge = start(fleet, 3)
+    assert len({home(edge, "talk") for _ in range(20)}) == 1
+    off = subprocess.run(
+        [sys.executable, "-m", "controlplane", "affinity", MODEL, "off", "--api", fleet.api],
+        env={**os.environ, "AIXDS_API_TOKEN": TOKEN},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert off.returncode == 0, off.stderr
+    assert f"{MODEL}: off (api)" in off.stdout
+    wait_until(lambda: AFFINITY not in edge.dynamic_versions(), 20, what="affinity cluster gone")
+    with httpx.Client() as c:
+        spread = Counter(home(edge, "talk", client=c) for _ in range(30))
+    assert len(spread) >= 2, spread  # the session header no longer pins a replica
+    listed = httpx.get(f"{fleet.api}/v1/affinity", timeout=5).json()["models"]
+    assert listed == [{"model": MODEL, "enabled": False, "source": "api"}]
