@@ -7,11 +7,10 @@ Writes send ``Authorization: Bearer`` with ``--token`` or ``AIXDS_API_TOKEN``. E
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 from urllib.parse import quote
 
-from controlplane.api.rollout_cli import CliError, add_api_options, call_api, run_cli
+from controlplane.api.rollout_cli import CliError, add_api_options, call_api, run_cli, show
 
 EXAMPLES = """\
 examples:
@@ -39,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise CliError("say on, off or default after the model", 2)
         doc = call_api(args, "GET", "/v1/affinity")
-        _show(doc, args.json)
+        show(doc, args.json, format_affinity, write=False)
         return 0
     path = "/v1/affinity/" + quote(args.model, safe="/")
     if args.setting == "default":
@@ -51,16 +50,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.revision is not None:
             body["revision"] = args.revision
         doc = call_api(args, "PUT", path, body)
-    if not args.json:
-        envoys = doc["envoys"]
-        state = "applied" if doc["changed"] else "unchanged (already so)"
-        print(f"{state}: {envoys['current']}/{envoys['total']} Envoys on it")
-    _show(doc, args.json)
+    show(doc, args.json, format_affinity, write=True)
     return 0
-
-
-def _show(doc: dict[str, Any], as_json: bool) -> None:
-    print(json.dumps(doc, indent=2) if as_json else format_affinity(doc))
 
 
 def format_affinity(doc: dict[str, Any]) -> str:

@@ -7,11 +7,10 @@ Writes send ``Authorization: Bearer`` with ``--token`` or ``AIXDS_API_TOKEN``. E
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 from urllib.parse import quote
 
-from controlplane.api.rollout_cli import CliError, add_api_options, call_api, run_cli
+from controlplane.api.rollout_cli import CliError, add_api_options, call_api, run_cli, show
 
 EXAMPLES = """\
 examples:
@@ -42,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.undo:
             raise CliError("--undo needs a target", 2)
         doc = call_api(args, "GET", "/v1/drains")
-        _show(doc, args.json)
+        show(doc, args.json, format_drains, write=False)
         return 0
     path = "/v1/drains/" + quote(args.target, safe="/")
     if args.undo:
@@ -52,19 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         body = {} if args.revision is None else {"revision": args.revision}
         doc = call_api(args, "POST", path, body)
-    if not args.json:
-        envoys = doc["envoys"]
-        state = "applied" if doc["changed"] else "unchanged (already so)"
-        print(f"{state}: {envoys['current']}/{envoys['total']} Envoys on it")
-    _show(doc, args.json)
+    show(doc, args.json, format_drains, write=True)
     return 0
-
-
-def _show(doc: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(doc, indent=2))
-        return
-    print(format_drains(doc))
 
 
 def format_drains(doc: dict[str, Any]) -> str:

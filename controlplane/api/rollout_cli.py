@@ -177,6 +177,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def show(
+    doc: dict[str, Any], as_json: bool, fmt: Callable[[dict[str, Any]], str], *, write: bool
+) -> None:
+    """Print an API answer: its JSON, or ``fmt(doc)`` after, for a write, a line saying
+    whether it changed anything and how many Envoys have it (drains, affinity)."""
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    if write:
+        envoys = doc["envoys"]
+        state = "applied" if doc["changed"] else "unchanged (already so)"
+        print(f"{state}: {envoys['current']}/{envoys['total']} Envoys on it")
+    print(fmt(doc))
+
+
 def call_api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     token = args.token if args.token is not None else os.environ.get("AIXDS_API_TOKEN", "")
     headers = {"authorization": f"Bearer {token}"} if token and method != "GET" else {}
