@@ -43,13 +43,12 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Final
 
-from controlplane.decide.eligibility import Candidate
+from controlplane.decide.eligibility import Candidate, endpoint
 from controlplane.decide.rollout import ErrorKind, RolloutError
 from controlplane.decide.weights import SPEED_EXP, raw_score
 from controlplane.intent import Intent
 from controlplane.ir import (
     ClusterIR,
-    EndpointIR,
     Health,
     LbPolicy,
     OutlierIR,
@@ -109,15 +108,11 @@ def affinity_cluster(
     load-following cluster, apart from shed ones; capacity weights)."""
     shed = shed_replicas(cands)
     endpoints = tuple(
-        EndpointIR(
-            replica_id=c.record.replica_id,
-            address=c.record.address,
-            port=c.record.port,
+        endpoint(
+            c,
+            prio,
             weight=capacity_weight(c.record.capacity),
             health=Health.DEGRADED if c.record.replica_id in shed else c.health,
-            region=c.record.region,
-            zone=c.record.zone,
-            priority=prio.get(c.record.region, len(prio)),
         )
         for c in cands
     )

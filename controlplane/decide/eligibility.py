@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from controlplane.fleet.model import ModelState, ObservedReplica, ReplicaRecord
 from controlplane.intent import Intent
-from controlplane.ir import Health
+from controlplane.ir import EndpointIR, Health
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,4 +51,20 @@ def candidate(
         record=rec,
         health=Health.DRAINING if draining else Health.HEALTHY,
         warming=info.state is ModelState.WARMING,
+    )
+
+
+def endpoint(c: Candidate, prio: dict[str, int], *, weight: int, health: Health) -> EndpointIR:
+    """``c`` as an EDS endpoint; its priority is its region's in ``prio`` (unknown regions
+    after all known ones)."""
+    rec = c.record
+    return EndpointIR(
+        replica_id=rec.replica_id,
+        address=rec.address,
+        port=rec.port,
+        weight=weight,
+        health=health,
+        region=rec.region,
+        zone=rec.zone,
+        priority=prio.get(rec.region, len(prio)),
     )

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Final
 
 from controlplane.decide.affinity import affinity_cluster
-from controlplane.decide.eligibility import Candidate, candidate, is_fresh
+from controlplane.decide.eligibility import Candidate, candidate, endpoint, is_fresh
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
 from controlplane.decide.rollout import Phase, phase
@@ -37,7 +37,6 @@ from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import (
     ClusterIR,
-    EndpointIR,
     Health,
     ListenerIR,
     ModelRouteIR,
@@ -132,16 +131,7 @@ def _cluster(
     ws = weights([raw_score(c.record, warming=c.warming) for c in healthy])
     weight_of = {c.record.replica_id: w for c, w in zip(healthy, ws, strict=True)}
     endpoints = tuple(
-        EndpointIR(
-            replica_id=c.record.replica_id,
-            address=c.record.address,
-            port=c.record.port,
-            weight=weight_of.get(c.record.replica_id, 1),
-            health=c.health,
-            region=c.record.region,
-            zone=c.record.zone,
-            priority=prio.get(c.record.region, len(prio)),
-        )
+        endpoint(c, prio, weight=weight_of.get(c.record.replica_id, 1), health=c.health)
         for c in cands
     )
     return ClusterIR(
