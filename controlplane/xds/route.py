@@ -23,6 +23,7 @@ token streams are bounded only by the idle timeout. Pure: imports protobuf messa
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
@@ -34,7 +35,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 )
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 
-from controlplane.ir import ModelRouteIR, RetryIR, RouteConfigIR
+from controlplane.ir import ModelRouteIR, RetryIR, RouteConfigIR, WeightedClusterIR
 
 BODY_METADATA_NAMESPACE = "envoy.filters.http.json_to_metadata"
 """Where the listener's json_to_metadata filter puts the body field ``model``."""
@@ -137,28 +138,18 @@ def _action(rcfg: RouteConfigIR) -> Any:
     return a
 
 
-def _weighted(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
+def _split(rcfg: RouteConfigIR, clusters: Sequence[WeightedClusterIR], session_header: str) -> Any:
+    """A RouteAction over weighted ``clusters``; with ``session_header``, hashed on the
+    session key, which then picks the version (``use_hash_policy``) and, in a hash
+    cluster, the replica."""
     a = _action(rcfg)
     wc = a.weighted_clusters
-    for w in m.clusters:
+    for w in clusters:
         cw = wc.clusters.add(name=w.cluster)
         cw.weight.value = w.weight
-    if m.session_header:
-        wc.use_hash_policy.value = True  # the session keeps its version, not only its host
-        a.hash_policy.extend(_session_hash(m.session_header))
-    return a
-
-
-def _affinity(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
-    """The version split over the affinity clusters, hashed on the session key: the hash
-    picks the version (``use_hash_policy``) and, in the MAGLEV cluster, the replica."""
-    a = _action(rcfg)
-    wc = a.weighted_clusters
-    for w in m.affinity_clusters:
-        cw = wc.clusters.add(name=w.cluster)
-        cw.weight.value = w.weight
-    wc.use_hash_policy.value = True
-    a.hash_policy.extend(_session_hash(m.session_key_header))
+    if session_header:
+        wc.use_hash_policy.value = True
+        a.hash_policy.extend(_session_hash(session_header))
     return a
 
 
@@ -208,16 +199,17 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
             )
         )
     if m.affinity_clusters:
+        affinity = _split(rcfg, m.affinity_clusters, m.session_key_header)
         by_header = match(rc.HeaderMatcher(name=m.session_key_header, present_match=True))
-        routes.append(
-            rc.Route(name=f"{m.model}/{by}/session", match=by_header, route=_affinity(rcfg, m))
-        )
+        routes.append(rc.Route(name=f"{m.model}/{by}/session", match=by_header, route=affinity))
         by_user = match()
         by_user.dynamic_metadata.append(_non_empty_body_field(USER_METADATA_KEY))
-        routes.append(
-            rc.Route(name=f"{m.model}/{by}/user", match=by_user, route=_affinity(rcfg, m))
+        routes.append(rc.Route(name=f"{m.model}/{by}/user", match=by_user, route=affinity))
+    routes.append(
+        rc.Route(
+            name=f"{m.model}/{by}", match=match(), route=_split(rcfg, m.clusters, m.session_header)
         )
-    routes.append(rc.Route(name=f"{m.model}/{by}", match=match(), route=_weighted(rcfg, m)))
+    )
     return routes
 
 
