@@ -65,6 +65,26 @@ class DrainingVersion:
     """From then on its cluster (and its ``x-model-version`` route) is gone."""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelPlacement:
+    """Where a model must (or may) be resident, as pinned by an operator."""
+
+    min_resident: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    """Per region, how many replicas keep the model loaded and awake whatever the demand
+    (pinned: never unloaded or put to sleep). The key ``""`` means every region."""
+    max_replicas: int = 0
+    """At most this many replicas hold the model in all (0: no bound)."""
+    priority: int = 0
+    """Who gets GPU memory first when not everything fits (higher first)."""
+    fallback: str = ""
+    """A model that answers this model's requests while no replica of it is ready (the
+    answer is marked with ``x-aixds-fallback``); empty: requests wait for a load."""
+
+    def min_in(self, region: str) -> int:
+        """The pinned count for ``region`` (its own entry, else the every-region one)."""
+        return self.min_resident.get(region, self.min_resident.get("", 0))
+
+
 def _empty() -> Mapping[str, Mapping[str, int]]:
     return MappingProxyType({})
 
@@ -99,6 +119,8 @@ class Intent:
     """fleet.yaml's per-model affinity settings (not stored)."""
     affinity_default: bool = True
     """fleet.yaml's default for models named nowhere (not stored): on."""
+    placement: Mapping[str, ModelPlacement] = field(default_factory=lambda: MappingProxyType({}))
+    """Per model: pins, bounds, priority and fallback (``aixds models pin``)."""
 
     def affinity_on(self, model: str) -> bool:
         """Whether a session of ``model`` sticks to one replica (see ``docs/affinity.md``)."""
@@ -143,6 +165,16 @@ def intent_to_doc(intent: Intent) -> dict[str, Any]:
             if vs
         },
         "affinity": dict(sorted(intent.affinity.items())),
+        "placement": {m: _placement_doc(p) for m, p in sorted(intent.placement.items())},
+    }
+
+
+def _placement_doc(p: ModelPlacement) -> dict[str, Any]:
+    return {
+        "min_resident": dict(sorted(p.min_resident.items())),
+        "max_replicas": p.max_replicas,
+        "priority": p.priority,
+        "fallback": p.fallback,
     }
 
 
@@ -193,13 +225,40 @@ def intent_from_doc(doc: Any, revision: int) -> Intent:
         _name(m, "model")
         if not isinstance(on, bool):
             raise IntentError(f"affinity.{m} must be true or false")
+    placement = {
+        _name(m, "model"): _placement(m, p)
+        for m, p in _obj(doc.get("placement", {}), "placement").items()
+    }
     return Intent(
         revision=revision,
         rollouts=MappingProxyType(rollouts),
         drained=frozenset(drained),
         draining_versions=MappingProxyType(draining),
         affinity=MappingProxyType(dict(affinity)),
+        placement=MappingProxyType(placement),
     )
+
+
+def _placement(model: str, doc: Any) -> ModelPlacement:
+    d = _obj(doc, f"placement.{model}")
+    mins: dict[str, int] = {}
+    for region, n in _obj(d.get("min_resident", {}), f"placement.{model}.min_resident").items():
+        mins[_str(region, "region")] = _count(n, f"placement.{model}.min_resident.{region}")
+    fallback = _str(d.get("fallback", ""), "fallback")
+    if fallback == model:
+        raise IntentError(f"placement.{model}.fallback must be another model")
+    return ModelPlacement(
+        min_resident=MappingProxyType(mins),
+        max_replicas=_count(d.get("max_replicas", 0), f"placement.{model}.max_replicas"),
+        priority=int(_num(d.get("priority", 0), f"placement.{model}.priority")),
+        fallback=fallback,
+    )
+
+
+def _count(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 100_000:
+        raise IntentError(f"{what} must be a whole number from 0 to 100000")
+    return v
 
 
 def _rollout(model: str, doc: Any) -> Rollout:

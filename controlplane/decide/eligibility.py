@@ -44,7 +44,7 @@ def candidate(
     if not is_fresh(obs, now) or gpu_faulty(rec):
         return None
     info = rec.model(model, version)
-    if info is None or info.state is ModelState.LOADING:
+    if info is None or info.state in (ModelState.LOADING, ModelState.SLEEPING):
         return None
     draining = rec.draining or drained(rec, intent) or info.state is ModelState.UNLOADING
     return Candidate(

@@ -17,6 +17,7 @@ from typing import Any
 
 from controlplane.fleet.model import (
     MAX_ERROR_CHARS,
+    AvailableModel,
     GpuStats,
     LoadStats,
     ModelFailure,
@@ -91,6 +92,19 @@ def encode_record(rec: ReplicaRecord) -> str:
             }
             for f in rec.failures
         ]
+    if rec.available:  # optional: older readers ignore the key
+        doc["available"] = [
+            {
+                "name": a.name,
+                "version": a.version,
+                "mem_bytes": a.mem_bytes,
+                "load_s": a.load_s,
+                "wake_s": a.wake_s,
+            }
+            for a in rec.available
+        ]
+    if rec.sleeping:
+        doc["sleeping"] = True
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
@@ -108,6 +122,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
     models_raw = _list(doc, "models", MAX_MODELS)
     gpus_raw = _list(doc, "gpus", MAX_GPUS, required=False)
     failures_raw = _list(doc, "failures", MAX_MODELS, required=False)
+    available_raw = _list(doc, "available", MAX_MODELS, required=False)
     load = _obj(doc, "load", required=False)
     try:
         kind = ServerKind(_str(doc, "server_kind"))
@@ -134,6 +149,8 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         capacity=_num(doc, "capacity", lo=0.001, hi=1000, default=1.0),
         draining=_bool(doc, "draining", default=False),
         failures=tuple(_failure(f) for f in failures_raw),
+        available=tuple(_available(a) for a in available_raw),
+        sleeping=_bool(doc, "sleeping", default=False),
     )
 
 
@@ -155,6 +172,18 @@ def _model(m: Any) -> ModelInfo:
     except ValueError:
         raise RecordError(f"unknown model state {m.get('state')!r}") from None
     return ModelInfo(name=_str(m, "name"), version=_str(m, "version"), state=state)
+
+
+def _available(a: Any) -> AvailableModel:
+    if not isinstance(a, dict):
+        raise RecordError("available[] entry is not an object")
+    return AvailableModel(
+        name=_str(a, "name"),
+        version=_str(a, "version", allow_empty=True, default=""),
+        mem_bytes=int(_num(a, "mem_bytes", lo=0, hi=2**50, default=0, integer=True)),
+        load_s=_num(a, "load_s", lo=0, hi=1e6, default=0.0),
+        wake_s=_num(a, "wake_s", lo=0, hi=1e6, default=0.0),
+    )
 
 
 def _failure(f: Any) -> ModelFailure:

@@ -11,7 +11,10 @@ The value is a JSON object:
 
 - ``server``: the replica name on this node (``<kind>-<port>`` or the configured name).
   May be left out when exactly one server on the node can load models.
-- ``state``: ``"loaded"`` (default) or ``"unloaded"``.
+- ``state``: ``"loaded"`` (default), ``"sleeping"`` (loaded, but the server may sleep:
+  vLLM ``/sleep``, SGLang ``release_memory_occupation``; a server sleeps only when every
+  managed model on it is ``sleeping``; kinds that cannot sleep keep it loaded) or
+  ``"unloaded"``.
 - ``version``: the version published for the model (default: what the server reports).
 - ``path``: vLLM only, required there: the LoRA adapter's ``lora_path``.
 - ``keep_alive``: Ollama only: ``keep_alive`` of the load (default ``-1``, keep loaded).
@@ -46,6 +49,8 @@ class Desired:
     model: str
     server: str = ""
     loaded: bool = True
+    sleeping: bool = False
+    """Loaded, and the server may sleep (only meaningful with ``loaded``)."""
     version: str = ""
     path: str = ""
     keep_alive: str = "-1"
@@ -67,8 +72,8 @@ def parse_desired(model: str, raw: str) -> Desired:
     if unknown:
         raise DesiredError(f"unknown key(s) {unknown}; known: {sorted(KEYS)}")
     state = doc.get("state", "loaded")
-    if state not in ("loaded", "unloaded"):
-        raise DesiredError(f"state must be 'loaded' or 'unloaded', got {state!r}")
+    if state not in ("loaded", "unloaded", "sleeping"):
+        raise DesiredError(f"state must be 'loaded', 'sleeping' or 'unloaded', got {state!r}")
     keep_alive = doc.get("keep_alive", "-1")
     if isinstance(keep_alive, int) and not isinstance(keep_alive, bool):
         keep_alive = str(keep_alive)
@@ -79,7 +84,8 @@ def parse_desired(model: str, raw: str) -> Desired:
     return Desired(
         model=model,
         server=_text(doc, "server", 100),
-        loaded=state == "loaded",
+        loaded=state != "unloaded",
+        sleeping=state == "sleeping",
         version=_text(doc, "version", 128),
         path=_text(doc, "path", 4096),
         keep_alive=keep_alive,
@@ -100,6 +106,8 @@ def desired_json(d: Desired) -> str:
         doc["server"] = d.server
     if not d.loaded:
         doc["state"] = "unloaded"
+    elif d.sleeping:
+        doc["state"] = "sleeping"
     if d.version:
         doc["version"] = d.version
     if d.path:

@@ -23,6 +23,10 @@ class ModelState(enum.StrEnum):
     """Serving at full speed."""
     UNLOADING = "unloading"
     """Being removed: drained (no new requests) until it disappears."""
+    SLEEPING = "sleeping"
+    """Loaded, but the server sleeps (vLLM sleep mode, SGLang released memory): weights
+    are off the GPU and no request is served; waking takes about a second, far less than
+    a load. Not an endpoint."""
 
 
 class ServerKind(enum.StrEnum):
@@ -62,6 +66,23 @@ class ModelFailure:
 
 
 MAX_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class AvailableModel:
+    """A model a replica can load on demand (it is on the node's disk or in the server's
+    repository), with what loading it costs."""
+
+    name: str
+    version: str = ""
+    """The version it will report once loaded; empty when the server does not say."""
+    mem_bytes: int = 0
+    """GPU memory its weights take once loaded; 0 when unknown."""
+    load_s: float = 0.0
+    """How long a load takes: the last measured load on this replica, else the server's or
+    the operator's estimate; 0 when unknown."""
+    wake_s: float = 0.0
+    """How long a wake from sleep takes (0 when unknown or the server cannot sleep)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +148,10 @@ class ReplicaRecord:
     """The operator or the agent asked that this replica take no new requests."""
     failures: tuple[ModelFailure, ...] = ()
     """Loads or unloads of the node's desired models that failed on this replica."""
+    available: tuple[AvailableModel, ...] = ()
+    """Models this replica can load on demand (loaded ones may be listed too)."""
+    sleeping: bool = False
+    """The server sleeps (its models are published ``sleeping``)."""
 
     def model(self, name: str, version: str) -> ModelInfo | None:
         for m in self.models:

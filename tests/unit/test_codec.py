@@ -7,6 +7,7 @@ import pytest
 
 from controlplane.fleet.codec import RecordError, decode_record, encode_record
 from controlplane.fleet.model import (
+    AvailableModel,
     GpuStats,
     LoadStats,
     ModelFailure,
@@ -149,3 +150,29 @@ def test_nan_is_rejected() -> None:
 def test_oversized_record_is_rejected() -> None:
     with pytest.raises(RecordError, match="bytes"):
         decode_record("x" * (300 * 1024))
+
+
+def test_available_models_and_sleep_round_trip_and_are_optional() -> None:
+    rec = dataclasses.replace(
+        REC,
+        models=(ModelInfo("llama", "v1", ModelState.SLEEPING),),
+        available=(
+            AvailableModel("llama", "v1", mem_bytes=16 << 30, load_s=20.0, wake_s=0.5),
+            AvailableModel("qwen"),
+        ),
+        sleeping=True,
+    )
+    assert decode_record(encode_record(rec)) == rec
+    bare = json.loads(encode_record(REC))
+    assert "available" not in bare and "sleeping" not in bare
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"name": ""}, {"name": "m", "mem_bytes": -1}, {"name": "m", "load_s": "slow"}, "m"],
+)
+def test_a_bad_available_entry_refuses_the_record(entry: object) -> None:
+    doc = json.loads(encode_record(REC))
+    doc["available"] = [entry]
+    with pytest.raises(RecordError):
+        decode_record(json.dumps(doc))
