@@ -121,6 +121,10 @@ class Intent:
     """fleet.yaml's default for models named nowhere (not stored): on."""
     placement: Mapping[str, ModelPlacement] = field(default_factory=lambda: MappingProxyType({}))
     """Per model: pins, bounds, priority and fallback (``aixds models pin``)."""
+    activators: tuple[tuple[str, int], ...] = ()
+    """Where the control planes' activators listen (address, port), from the settings
+    (not stored): a model that can be loaded but is served nowhere is routed there, and
+    its requests wait for a load. Empty: such a model answers 404, as an unknown one."""
 
     def affinity_on(self, model: str) -> bool:
         """Whether a session of ``model`` sticks to one replica (see ``docs/affinity.md``)."""
@@ -133,14 +137,15 @@ EMPTY_INTENT = Intent()
 
 
 def with_base(stored: Intent, base: Intent) -> Intent:
-    """The stored intent with fleet.yaml's part (region distances, session header, affinity
-    defaults)."""
+    """The stored intent with the part that comes from fleet.yaml and the settings (region
+    distances, session header, affinity defaults, activators)."""
     return replace(
         stored,
         region_distance=base.region_distance,
         session_header=base.session_header,
         affinity_base=base.affinity_base,
         affinity_default=base.affinity_default,
+        activators=base.activators,
     )
 
 

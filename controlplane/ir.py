@@ -110,6 +110,10 @@ class ModelRouteIR:
     hashed on the key so each session keeps one replica (and one version)."""
     session_key_header: str = ""
     """The header that carries a session key for affinity (with ``affinity_clusters``)."""
+    activator: bool = False
+    """The model is cold (loadable, served nowhere): ``clusters`` is the activator, which
+    holds each request until a replica is ready (``decide.cold``). The route tells it the
+    model and the Envoy listener to send the request back to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,13 @@ class Plan:
 
 
 AFFINITY_SUFFIX = "#affinity"
+ACTIVATOR_CLUSTER = "aixds-activator"
+"""The cluster of the control planes' activators (no model, no version)."""
+ACTIVATOR_RETURN_HEADER = "x-aixds-return"
+"""Set by Envoy on a cold model's route (overwriting what a client sent): the listener
+address the request came in on, where the activator sends it back once a replica is ready."""
+ACTIVATOR_MODEL_HEADER = "x-aixds-model"
+"""Set by Envoy on a cold model's route: the model the request is for."""
 
 
 def cluster_name(model: str, version: str) -> str:

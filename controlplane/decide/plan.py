@@ -9,6 +9,9 @@ endpoints stay HEALTHY while it settles, then turn DRAINING, then its cluster is
 (see ``rollout.Phase``). Fail open: if no other version of the model can serve, the
 draining list is ignored for that model, since an old version beats no version.
 
+A model that can be loaded but has no serving replica (cold, ``decide.cold``) is routed
+to the activators, which hold its requests until a replica is ready.
+
 With session affinity on for the model (the default, ``Intent.affinity_on``), each
 version also gets a session-hash cluster (``decide.affinity``) that requests carrying a
 session key are routed to.
@@ -27,6 +30,7 @@ from dataclasses import replace
 from typing import Final
 
 from controlplane.decide.affinity import affinity_cluster
+from controlplane.decide.cold import activator_cluster, cold_route, loadable_models
 from controlplane.decide.eligibility import Candidate, candidate, endpoint, is_fresh
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
@@ -88,6 +92,12 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
         route = model_route(model, serving, intent, exclude=frozenset(phases), affinity=affinity)
         if route is not None:
             routes.append(route)
+    if intent.activators:
+        routed = {r.model for r in routes}
+        cold = sorted(loadable_models(fresh, intent) - routed)
+        routes.extend(cold_route(m) for m in cold)
+        if cold:
+            clusters.append(activator_cluster(intent))
 
     return Plan(
         clusters=tuple(clusters),

@@ -16,6 +16,9 @@ One virtual host ``*``. Routes, first match wins:
    ``request_error``. A request that names a model by header never gets these.
 5. Anything else: 404 with an OpenAI-style JSON error (an unknown model).
 
+A cold model (``ModelRouteIR.activator``) has one route per match kind, to the activator
+cluster, with the model and the listener's address added as headers.
+
 Retries (virtual host) go to other hosts and other priorities; the route timeout is 0 so
 token streams are bounded only by the idle timeout. Pure: imports protobuf messages only.
 """
@@ -35,7 +38,14 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (
 )
 from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 
-from controlplane.ir import ModelRouteIR, RetryIR, RouteConfigIR, WeightedClusterIR
+from controlplane.ir import (
+    ACTIVATOR_MODEL_HEADER,
+    ACTIVATOR_RETURN_HEADER,
+    ModelRouteIR,
+    RetryIR,
+    RouteConfigIR,
+    WeightedClusterIR,
+)
 
 BODY_METADATA_NAMESPACE = "envoy.filters.http.json_to_metadata"
 """Where the listener's json_to_metadata filter puts the body field ``model``."""
@@ -185,6 +195,10 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
             mt.dynamic_metadata.append(_body_metadata(BODY_METADATA_KEY, m.model))
         return mt
 
+    if m.activator:
+        cold = rc.Route(name=f"{m.model}/{by}/cold", match=match(), route=_to_activator(rcfg, m))
+        cold.request_headers_to_add.extend(_activator_headers(m))
+        return [cold]
     routes = []
     for version, cluster in sorted(m.versions):
         a = _action(rcfg)
@@ -211,6 +225,35 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
         )
     )
     return routes
+
+
+ACTIVATOR_RETRY_ON = "connect-failure,refused-stream"
+"""A cold model's route retries only an activator that cannot be reached: one that held
+the request and answers 503 has waited its whole bound already."""
+
+
+def _to_activator(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
+    """The route action of a cold model: to the activator cluster, telling it the model and
+    the listener address to send the request back to (client values overwritten)."""
+    a = _action(rcfg)
+    a.cluster = m.clusters[0].cluster
+    retry = rc.RetryPolicy(retry_on=ACTIVATOR_RETRY_ON)
+    retry.num_retries.value = 2
+    a.retry_policy.CopyFrom(retry)
+    return a
+
+
+def _activator_headers(m: ModelRouteIR) -> list[Any]:
+    def overwrite(key: str, value: str) -> Any:
+        return base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=key, value=value),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+
+    return [
+        overwrite(ACTIVATOR_RETURN_HEADER, "%DOWNSTREAM_LOCAL_ADDRESS%"),
+        overwrite(ACTIVATOR_MODEL_HEADER, m.model),
+    ]
 
 
 def _bad_request_routes(model_header: str) -> list[Any]:
