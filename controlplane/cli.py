@@ -108,6 +108,37 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         metavar="F",
         help="roll back when the canary's error rate exceeds the stable's by more (0.05)",
     )
+    _cold_start_args(p)
+
+
+def _cold_start_args(p: argparse.ArgumentParser) -> None:
+    c = p.add_argument_group("cold start (models loaded on demand)")
+    c.add_argument(
+        "--activator",
+        type=host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="hold requests for a model served nowhere here while it loads (off: such a"
+        " model answers 404)",
+    )
+    c.add_argument(
+        "--activator-advertise",
+        type=_host_ports,
+        default=(),
+        metavar="HOST:PORT[,...]",
+        help="the activators Envoys are given (every control plane's; default: --activator)",
+    )
+    c.add_argument(
+        "--hold",
+        type=_positive,
+        default=120.0,
+        metavar="S",
+        help="longest a request waits for a load before 503 + Retry-After (120)",
+    )
+
+
+def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
+    return tuple(host_port(v) for v in value.split(",") if v)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -133,6 +164,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         rollback_window_s=args.rollback_window,
         rollback_min_requests=args.rollback_min_requests,
         rollback_margin=args.rollback_margin,
+        activator_host=args.activator[0] if args.activator else "",
+        activator_port=args.activator[1] if args.activator else 0,
+        activator_advertise=args.activator_advertise,
+        hold_s=args.hold,
     )
     try:
         return asyncio.run(serve(s))

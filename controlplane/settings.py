@@ -73,8 +73,23 @@ class ServeSettings:
     leader_ttl_s: float = 5.0
     """TTL of the locks that pick the acting replica (automatic rollback, serving-version
     recording): how soon another replica acts if the holder dies."""
+    activator_host: str = ""
+    activator_port: int = 0
+    """Where the activator listens (``--activator``); port 0: no activator, and a model
+    that is served nowhere answers 404 instead of waiting for a load."""
+    activator_advertise: tuple[tuple[str, int], ...] = ()
+    """The activator addresses Envoys are given (every control plane's, the same list on
+    each); empty: this one's own listen address."""
+    hold_s: float = 120.0
+    """Longest the activator holds a request for a model being loaded."""
     instance_id: str = ""
     """This replica's name in those locks; empty: ``host:pid:random``."""
+
+    def activators(self) -> tuple[tuple[str, int], ...]:
+        """The activator cluster's endpoints (empty: no activator)."""
+        if not self.activator_port:
+            return ()
+        return self.activator_advertise or ((self.activator_host, self.activator_port),)
 
     def rollout_policy(self) -> RolloutPolicy:
         return RolloutPolicy(

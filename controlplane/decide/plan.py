@@ -93,11 +93,12 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
         if route is not None:
             routes.append(route)
     if intent.activators:
+        # The activator cluster stays while no model is cold: removed with the last cold
+        # route, Envoy would drop it (CDS first) before the route moved (RDS after), and a
+        # request in between would get 503 "no cluster".
+        clusters.append(activator_cluster(intent))
         routed = {r.model for r in routes}
-        cold = sorted(loadable_models(fresh, intent) - routed)
-        routes.extend(cold_route(m) for m in cold)
-        if cold:
-            clusters.append(activator_cluster(intent))
+        routes.extend(cold_route(m) for m in sorted(loadable_models(fresh, intent) - routed))
 
     return Plan(
         clusters=tuple(clusters),

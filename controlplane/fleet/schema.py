@@ -15,6 +15,12 @@ Control-plane coordination (written by ``aixds serve``, expiring):
                                      instance id, with a TTL).
   ``aixds:v1:lock:serving-version``  the replica that records the serving version of a model
                                      seen for the first time (value: its instance id, TTL).
+  ``aixds:v1:lock:placement``        the replica that decides model placement (TTL).
+  ``aixds:v1:waiting:<instance>``    hash model -> requests one activator holds now (TTL).
+  ``aixds:v1:arrivals:<second>``     hash model -> requests that reached an activator then.
+  ``aixds:v1:demand``                hash model -> its demand history (JSON, bounded), kept by
+                                     the placement replica.
+  ``aixds:v1:placement``             the last placement decision (JSON), for the API.
 """
 
 from __future__ import annotations
@@ -27,7 +33,20 @@ INTENT_EVENTS_CHANNEL = PREFIX + "intent-events"
 LOAD_PREFIX = PREFIX + "load:"
 ROLLBACK_LOCK_KEY = PREFIX + "lock:rollback"
 SERVING_VERSION_LOCK_KEY = PREFIX + "lock:serving-version"
+PLACEMENT_LOCK_KEY = PREFIX + "lock:placement"
+WAITING_PREFIX = PREFIX + "waiting:"
+ARRIVALS_PREFIX = PREFIX + "arrivals:"
+DEMAND_KEY = PREFIX + "demand"
+PLACEMENT_KEY = PREFIX + "placement"
 RECORD_FIELD = "record"
+
+
+def waiting_key(instance: str) -> str:
+    return WAITING_PREFIX + instance
+
+
+def arrivals_key(second: int) -> str:
+    return ARRIVALS_PREFIX + str(second)
 
 
 def replica_key(replica_id: str) -> str:

@@ -1,5 +1,6 @@
 """``aixds serve``: wire registry, fleet and intent watchers, reconcile loop, ADS and LRS
-servers, load flushing, serving-version recording, automatic rollback and the API.
+servers, load flushing, serving-version recording, automatic rollback, the API and the
+activator (requests for models being loaded).
 
 All loops are started in ``serve()`` through one ``Supervisor`` and stopped in reverse
 order; the xDS server gets a bounded grace so open streams cannot hold shutdown.
@@ -14,14 +15,21 @@ import os
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Generator
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from controlplane.activator.app import Activator, ActivatorMetrics, ActivatorSettings
+from controlplane.activator.demand import ActivatorDemand
+from controlplane.activator.readiness import Readiness
 from controlplane.api.app import ApiContext, TestHooks, create_app
 from controlplane.decide import EnvoyNode
+from controlplane.decide.cold import loadable_models
+from controlplane.decide.eligibility import is_fresh
 from controlplane.fleet import schema
 from controlplane.fleet.intent_store import RedisIntentStore
 from controlplane.fleet.leader import RedisLock
@@ -73,7 +81,7 @@ def node_group(info: NodeInfo) -> str:
 
 async def serve(s: ServeSettings) -> int:
     fleet_cfg = load_fleet_config(s.config)
-    base_intent = fleet_cfg.base_intent()
+    base_intent = replace(fleet_cfg.base_intent(), activators=s.activators())
     registry = CollectorRegistry()
     client = connect(s.redis_url)
     reader = RedisRegistry(client)
@@ -81,12 +89,15 @@ async def serve(s: ServeSettings) -> int:
 
     reconciler: Reconciler | None = None
     serving: ServingVersions | None = None
+    readiness: Readiness | None = None
 
     def on_change() -> None:
         if reconciler is not None:
             reconciler.trigger()
         if serving is not None:
             serving.trigger()
+        if readiness is not None:
+            readiness.changed()
 
     watcher = FleetWatcher(
         reader,
@@ -184,6 +195,38 @@ async def serve(s: ServeSettings) -> int:
         )
     )
 
+    activator: Activator | None = None
+    demand: ActivatorDemand | None = None
+    activator_api: _Uvicorn | None = None
+    if s.activator_port:
+        readiness = Readiness(lambda: watcher.view, intents.current, time.time)
+        demand = ActivatorDemand(client, instance)
+
+        def loadable() -> set[str]:
+            now = time.time()
+            fresh = [o for o in watcher.view.values() if is_fresh(o, now)]
+            return loadable_models(fresh, intents.current())
+
+        activator = Activator(
+            readiness,
+            intents.current,
+            loadable,
+            demand,
+            ActivatorMetrics(registry),
+            ActivatorSettings(hold_s=s.hold_s),
+        )
+        activator_api = _Uvicorn(
+            uvicorn.Config(
+                activator.app,
+                host=s.activator_host,
+                port=s.activator_port,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                timeout_keep_alive=75,
+            )
+        )
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,6 +240,9 @@ async def serve(s: ServeSettings) -> int:
     sup.spawn("serving-version", serving.run)
     sup.spawn("auto-rollback", guard.run)
     sup.spawn("api", api.serve)
+    if activator_api is not None and demand is not None:
+        sup.spawn("activator-demand", demand.run)
+        sup.spawn("activator", activator_api.serve)
     log.info(
         "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s, instance %s",
         s.xds_host,
@@ -212,7 +258,11 @@ async def serve(s: ServeSettings) -> int:
     finally:
         log.info("shutting down")
         api.should_exit = True
+        if activator_api is not None:
+            activator_api.should_exit = True
         await sup.stop()
+        if activator is not None:
+            await activator.aclose()
         await lrs.close(s.xds_grace_s / 4)
         await stop_xds_server(xds_server, s.xds_grace_s, ads)
         await client.aclose()

@@ -90,6 +90,8 @@ class Fleet:
     redis: RedisServer
     xds_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    activator_port: int = field(default_factory=free_port)
+    """Used only when a test passes ``--activator`` (``activator_args()``)."""
     replicas: list[Replica] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     serve_proc: Proc | None = None
@@ -97,6 +99,9 @@ class Fleet:
     @property
     def api(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    def activator_args(self) -> tuple[str, ...]:
+        return ("--activator", f"127.0.0.1:{self.activator_port}")
 
     def start_serve(self, *extra: str) -> Proc:
         self.serve_proc = self.procs.aixds(

@@ -1,0 +1,119 @@
+"""What the activator tells the placement: requests held now and requests that arrived, per
+model, shared through Redis so the one acting control plane sees every activator's.
+
+- ``aixds:v1:waiting:<instance>``: hash model -> requests held now (expires unless renewed:
+  a dead activator's count vanishes);
+- ``aixds:v1:arrivals:<epoch-second>``: hash model -> requests that reached an activator
+  in that second (HINCRBY, expiring): demand for models that have no cluster yet, which
+  load reports (LRS) cannot show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from controlplane.fleet import schema
+
+log = logging.getLogger(__name__)
+
+WAITING_TTL_MS = 3000
+ARRIVALS_TTL_S = 600
+
+
+class ActivatorDemand:
+    """Counts held and arrived requests; ``run()`` flushes them to Redis periodically."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        instance: str,
+        *,
+        interval_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._r = client
+        self._key = schema.waiting_key(instance)
+        self._interval_s = interval_s
+        self._clock = clock
+        self.waiting: Counter[str] = Counter()
+        self._arrived: Counter[tuple[int, str]] = Counter()
+        self._had_waiting = False
+        self._failing = False
+
+    def arrived(self, model: str) -> None:
+        self._arrived[(math.floor(self._clock()), model)] += 1
+
+    def hold(self, model: str) -> None:
+        self.waiting[model] += 1
+
+    def release(self, model: str) -> None:
+        self.waiting[model] -= 1
+        if self.waiting[model] <= 0:
+            del self.waiting[model]
+
+    async def flush(self) -> None:
+        arrived, self._arrived = self._arrived, Counter()
+        try:
+            async with self._r.pipeline(transaction=False) as p:
+                for (second, model), n in arrived.items():
+                    key = schema.arrivals_key(second)
+                    p.hincrby(key, model, n)
+                    p.expire(key, ARRIVALS_TTL_S)
+                p.delete(self._key)
+                if self.waiting:
+                    p.hset(self._key, mapping={m: n for m, n in self.waiting.items()})
+                    p.pexpire(self._key, WAITING_TTL_MS)
+                await p.execute()
+            self._failing = False
+        except (RedisError, OSError) as e:
+            self._arrived.update(arrived)  # kept for the next flush (bounded by seconds x models)
+            if len(self._arrived) > 100_000:
+                self._arrived.clear()
+            if not self._failing:
+                log.warning("activator demand not published, Redis unreachable: %s", e)
+                self._failing = True
+
+    async def run(self) -> None:
+        while True:
+            await self.flush()
+            await asyncio.sleep(self._interval_s)
+
+
+async def read_waiting(client: aioredis.Redis) -> dict[str, int]:
+    """Requests held now by every live activator, per model."""
+    total: Counter[str] = Counter()
+    async for key in client.scan_iter(match=schema.WAITING_PREFIX + "*", count=100):
+        for m, n in (await client.hgetall(key)).items():
+            total[_text(m)] += _int(n)
+    return dict(total)
+
+
+async def read_arrivals(client: aioredis.Redis, seconds: range) -> dict[str, int]:
+    """Requests that reached any activator in these epoch seconds, per model."""
+    total: Counter[str] = Counter()
+    async with client.pipeline(transaction=False) as p:
+        for s in seconds:
+            p.hgetall(schema.arrivals_key(s))
+        for doc in await p.execute():
+            for m, n in doc.items():
+                total[_text(m)] += _int(n)
+    return dict(total)
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _int(v: bytes | str) -> int:
+    try:
+        return max(0, int(v))
+    except ValueError:
+        return 0

@@ -1,0 +1,115 @@
+"""Cold start end to end: a request for a model that is being loaded waits in the
+activator and is then served through Envoy; past the bound it gets 503 + Retry-After.
+
+Real parts: ``aixds serve`` with ``--activator``, a real Envoy edge, real Redis, the agent
+and the fake vLLM server (its runtime LoRA API loads the model slowly).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.e2e.fleet import Edge, Fleet, Replica, chat
+from tests.e2e.test_model_loading import TOKEN, desire
+from tests.support import Procs, RedisServer, wait_until
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "sql-lora"
+WAIT_S = 20.0
+
+
+@pytest.fixture
+def fleet(procs: Procs, redis_srv: RedisServer) -> Iterator[Fleet]:
+    f = Fleet(procs, redis_srv)
+    f.start_serve("--api-token", TOKEN, *f.activator_args(), "--hold", "4")
+    yield f
+
+
+def slow_lora(fleet: Fleet, load_ms: int) -> Replica:
+    return fleet.add_replica(
+        "llama",
+        "v1",
+        server_args=("--runtime-lora", "--lora-load-ms", str(load_ms)),
+        agent_args=("--warmup", "1", "--drain", "1"),
+    )
+
+
+def cold_route(edge: Edge) -> bool:
+    """Envoy routes ``MODEL`` to the activator."""
+    dump = edge.admin_json("/config_dump?resource=dynamic_route_configs")
+    return f'"{MODEL}/body/cold"' in json.dumps(dump)
+
+
+def activator_metric(fleet: Fleet, model: str, outcome: str) -> float:
+    text = httpx.get(f"{fleet.api}/metrics", timeout=3).text
+    key = f'aixds_activator_requests_total{{model="{model}",outcome="{outcome}"}} '
+    line = next((x for x in text.splitlines() if x.startswith(key)), "")
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_a_request_for_a_loading_model_waits_and_is_served_through_envoy(fleet: Fleet) -> None:
+    rep = slow_lora(fleet, load_ms=2500)
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 1)
+    assert chat(edge.url, MODEL).status_code == 404  # nobody has it, nobody loads it
+
+    desire(fleet, rep, {"server": f"vllm-{rep.port}", "path": "/adapters/sql", "version": "v1"})
+    wait_until(lambda: cold_route(edge), WAIT_S, what="the activator route")
+    results: list[httpx.Response] = []
+
+    def send(header: bool) -> None:
+        results.append(chat(edge.url, MODEL, header=header, timeout=30))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=send, args=(i % 2 == 0,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    took = time.monotonic() - started
+    assert [r.status_code for r in results] == [200] * 6, [r.text for r in results]
+    assert all(r.headers["x-replica"] == rep.replica_id for r in results)
+    by_body = [r for r in results if r.request.headers.get("x-model") is None]
+    assert len(by_body) == 3 and all(r.json()["model"] == MODEL for r in by_body)
+    waited = [int(r.headers["x-aixds-waited-ms"]) for r in results]
+    assert min(waited) > 200, waited  # they were held, not bounced
+    assert took < 2.5 + 1 + 5, took  # load + warm-up + slack, not the 4 s hold bound twice
+    assert activator_metric(fleet, MODEL, "served") == 6
+
+    # Once served, the model's own route takes over: nothing passes through Python.
+    wait_until(lambda: not cold_route(edge), WAIT_S, what="the model's own route")
+    r = chat(edge.url, MODEL)
+    assert r.status_code == 200 and "x-aixds-waited-ms" not in r.headers
+    assert activator_metric(fleet, MODEL, "served") == 6
+    assert activator_metric(fleet, "llama", "served") == 0
+
+
+def test_past_the_hold_bound_a_clear_503_with_retry_after(fleet: Fleet) -> None:
+    rep = slow_lora(fleet, load_ms=30_000)
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 1)
+    desire(fleet, rep, {"server": f"vllm-{rep.port}", "path": "/adapters/sql", "version": "v1"})
+    wait_until(lambda: cold_route(edge), WAIT_S, what="the activator route")
+    started = time.monotonic()
+    r = chat(edge.url, MODEL, timeout=30)
+    took = time.monotonic() - started
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "10"
+    assert "loading" in r.json()["error"]["message"]
+    assert 3.5 < took < 8, took
+    assert activator_metric(fleet, MODEL, "timeout") == 1
+    # a client cannot point the activator elsewhere: Envoy overwrites the return header
+    r = httpx.post(
+        f"{edge.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-aixds-return": "10.9.9.9:1"},
+        timeout=30,
+    )
+    assert r.status_code == 503 and activator_metric(fleet, MODEL, "failed") == 0
