@@ -94,7 +94,7 @@ class ModelDecision:
     wanted: Mapping[str, int]
     """Per region: the replicas wanted awake there (pins, plus demand where it was placed)."""
     awake: tuple[str, ...]
-    """Replica ids asked to hold it loaded and awake (those a need keeps come first)."""
+    """Replica ids asked to hold it loaded and awake (by id; spare ones not yet asleep too)."""
     sleeping: tuple[str, ...]
     unplaced: int
     """Needs no replica could take."""
