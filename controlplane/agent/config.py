@@ -10,6 +10,7 @@ from controlplane.agent.placement.converge import ExecTiming
 from controlplane.agent.publisher import Target, Timing
 from controlplane.agent.servers.discovery import ServerSpec
 from controlplane.agent.servers.speed import REFERENCE_TPS
+from controlplane.fleet.model import AvailableModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,9 @@ class AgentConfig:
     lock_ttl_s: float = 15.0
     """TTL of the node lock; refreshed every third of it."""
     exec_timing: ExecTiming = field(default_factory=ExecTiming)
+    available: Mapping[str, tuple[AvailableModel, ...]] = field(default_factory=dict)
+    """``--available SERVER=MODEL[:GB[:LOAD_S]],...``: by replica name, what a server can
+    load on demand when it cannot say itself (real vLLM; see ``servers.ondemand``)."""
 
     def target(self, spec: ServerSpec) -> Target:
         """The record identity of a discovered server (``spec.address`` must be resolved)."""

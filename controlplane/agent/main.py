@@ -34,6 +34,7 @@ from controlplane.agent.servers.discovery import (
     resolve_sync,
 )
 from controlplane.agent.servers.docker_source import DockerSource, connect, node_address
+from controlplane.agent.servers.ondemand import parse_configured
 from controlplane.agent.servers.speed import REFERENCE_TPS
 from controlplane.fleet import registry
 from controlplane.fleet.store import RegistryWriter
@@ -59,12 +60,16 @@ examples:
       --model-version llama-3-8b=v2 --advertise 10.0.3.7
   aixds agent --redis redis://redis:6379/0 --node gpu-c2 --region us --zone us-1 \\
       --config /etc/aixds/agent.yaml --docker
+  aixds agent --redis redis://127.0.0.1:6379/0 --node gpu-d4 --region eu --zone eu-1 \\
+      --server vllm=http://127.0.0.1:8000 --available vllm-8000=qwen-7b:15:40,phi-3:8
 
 Each server becomes one replica, id NODE/KIND-PORT (or NODE/NAME), published to Redis
 every --interval seconds and at once when its models or load change. Kinds: vllm,
 sglang, tgi, triton, trtllm, ollama. The agent also loads and unloads models as the
-node's desired-models key asks (vllm LoRA, triton, ollama). One agent per node: a second
-exits with code 3 unless --takeover. See the README, section "The node agent".
+node's desired-models key asks (vllm LoRA, triton, ollama), and puts servers to sleep and
+wakes them (vllm, sglang) when every model it manages on one is desired "sleeping". One
+agent per node: a second exits with code 3 unless --takeover. See the README, section
+"The node agent".
 """
 
 
@@ -114,8 +119,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             raise ValueError(f"{flag} must be positive, got {v}")
     if args.ttl <= args.interval:
         raise ValueError(f"--ttl ({args.ttl}) must exceed --interval ({args.interval})")
-    if args.warmup < 0 or args.drain < 0:
-        raise ValueError("--warmup and --drain must not be negative")
+    if args.warmup < 0 or args.drain < 0 or args.wake_warmup < 0:
+        raise ValueError("--warmup, --drain and --wake-warmup must not be negative")
+    available = dict(parse_configured(v) for v in args.available or [])
     check_unique(servers)
     advertise = None
     if args.advertise:
@@ -150,7 +156,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             warmup_s=args.warmup,
             drain_s=args.drain,
             call_timeout_s=args.load_timeout,
+            wake_warmup_s=args.wake_warmup,
         ),
+        available=available,
     )
 
 
@@ -256,6 +264,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=300.0,
         metavar="S",
         help="longest load or unload call, s (%(default)s)",
+    )
+    ex.add_argument(
+        "--wake-warmup",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="publish a woken server's models as warming this long, s (%(default)s)",
+    )
+    ex.add_argument(
+        "--available",
+        action="append",
+        metavar="SERVER=MODEL[:GB[:LOAD_S]],...",
+        help="models SERVER (a replica name, e.g. vllm-8000) can load on demand, with their "
+        "GPU memory and load time: for vLLM, which cannot list them (the fake server's "
+        "/sim/available wins when it answers); for Ollama and Triton, estimates of what "
+        "they do not say. Repeatable",
     )
 
 

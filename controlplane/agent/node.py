@@ -31,6 +31,7 @@ from controlplane.agent.placement.loaders import make_loader
 from controlplane.agent.publisher import Agent, OwnNodeWriter, RegistryHealth, ReplicaPublisher
 from controlplane.agent.servers.adapters import make_adapter
 from controlplane.agent.servers.discovery import Discovery, DockerScan, ServerSpec
+from controlplane.agent.servers.ondemand import OnDemand
 from controlplane.fleet.store import RegistryWriter
 
 log = logging.getLogger(__name__)
@@ -114,8 +115,13 @@ class NodeAgent:
         cfg = self.cfg
         target = cfg.target(spec)
         versions = spec.version_map(cfg.versions)
-        adapter = make_adapter(
-            spec.kind, spec.url, self._http, versions, spec.metrics_url, cfg.reference_tps
+        adapter = OnDemand(
+            make_adapter(
+                spec.kind, spec.url, self._http, versions, spec.metrics_url, cfg.reference_tps
+            ),
+            spec.url,
+            self._http,
+            cfg.available.get(spec.replica_name, ()),
         )
         ex = self.executor
         name = spec.replica_name
@@ -128,7 +134,13 @@ class NodeAgent:
             self._health,
             overlay=None if ex is None else (lambda probe: ex.overlay(name, probe)),
         )
-        loader = make_loader(spec.kind, spec.url, self._http, cfg.exec_timing.call_timeout_s)
+        loader = make_loader(
+            spec.kind,
+            spec.url,
+            self._http,
+            cfg.exec_timing.call_timeout_s,
+            lambda: {a.name for a in (pub.raw_probe.available if pub.raw_probe else ())},
+        )
         self.replicas[name] = _Replica(spec, pub, ServerHandle(loader, lambda: pub.raw_probe))
         self.agent.add(pub)
         log.info(

@@ -77,6 +77,8 @@ def build_record(
         speed=1.0 if probe.speed is None else probe.speed,
         capacity=1.0 if probe.capacity is None else probe.capacity,
         failures=probe.failures,
+        available=probe.available,
+        sleeping=bool(probe.sleeping),
     )
 
 
@@ -96,8 +98,8 @@ def load_changed(a: LoadStats, b: LoadStats) -> bool:
 def worth_publishing(
     last: tuple[Probe, tuple[GpuStats, ...]] | None, now: tuple[Probe, tuple[GpuStats, ...]]
 ) -> bool:
-    """Models, their states, reachability, GPU faults, speed or capacity, failed loads or
-    load changed meaningfully."""
+    """Models, their states, reachability, GPU faults, speed or capacity, failed loads,
+    available models, sleep or load changed meaningfully."""
     if last is None:
         return True
     (p0, g0), (p1, g1) = last, now
@@ -109,6 +111,8 @@ def worth_publishing(
         or p0.speed != p1.speed
         or p0.capacity != p1.capacity
         or p0.failures != p1.failures
+        or p0.available != p1.available
+        or p0.sleeping != p1.sleeping
     )
 
 

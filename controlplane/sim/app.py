@@ -6,9 +6,15 @@ call it in-process through ``httpx.ASGITransport``. Every response carries
 
 Endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``, ``/health``,
 ``/metrics`` (vLLM's names), ``/control`` (GET: state; POST: switches, see ``control``)
-and ``/sim/gpu`` (the simulated GPU in NVML's units, see ``simgpu``). With
-``runtime_lora``, also vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``
-(see ``lora``): loaded adapters are listed and served like the base model.
+``/sim/gpu`` (the simulated GPU in NVML's units, see ``simgpu``) and ``/sim/available``
+(what it can load on demand, see ``residency``). With ``runtime_lora`` or ``available``,
+also vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (see ``lora``):
+loaded adapters and available models are listed and served like the base model. With
+``sleep_mode``, vLLM's ``POST /sleep?level=1|2``, ``POST /wake_up[?tags=...]`` and
+``GET /is_sleeping``: asleep, inference answers 503 (as vLLM's protected endpoints do)
+while ``/v1/models`` and ``/health`` still answer; ``/sleep`` aborts the requests in
+flight, as vLLM's default ``mode=abort`` does (``?mode=wait`` lets them finish first,
+refusing new ones meanwhile).
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ from controlplane.sim.engine import Engine, Finish, Knobs, Overloaded, Seq
 from controlplane.sim.lora import LoraAdapters, LoraRefused
 from controlplane.sim.metrics import CONTENT_TYPE, ServerMetrics
 from controlplane.sim.prefix_cache import BLOCK_SIZE
+from controlplane.sim.residency import (
+    DEFAULT_LOAD_MS,
+    DEFAULT_WAKE_MS,
+    TAGS,
+    AvailableSpec,
+    Residency,
+    parse_tags,
+)
 from controlplane.sim.simgpu import GpuSpec, SimGpu
 
 log = logging.getLogger(__name__)
@@ -92,7 +106,15 @@ class FakeLLMConfig:
     lora_load_ms: float = 500.0
     """How long loading a LoRA adapter takes (*runtime*)."""
     gpu: GpuSpec = field(default_factory=GpuSpec)
-    """The simulated GPU board (memory, weights, power limit)."""
+    """The simulated GPU board (memory, the base model's weights, power limit)."""
+    available: tuple[AvailableSpec, ...] = ()
+    """Models it can load on demand through the LoRA API (``--available``)."""
+    load_time_ms: float = DEFAULT_LOAD_MS
+    """Load time of an available model without its own (*runtime*)."""
+    sleep_mode: bool = False
+    """Serve vLLM's sleep API (``--enable-sleep-mode``)."""
+    wake_ms: float = DEFAULT_WAKE_MS
+    """How long a wake from level-1 sleep takes (*runtime*)."""
 
 
 class FakeLLM:
@@ -125,7 +147,17 @@ class FakeLLM:
             self.knobs, on_finish=self.metrics.on_finish, block_size=config.block_size
         )
         self.metrics.watch(self.engine)
-        self.gpu = SimGpu(self.engine, self.knobs, config.replica_id, config.gpu)
+        self.residency = Residency(
+            config.gpu.mem_total_bytes,
+            config.gpu.weights_bytes,
+            config.available,
+            config.load_time_ms,
+            config.wake_ms,
+            config.load_time_s * 1000.0,
+        )
+        self.gpu = SimGpu(
+            self.engine, self.knobs, config.replica_id, config.gpu, memory=self._memory
+        )
         self.on_crash = on_crash
         self._unstall: asyncio.TimerHandle | None = None
         self.error_rate = config.error_rate
@@ -134,7 +166,10 @@ class FakeLLM:
         self._rng = random.Random(config.seed)
         self._created = int(time.time())
         self._models = frozenset(config.models)
-        self.lora = LoraAdapters(config.lora_load_ms)
+        self.lora = LoraAdapters(config.lora_load_ms, weights=self.residency)
+        self._sleep_lock = asyncio.Lock()
+        self._quiescing = False
+        """A ``/sleep?mode=wait`` waits for the requests in flight: new ones are refused."""
         routes = [
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/completions", self._completions, methods=["POST"]),
@@ -143,17 +178,28 @@ class FakeLLM:
             Route("/metrics", self._metrics, methods=["GET"]),
             Route("/control", self._control, methods=["GET", "POST"]),
             Route("/sim/gpu", self._sim_gpu, methods=["GET"]),
+            Route("/sim/available", self._sim_available, methods=["GET"]),
         ]
-        if config.runtime_lora:
+        if config.runtime_lora or config.available:
             routes += [
                 Route("/v1/load_lora_adapter", self._load_lora, methods=["POST"]),
                 Route("/v1/unload_lora_adapter", self._unload_lora, methods=["POST"]),
+            ]
+        if config.sleep_mode:
+            routes += [
+                Route("/sleep", self._sleep, methods=["POST"]),
+                Route("/wake_up", self._wake_up, methods=["POST"]),
+                Route("/is_sleeping", self._is_sleeping, methods=["GET"]),
             ]
         self.app: ASGIApp = _ReplicaHeader(Starlette(routes=routes), config.replica_id)
 
     @property
     def loading(self) -> bool:
         return time.monotonic() < self._ready_at
+
+    def _memory(self) -> tuple[int, bool]:
+        """Weights on the GPU, and whether the KV cache is there (for ``SimGpu``)."""
+        return self.residency.weights_bytes, "kv_cache" not in self.residency.asleep
 
     def state(self) -> dict[str, Any]:
         """The current switches and load, as ``GET /control`` shows them."""
@@ -186,6 +232,13 @@ class FakeLLM:
             "lora_fail_loads": self.lora.fail_loads,
             "lora_load_calls": self.lora.load_calls,
             "lora_unload_calls": self.lora.unload_calls,
+            "available": [a.name for a in self.config.available],
+            "load_time_ms": self.residency.default_load_ms,
+            "sleep_mode": self.config.sleep_mode,
+            "sleeping": self.residency.sleeping,
+            "sleep_level": self.residency.level,
+            "wake_ms": self.residency.wake_ms,
+            "weights_bytes": self.residency.weights_bytes,
             "effective_speed": k.effective_speed(),
             "running": self.engine.running,
             "waiting": self.engine.waiting,
@@ -205,10 +258,15 @@ class FakeLLM:
                 if value > 0:
                     self.engine.abort_all()
                     self.lora.forget_all()  # a restarted vLLM has lost its adapters
+                    self.residency.wake(TAGS)  # and is awake
             elif name == "lora_load_ms":
                 self.lora.load_ms = value
             elif name == "lora_fail_loads":
                 self.lora.fail_loads = value
+            elif name == "load_time_ms":
+                self.residency.default_load_ms = value
+            elif name == "wake_ms":
+                self.residency.wake_ms = value
             elif name == "gpu_fault":
                 self.gpu.inject(value)
             elif name == "crash":
@@ -248,6 +306,13 @@ class FakeLLM:
         if self.loading:
             self.metrics.rejected.labels("loading").inc()
             return _error(503, "the model is still loading", "ServiceUnavailableError")
+        if self.residency.sleeping or self._quiescing:
+            self.metrics.rejected.labels("sleeping").inc()
+            return _error(
+                503,
+                "The model is sleeping (vLLM sleep mode): POST /wake_up first",
+                "ServiceUnavailableError",
+            )
         try:
             req = fmt.parse_request(
                 await request.body(),
@@ -340,7 +405,7 @@ class FakeLLM:
                     "created": a.created,
                     "owned_by": "vllm",
                     "root": a.path,
-                    "parent": self.config.models[0],
+                    "parent": None if a.name in self.residency.available else self.config.models[0],
                     "max_model_len": None,
                     "permission": [],
                     "aixds_version": self.version,
@@ -365,6 +430,9 @@ class FakeLLM:
         except fmt.BadRequest as e:
             return _lora_error(400, str(e), "BadRequestError")
         name = body["lora_name"]
+        if load and self.residency.sleeping:
+            msg = f"cannot load '{name}' while the server sleeps: POST /wake_up first"
+            return _lora_error(503, msg, "ServiceUnavailableError")
         try:
             if load:
                 await self.lora.load(name, body["lora_path"])
@@ -398,6 +466,53 @@ class FakeLLM:
 
     async def _sim_gpu(self, request: Request) -> Response:
         return JSONResponse(self.gpu.document())
+
+    async def _sim_available(self, request: Request) -> Response:
+        r = self.residency
+        return JSONResponse(
+            {
+                "models": r.listing(self.lora.loaded),
+                "gpu_mem_bytes": r.total_bytes,
+                "free_bytes": r.free_bytes,
+                "sleeping": r.sleeping,
+            }
+        )
+
+    async def _sleep(self, request: Request) -> Response:
+        level_s = request.query_params.get("level", "1")
+        mode = request.query_params.get("mode", "abort")
+        if level_s not in ("1", "2") or mode not in ("abort", "wait"):
+            msg = f"level must be 1 or 2 and mode abort or wait, got {level_s!r}, {mode!r}"
+            return _error(400, msg, "BadRequestError")
+        async with self._sleep_lock:
+            if mode == "wait":
+                self._quiescing = True
+                try:
+                    # The engine has no "idle" event; a 10 ms poll is cheap and rare.
+                    while self.engine.running or self.engine.waiting:  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+                finally:
+                    self._quiescing = False
+            else:
+                self.engine.abort_all()
+            self.engine.cache.evict(0)  # vLLM resets the prefix cache before sleeping
+            self.residency.sleep(int(level_s))
+        log.info("%s: asleep (level %s)", self.config.replica_id, level_s)
+        return Response(status_code=200)
+
+    async def _wake_up(self, request: Request) -> Response:
+        try:
+            tags = parse_tags(request.query_params.getlist("tags"))
+        except ValueError as e:
+            return _error(400, str(e), "BadRequestError")
+        async with self._sleep_lock:
+            await asyncio.sleep(self.residency.wake_ms_for(tags) / 1000.0)
+            self.residency.wake(tags)
+        log.info("%s: woke %s", self.config.replica_id, ",".join(tags))
+        return Response(status_code=200)
+
+    async def _is_sleeping(self, request: Request) -> Response:
+        return JSONResponse({"is_sleeping": self.residency.sleeping})
 
 
 def _error(status: int, message: str, type_: str) -> JSONResponse:

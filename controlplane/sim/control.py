@@ -2,7 +2,8 @@
 
 A control document is a JSON object such as ``{"error_rate": 0.3, "speed": 0.5,
 "stall": true}``, ``{"external_load": 0.3}``, ``{"gpu_throttle": true}``,
-``{"gpu_fault": "xid 79"}``, ``{"prefix_caching": false}``, ``{"lora_fail_loads": 2}`` or
+``{"gpu_fault": "xid 79"}``, ``{"prefix_caching": false}``, ``{"lora_fail_loads": 2}``,
+``{"load_time_ms": 5000, "wake_ms": 300}`` or
 ``{"crash": true}``. It is
 checked as a whole before anything changes, so a bad document changes nothing.
 """
@@ -65,6 +66,10 @@ SWITCHES: dict[str, _Switch] = {
     ),
     "crash": _Switch(bool, doc="true: the process exits at once, without cleanup"),
     "lora_load_ms": _Switch(float, 0.0, 600_000.0, "how long loading a LoRA adapter takes"),
+    "load_time_ms": _Switch(
+        float, 0.0, 3_600_000.0, "load time of an --available model without its own"
+    ),
+    "wake_ms": _Switch(float, 0.0, 600_000.0, "how long a wake from level-1 sleep takes"),
     "lora_fail_loads": _Switch(
         int, 0, 1_000_000, "answer the next N LoRA adapter loads with 500 (after the delay)"
     ),

@@ -25,6 +25,7 @@ from types import TracebackType
 import uvicorn
 
 from controlplane.sim.app import FakeLLM, FakeLLMConfig
+from controlplane.sim.residency import parse_available
 from controlplane.sim.simgpu import GiB, GpuSpec
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ examples:
       --kv-capacity-tokens 20000 --prefill-tps 8000 --batch-slowdown 0.05
   aixds fake-llm --listen 127.0.0.1:8005 --model llama-3-8b --runtime-lora --lora-load-ms 2000
   aixds fake-llm --listen 127.0.0.1:8006 --model llama-3-8b --no-enable-prefix-caching
+  aixds fake-llm --listen 127.0.0.1:8007 --model llama-3-8b --weights-gib 16 --gpu-mem-gib 80 \
+      --available qwen-7b:15:8000,mistral-7b:14,phi-3 --load-time-ms 20000 \
+      --enable-sleep-mode --wake-ms 500
 
 runtime control (no restart):
   curl -XPOST localhost:8001/control -d '{"error_rate": 0.3, "speed": 0.5, "stall": true}'
@@ -57,6 +61,15 @@ runtime LoRA adapters (with --runtime-lora):
       -d '{"lora_name": "sql-lora", "lora_path": "/adapters/sql"}'
   curl -XPOST localhost:8005/v1/unload_lora_adapter -d '{"lora_name": "sql-lora"}'
   curl -XPOST localhost:8005/control -d '{"lora_fail_loads": 2, "lora_load_ms": 100}'
+
+models on demand and sleep mode (with --available, --enable-sleep-mode):
+  curl localhost:8007/sim/available                 # what it can load: memory, load/wake s
+  curl -XPOST localhost:8007/v1/load_lora_adapter \
+      -d '{"lora_name": "qwen-7b", "lora_path": "qwen-7b"}'   # 8 s; refused if no room
+  curl -XPOST 'localhost:8007/sleep?level=1'        # weights to CPU; inference answers 503
+  curl localhost:8007/is_sleeping
+  curl -XPOST localhost:8007/wake_up                # 0.5 s (level 2: the load times)
+  curl -XPOST localhost:8007/control -d '{"load_time_ms": 5000, "wake_ms": 300}'
 """
 
 
@@ -351,7 +364,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--weights-gib",
         type=_non_negative_float,
         default=d.gpu.weights_bytes / GiB,
-        help="model weights resident on the GPU, GiB (%(default)s)",
+        help="the base model's weights on the GPU, GiB (%(default)s)",
     )
     gpu.add_argument(
         "--gpu-power-w",
@@ -372,6 +385,35 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=d.lora_load_ms,
         metavar="MS",
         help="how long loading an adapter takes (%(default)s)",
+    )
+    demand = p.add_argument_group("models on demand and sleep mode")
+    demand.add_argument(
+        "--available",
+        type=parse_available,
+        default=(),
+        metavar="NAME[:GIB[:MS]][,...]",
+        help="models it can load on demand through the LoRA API (which this turns on), each "
+        "with its GPU memory in GiB (default: --weights-gib) and load time in ms (default: "
+        "--load-time-ms); a load that does not fit the free GPU memory is refused",
+    )
+    demand.add_argument(
+        "--load-time-ms",
+        type=_non_negative_float,
+        default=d.load_time_ms,
+        metavar="MS",
+        help="load time of an --available model without its own (%(default)s)",
+    )
+    demand.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="serve vLLM's POST /sleep?level=1|2, POST /wake_up and GET /is_sleeping",
+    )
+    demand.add_argument(
+        "--wake-ms",
+        type=_non_negative_float,
+        default=d.wake_ms,
+        metavar="MS",
+        help="wake time from level-1 sleep (%(default)s); level 2 reloads: plus the load times",
     )
     faults = p.add_argument_group("faults")
     faults.add_argument(
@@ -399,6 +441,9 @@ def config_from_args(
     host, port = parse_listen(args.listen)
     if args.weights_gib >= args.gpu_mem_gib:
         raise ValueError(f"--weights-gib ({args.weights_gib}) must be below --gpu-mem-gib")
+    clash = sorted(set(args.model) & {a.name for a in args.available})
+    if clash:
+        raise ValueError(f"--available names a served --model: {clash}")
     config = FakeLLMConfig(
         models=tuple(dict.fromkeys(args.model)),
         replica_id=args.replica_id,
@@ -422,6 +467,10 @@ def config_from_args(
         runtime_lora=args.runtime_lora
         or environ.get(LORA_ENV, "0").strip().lower() in ("1", "true"),
         lora_load_ms=args.lora_load_ms,
+        available=args.available,
+        load_time_ms=args.load_time_ms,
+        sleep_mode=args.enable_sleep_mode,
+        wake_ms=args.wake_ms,
         gpu=GpuSpec(
             mem_total_bytes=int(args.gpu_mem_gib * GiB),
             weights_bytes=int(args.weights_gib * GiB),

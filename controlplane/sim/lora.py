@@ -8,6 +8,8 @@
 - One load or unload per name at a time: a second call for that name waits for the
   first (vLLM locks per name), then sees its outcome ("already loaded", "cannot be found").
 - ``forget_all`` is a server restart: adapters are lost, and loads in flight fail.
+- With ``weights`` (``residency.Residency``), a load first takes GPU memory (refused when
+  it does not fit) and may take its own load time; an unload or a failed load frees it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +43,23 @@ class LoraRefused(Exception):
         self.kind = kind
 
 
+class Weights(Protocol):
+    """GPU memory for what is loaded (``residency.Residency``)."""
+
+    def reserve(self, name: str) -> float | None:
+        """Take memory for ``name``; its load time in ms, or ``None`` for the adapters'
+        own. ``LoraRefused`` when it does not fit."""
+        ...
+
+    def release(self, name: str) -> None: ...
+
+
 class LoraAdapters:
     """The adapters of one fake server. Call from the event loop's thread only."""
 
-    def __init__(self, load_ms: float = 500.0, fail_loads: int = 0) -> None:
+    def __init__(
+        self, load_ms: float = 500.0, fail_loads: int = 0, weights: Weights | None = None
+    ) -> None:
         self.load_ms = load_ms
         """How long a load takes (a runtime knob)."""
         self.fail_loads = fail_loads
@@ -53,6 +69,7 @@ class LoraAdapters:
         self._loaded: dict[str, Adapter] = {}
         self._busy: dict[str, asyncio.Event] = {}
         self._epoch = 0
+        self._weights = weights
 
     @property
     def loaded(self) -> Mapping[str, Adapter]:
@@ -77,22 +94,31 @@ class LoraAdapters:
                     400, f"The lora adapter '{name}' has already been loaded.", "InvalidUserInput"
                 )
             epoch = self._epoch
-            await asyncio.sleep(self.load_ms / 1000.0)
-            if epoch != self._epoch:
-                raise LoraRefused(
-                    500,
-                    f"Loading LoRA adapter '{name}' was aborted: the server restarted",
-                    "InternalServerError",
-                )
-            if self.fail_loads > 0:
-                self.fail_loads -= 1
-                raise LoraRefused(
-                    500,
-                    f"Failed to load LoRA adapter '{name}' from {path}: "
-                    "injected fault (lora_fail_loads)",
-                    "InternalServerError",
-                )
+            own_ms = None if self._weights is None else self._weights.reserve(name)
+            try:
+                await asyncio.sleep((self.load_ms if own_ms is None else own_ms) / 1000.0)
+                self._check_load(name, path, epoch)
+            except BaseException:
+                if self._weights is not None:
+                    self._weights.release(name)
+                raise
             self._loaded[name] = Adapter(name, path, int(time.time()))
+
+    def _check_load(self, name: str, path: str, epoch: int) -> None:
+        if epoch != self._epoch:
+            raise LoraRefused(
+                500,
+                f"Loading LoRA adapter '{name}' was aborted: the server restarted",
+                "InternalServerError",
+            )
+        if self.fail_loads > 0:
+            self.fail_loads -= 1
+            raise LoraRefused(
+                500,
+                f"Failed to load LoRA adapter '{name}' from {path}: "
+                "injected fault (lora_fail_loads)",
+                "InternalServerError",
+            )
 
     async def unload(self, name: str) -> None:
         """Unload ``name``; ``LoraRefused`` (404) when it is not loaded."""
@@ -108,9 +134,14 @@ class LoraAdapters:
                 raise LoraRefused(
                     404, f"The lora adapter '{name}' cannot be found.", "NotFoundError"
                 )
+            if self._weights is not None:
+                self._weights.release(name)
 
     def forget_all(self) -> None:
         """A restart: every adapter is gone and loads in flight will fail."""
+        if self._weights is not None:
+            for name in self._loaded:
+                self._weights.release(name)
         self._loaded.clear()
         self._epoch += 1
 

@@ -12,8 +12,10 @@ max_running):
   GPU "100% busy", as on real hardware; a stalled GPU with work in flight stays busy);
 - utilization.memory = ext / 2 + (1 - ext) * busy * (0.3 + 0.6 * fill);
 - memory used = weights + KV-cache use * KV pool, where the pool is what
-  ``gpu_memory_utilization`` (0.9) leaves after the weights. (Real vLLM reserves the whole
-  pool at start, so nvidia-smi shows it as used; showing live use makes the demo legible.)
+  ``gpu_memory_utilization`` (0.9) leaves after the weights. The weights are the base
+  model's plus every available model loaded (``residency``); asleep, none and no pool.
+  (Real vLLM reserves the whole pool at start, so nvidia-smi shows it as used; showing
+  live use makes the demo legible.)
 - power = limit * (0.1 + 0.55 * utilization.gpu + 0.25 * utilization.memory), at most 90%;
   temperature = 30 + 50 * power / limit C, at least 88 C while throttled;
 - clock-event reasons: GPU idle when nothing runs; SW and HW thermal slowdown while
@@ -37,6 +39,7 @@ from __future__ import annotations
 import collections
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +85,18 @@ def parse_fault(value: Any) -> str:
 class SimGpu:
     """One simulated GPU under one fake server's engine."""
 
-    def __init__(self, engine: Engine, knobs: Knobs, replica_id: str, spec: GpuSpec) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        knobs: Knobs,
+        replica_id: str,
+        spec: GpuSpec,
+        memory: Callable[[], tuple[int, bool]] | None = None,
+    ) -> None:
         self._engine = engine
+        self._memory = memory
+        """Weights resident now and whether the KV pool is there (default: the spec's
+        weights and a KV pool, always)."""
         self._knobs = knobs
         self.spec = spec
         self.uuid = f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, 'aixds-sim/' + replica_id)}"
@@ -135,8 +148,9 @@ class SimGpu:
         if k.gpu_throttle:
             reasons |= REASON_SW_THERMAL | REASON_HW_THERMAL
             temp = max(temp, 88.0)
-        pool = max(0.0, s.mem_utilization * s.mem_total_bytes - s.weights_bytes)
-        used = min(s.mem_total_bytes, s.weights_bytes + int(e.kv_usage * pool))
+        weights, kv_on = (s.weights_bytes, True) if self._memory is None else self._memory()
+        pool = max(0.0, s.mem_utilization * s.mem_total_bytes - weights) if kv_on else 0.0
+        used = min(s.mem_total_bytes, weights + int(e.kv_usage * pool))
         gpu = {
             "index": 0,
             "uuid": self.uuid,

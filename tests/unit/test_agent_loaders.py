@@ -141,10 +141,16 @@ async def test_ollama_keep_alive() -> None:
         assert all("prompt" not in b for b in sent)
 
 
-def test_kinds_with_a_loader() -> None:
+def test_kinds_with_a_loader_and_what_each_can_do() -> None:
     client = httpx.AsyncClient()
-    have = {k for k in ServerKind if make_loader(k, "http://h:1", client, 1.0) is not None}
-    assert have == {ServerKind.VLLM, ServerKind.TRITON, ServerKind.OLLAMA}
+    loaders = {k: make_loader(k, "http://h:1", client, 1.0) for k in ServerKind}
+    can = {k: (lo.can_load, lo.can_sleep) for k, lo in loaders.items() if lo is not None}
+    assert can == {
+        ServerKind.VLLM: (True, True),
+        ServerKind.TRITON: (True, False),
+        ServerKind.OLLAMA: (True, False),
+        ServerKind.SGLANG: (False, True),
+    }
 
 
 @pytest.mark.parametrize(

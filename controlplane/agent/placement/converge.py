@@ -11,6 +11,18 @@ calls to make. The executor makes them and reports back with ``finished``. Phase
 ``published`` overlays the phases on a probe's model list, which is how the record shows
 ``loading`` -> ``warming`` -> ``ready`` (and ``unloading`` while draining). The clock is
 an argument everywhere, so tests step through time.
+
+Sleep is per server (``Rest``). A server sleeps when every model the desired key manages
+on it (state loaded or sleeping) is ``sleeping`` and loaded, no load or unload runs on it,
+and its kind can sleep; it wakes when any such model is desired ``loaded`` (or ``sleeping``
+but not there yet: it wakes to load it, then sleeps again). Phases::
+
+    AWAKE -> DRAINING (published sleeping, ``drain_s``) -> SLEEPING (call) -> ASLEEP
+    ASLEEP -> WAKING (call) -> WARMING (published warming, ``wake_warmup_s``) -> AWAKE
+
+A server that sleeps is published with every model ``sleeping``. No load starts on a
+sleeping server (unloads do). A kind that cannot sleep keeps its models loaded, with no
+error. ``available`` lays the load and wake times this agent measured over the server's.
 """
 
 from __future__ import annotations
@@ -20,11 +32,18 @@ import logging
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from controlplane.agent.placement.desired import Desired
 from controlplane.agent.servers.scrape import DEFAULT_VERSION
-from controlplane.fleet.model import MAX_ERROR_CHARS, ModelFailure, ModelInfo, ModelState
+from controlplane.fleet.model import (
+    MAX_ERROR_CHARS,
+    AvailableModel,
+    ModelFailure,
+    ModelInfo,
+    ModelState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +63,21 @@ class Op(enum.StrEnum):
     LOAD = "load"
     RELOAD = "reload"
     UNLOAD = "unload"
+    SLEEP = "sleep"
+    WAKE = "wake"
+    """Server-wide: their ``Action.model`` is empty."""
+
+
+class Rest(enum.StrEnum):
+    """A server's sleep phase."""
+
+    AWAKE = "awake"
+    DRAINING = "draining"
+    SLEEPING = "sleeping"
+    ASLEEP = "asleep"
+    WAKING = "waking"
+    WARMING = "warming"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +99,10 @@ class ExecTiming:
     backoff_max_s: float = 300.0
     jitter: float = 0.1
     """Backoffs vary by this fraction, so agents that failed together retry apart."""
+    wake_warmup_s: float = 1.0
+    """A woken server's models are published ``warming`` this long (Envoy ramps them)."""
+    settle_s: float = 1.0
+    """After a sleep or wake call, trust it over probes this long (they may predate it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +113,10 @@ class Observed:
     models: Mapping[str, ModelState]
     can_load: bool
     """The server kind has a load/unload API."""
+    can_sleep: bool = False
+    """The server kind has a sleep API."""
+    sleeping: bool | None = None
+    """The server says it sleeps; ``None``: it cannot say (the converger's phase counts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +144,27 @@ class Track:
     in_flight: bool = False
     managed: bool = True
     """False once the desired entry is gone: the track ends when its call returns."""
+    load_started: float = 0.0
+
+
+@dataclass(slots=True)
+class ServerRest:
+    """The executor's sleep state for one server."""
+
+    phase: Rest = Rest.AWAKE
+    since: float = 0.0
+    in_flight: bool = False
+    started: float = 0.0
+    failures: int = 0
+    retry_at: float = 0.0
+    failed_op: Op | None = None
+    error: str = ""
+
+
+MAX_MEASURED = 1024
+"""Measured load times kept (the oldest go first)."""
+_ASLEEPISH = (Rest.DRAINING, Rest.SLEEPING, Rest.ASLEEP, Rest.WAKING)
+"""Phases published as sleeping, in which no load starts."""
 
 
 @dataclass(slots=True)
@@ -115,6 +178,11 @@ class Converger:
     """Desired entries that cannot be acted on (model -> why), as of the last tick."""
     failures_total: int = 0
     """Failed calls since start (this agent's own counter; see the logs for each)."""
+    rest: dict[str, ServerRest] = field(default_factory=dict)
+    measured_load: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(server, model) -> seconds of the last load this agent made (call to loaded)."""
+    measured_wake: dict[str, float] = field(default_factory=dict)
+    """server -> seconds of the last wake this agent made."""
 
     def tick(
         self, desired: Mapping[str, Desired], servers: Mapping[str, Observed | None], now: float
@@ -153,17 +221,165 @@ class Converger:
             if op is not None:
                 t.in_flight = True
                 t.phase = Phase.UNLOADING if op is Op.UNLOAD else Phase.LOADING
-                t.since = now
+                t.since = t.load_started = now
                 actions.append(Action(op, key[0], key[1], d))
+        for gone in set(self.rest) - set(servers):
+            if not self.rest[gone].in_flight:
+                del self.rest[gone]
+        for server, obs in servers.items():
+            if obs is None:
+                continue
+            sop = self._rest_step(server, obs, wanted, now)
+            if sop is not None:
+                r = self.rest[server]
+                r.in_flight, r.started = True, now
+                self._enter_rest(r, Rest.SLEEPING if sop is Op.SLEEP else Rest.WAKING, now)
+                actions.append(Action(sop, server, "", Desired(model="", server=server)))
         return actions
 
     def _step(
         self, t: Track, obs: Observed, model: str, now: float, path_changed: bool
     ) -> Op | None:
         present = obs.models.get(model)
+        r = self.rest.get(t.server)
+        if r is not None and r.in_flight:
+            return None  # a sleep or wake call runs on this server
         if t.want.loaded:
-            return self._towards_loaded(t, obs, present, now, path_changed)
+            op = self._towards_loaded(t, obs, present, now, path_changed)
+            asleep = obs.sleeping or (r is not None and r.phase in _ASLEEPISH)
+            return None if op is not None and asleep else op
         return self._towards_unloaded(t, obs, present, now)
+
+    # -- sleep -------------------------------------------------------------------------
+    def _rest_step(
+        self, server: str, obs: Observed, wanted: Mapping[tuple[str, str], Desired], now: float
+    ) -> Op | None:
+        r = self.rest.setdefault(server, ServerRest(since=now))
+        if r.in_flight:
+            return None
+        entries = [(m, d) for (s, m), d in wanted.items() if s == server and d.loaded]
+        asleep = self._asleep(r, obs, now)
+        if not entries or not obs.can_sleep:
+            if r.phase is Rest.DRAINING:
+                self._enter_rest(r, Rest.AWAKE, now)
+            return None
+        if all(d.sleeping for _, d in entries) and all(m in obs.models for m, _ in entries):
+            return self._towards_asleep(server, r, obs, asleep, now)
+        return self._towards_awake(r, obs, asleep, now)
+
+    def _asleep(self, r: ServerRest, obs: Observed, now: float) -> bool:
+        mine = r.phase in (Rest.ASLEEP, Rest.WAKING)
+        if obs.sleeping is None:
+            return mine
+        if r.phase in (Rest.ASLEEP, Rest.WARMING) and now - r.since < self.timing.settle_s:
+            return mine  # the probe may predate our call
+        return obs.sleeping
+
+    def _towards_asleep(
+        self, server: str, r: ServerRest, obs: Observed, asleep: bool, now: float
+    ) -> Op | None:
+        if asleep:
+            if r.phase is not Rest.ASLEEP:
+                self._enter_rest(r, Rest.ASLEEP, now)  # ours, or adopted
+            return None
+        if r.phase is Rest.FAILED and r.failed_op is Op.SLEEP:
+            return Op.SLEEP if now >= r.retry_at and obs.reachable else None
+        busy = any(
+            t.in_flight or t.phase in (Phase.LOADING, Phase.DRAINING, Phase.UNLOADING)
+            for (s, _), t in self.tracks.items()
+            if s == server
+        )
+        if busy:
+            return None
+        if r.phase is not Rest.DRAINING:
+            self._enter_rest(r, Rest.DRAINING, now)  # published sleeping: traffic leaves
+            return None
+        if now - r.since >= self.timing.drain_s and obs.reachable:
+            return Op.SLEEP
+        return None
+
+    def _towards_awake(self, r: ServerRest, obs: Observed, asleep: bool, now: float) -> Op | None:
+        if asleep:
+            if r.phase is Rest.FAILED and r.failed_op is Op.WAKE:
+                return Op.WAKE if now >= r.retry_at and obs.reachable else None
+            return Op.WAKE if obs.reachable else None
+        if r.phase is Rest.ASLEEP:
+            self._enter_rest(r, Rest.WARMING, now)  # woken by someone else
+        elif r.phase in (Rest.DRAINING, Rest.FAILED):
+            self._enter_rest(r, Rest.AWAKE, now)  # called off
+        elif r.phase is Rest.WARMING and now - r.since >= self.timing.wake_warmup_s:
+            self._enter_rest(r, Rest.AWAKE, now)
+        return None
+
+    def _enter_rest(self, r: ServerRest, phase: Rest, now: float) -> None:
+        r.phase, r.since = phase, now
+        if phase is not Rest.FAILED:
+            r.failures, r.failed_op, r.error = 0, None, ""
+
+    def _rest_finished(
+        self, action: Action, error: str | None, now: float, permanent: bool
+    ) -> None:
+        r = self.rest.get(action.server)
+        if r is None:
+            return
+        r.in_flight = False
+        if error is None:
+            if action.op is Op.WAKE:
+                self._remember(self.measured_wake, action.server, now - r.started)
+            self._enter_rest(r, Rest.ASLEEP if action.op is Op.SLEEP else Rest.WARMING, now)
+            log.info("%s %s: done", action.op.value, action.server)
+            return
+        self.failures_total += 1
+        r.failures += 1
+        delay = math.inf if permanent else self.backoff(r.failures)
+        r.phase, r.since, r.failed_op, r.error = Rest.FAILED, now, action.op, error
+        r.retry_at = now + delay
+        log.warning(
+            "%s %s failed (%d in a row; %s): %s",
+            action.op.value, action.server, r.failures,
+            "not retried while the desired key asks the same" if permanent
+            else f"retry in {delay:.1f} s", error,
+        )  # fmt: skip
+
+    @staticmethod
+    def _remember(into: dict[Any, float], key: Any, value: float) -> None:
+        into.pop(key, None)
+        into[key] = value
+        while len(into) > MAX_MEASURED:
+            del into[next(iter(into))]
+
+    def rested(
+        self, server: str, models: tuple[ModelInfo, ...], sleeping: bool | None
+    ) -> tuple[tuple[ModelInfo, ...], bool]:
+        """``models`` with the server's sleep phase laid over them, and whether it sleeps."""
+        r = self.rest.get(server)
+        phase = Rest.AWAKE if r is None else r.phase
+        if phase in _ASLEEPISH or (sleeping and phase is not Rest.WARMING):
+            state = ModelState.SLEEPING
+            keep = (ModelState.UNLOADING, ModelState.LOADING)
+            return tuple(m if m.state in keep else replace(m, state=state) for m in models), True
+        if phase is Rest.WARMING:
+            hot = (ModelState.READY, ModelState.SLEEPING)
+            warm = ModelState.WARMING
+            return tuple(replace(m, state=warm) if m.state in hot else m for m in models), False
+        return models, False
+
+    def available(
+        self, server: str, listed: tuple[AvailableModel, ...]
+    ) -> tuple[AvailableModel, ...]:
+        """The server's available models with this agent's measured load and wake times."""
+        wake = self.measured_wake.get(server)
+        out = []
+        for a in listed:
+            load = self.measured_load.get((server, a.name))
+            if load is not None or wake is not None:
+                a = replace(
+                    a,
+                    load_s=a.load_s if load is None else round(load, 3),
+                    wake_s=a.wake_s if wake is None else round(wake, 3),
+                )
+            out.append(a)
+        return tuple(out)
 
     def _towards_loaded(
         self, t: Track, obs: Observed, present: ModelState | None, now: float, path_changed: bool
@@ -216,6 +432,9 @@ class Converger:
         self, action: Action, error: str | None, now: float, permanent: bool = False
     ) -> None:
         """Report a call's outcome (``error`` ``None`` = it succeeded)."""
+        if action.op in (Op.SLEEP, Op.WAKE):
+            self._rest_finished(action, error, now, permanent)
+            return
         key = (action.server, action.model)
         t = self.tracks.get(key)
         if t is None:
@@ -235,6 +454,7 @@ class Converger:
             self._enter(t, Phase.GONE, now)
         else:
             t.loaded_path = action.want.path
+            self._remember(self.measured_load, key, now - t.load_started)
             self._enter(t, Phase.WARMING, now)
         log.info("%s %s on %s: done", action.op.value, action.model, action.server)
 

@@ -6,7 +6,9 @@ each server's latest probe, and starts them, at most one per (server, model). A 
 cannot be read changes nothing. Calls run as tasks owned here and cancelled by ``close``.
 The publisher shows the executor's phases through ``overlay`` (loading -> warming ->
 ready); a failure is logged with its reason and counted (``failures_total``), and the
-model is retried only after its backoff.
+model is retried only after its backoff. Servers sleep and wake as the converger says
+(``converge``); the overlay also publishes sleep (models ``sleeping``, ``sleeping``) and
+the load and wake times measured here in ``available``.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class ServerHandle:
     latest: Callable[[], Probe | None]
 
 
-def observe(probe: Probe | None, can_load: bool) -> Observed | None:
-    """A probe reduced to reachability and model name -> state (the best state per name)."""
+def observe(probe: Probe | None, can_load: bool, can_sleep: bool = False) -> Observed | None:
+    """A probe reduced to reachability, sleep and model name -> state (the best per name)."""
     if probe is None:
         return None
     models: dict[str, ModelState] = {}
@@ -47,7 +49,7 @@ def observe(probe: Probe | None, can_load: bool) -> Observed | None:
         seen = models.get(m.name)
         if seen is None or _PREFER.get(m.state, 9) < _PREFER.get(seen, 9):
             models[m.name] = m.state
-    return Observed(probe.reachable, models, can_load)
+    return Observed(probe.reachable, models, can_load, can_sleep, probe.sleeping)
 
 
 class Executor:
@@ -78,11 +80,13 @@ class Executor:
     def overlay(self, server: str, probe: Probe) -> Probe:
         """``probe`` as published: the executor's phases and versions laid over its models,
         and its failed loads and unloads."""
-        models = self.converger.published(server, probe.models)
-        failures = self.converger.failures(server)
-        if models == probe.models and failures == probe.failures:
-            return probe
-        return replace(probe, models=models, failures=failures)
+        c = self.converger
+        models, sleeping = c.rested(server, c.published(server, probe.models), probe.sleeping)
+        failures = c.failures(server)
+        available = c.available(server, probe.available)
+        return replace(
+            probe, models=models, failures=failures, available=available, sleeping=sleeping
+        )
 
     async def run(self) -> None:
         """Step forever; cancel to stop (then ``close``)."""
@@ -103,7 +107,14 @@ class Executor:
         self._notes.say("read", "")
         desired = self._parse(raw)
         handles = dict(self._servers())
-        observed = {name: observe(h.latest(), h.loader is not None) for name, h in handles.items()}
+        observed = {
+            name: observe(
+                h.latest(),
+                h.loader is not None and h.loader.can_load,
+                h.loader is not None and h.loader.can_sleep,
+            )
+            for name, h in handles.items()
+        }
         for action in self.converger.tick(desired, observed, self._clock()):
             loader = handles[action.server].loader
             assert loader is not None  # the converger acts only on servers that can load
@@ -129,7 +140,7 @@ class Executor:
         return out
 
     async def _call(self, action: Action, loader: Loader) -> None:
-        log.info("%s %s on %s", action.op.value, action.model, action.server)
+        log.info("%s %s on %s", action.op.value, action.model or "(all)", action.server)
         error: str | None = None
         permanent = False
         try:
@@ -138,6 +149,10 @@ class Executor:
                     await loader.load(action.want)
                 elif action.op is Op.RELOAD:
                     await loader.reload(action.want)
+                elif action.op is Op.SLEEP:
+                    await loader.sleep()
+                elif action.op is Op.WAKE:
+                    await loader.wake()
                 else:
                     await loader.unload(action.want)
         except LoadError as e:

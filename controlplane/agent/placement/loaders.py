@@ -3,12 +3,20 @@
 - vLLM: LoRA adapters, ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` with
   ``lora_name`` (the model) and ``lora_path``. The server must run with
   ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. A new ``path`` reloads (unload, then load).
+  An entry without ``path`` for a model the server lists as available (``Probe.available``:
+  the fake's ``/sim/available`` or ``--available``) loads with the model name as path.
+  Sleep: ``POST /sleep?level=1`` / ``POST /wake_up`` (``VLLM_SERVER_DEV_MODE=1`` and
+  ``--enable-sleep-mode``; without them, a permanent error: the server stays awake).
+- SGLang: cannot load at runtime; sleeps with ``POST /release_memory_occupation`` and
+  wakes with ``POST /resume_memory_occupation`` (both with ``{}``: every tag).
 - Triton: ``POST /v2/repository/models/<model>/load`` / ``unload`` (explicit model-control
   mode: ``--model-control-mode=explicit``).
 - Ollama: ``POST /api/generate`` with no prompt and ``keep_alive`` (load: the desired
   value, ``-1`` by default; unload: ``0``); a model that is not pulled fails (404).
 
-Every call raises ``LoadError`` on failure. A ``permanent`` one (the entry lacks what the
+Triton, Ollama, TGI and TensorRT-LLM cannot sleep (``can_sleep`` False): the executor
+never asks them to, and their models stay loaded. Every call raises ``LoadError`` on
+failure. A ``permanent`` one (the entry lacks what the
 kind needs) is not retried until the desired entry changes; the others are retried with
 backoff, since a server restarted with the right flags, or a model pulled meanwhile,
 makes the same call succeed.
@@ -16,6 +24,7 @@ makes the same call succeed.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -38,7 +47,17 @@ class LoadError(Exception):
 
 
 class Loader(Protocol):
-    """Loads and unloads models on one model server."""
+    """Loads, unloads, puts to sleep and wakes models on one model server."""
+
+    @property
+    def can_load(self) -> bool:
+        """The kind loads and unloads at runtime."""
+        ...
+
+    @property
+    def can_sleep(self) -> bool:
+        """The kind sleeps (weights off the GPU, back in about a second)."""
+        ...
 
     async def load(self, want: Desired) -> None: ...
 
@@ -47,6 +66,12 @@ class Loader(Protocol):
     async def reload(self, want: Desired) -> None:
         """Load ``want`` again with its new ``path`` in place of the loaded one."""
         ...
+
+    async def sleep(self) -> None:
+        """Put the whole server to sleep (every model on it)."""
+        ...
+
+    async def wake(self) -> None: ...
 
 
 def server_message(reply: Reply | Exception) -> str:
@@ -79,18 +104,51 @@ class _Http:
         return await fetch(self.client, "POST", self.base + path, body=body, wait_s=self.wait_s)
 
 
-class VllmLoraLoader:
-    """vLLM's runtime LoRA API. Implements ``Loader``."""
+class _CannotSleep:
+    can_sleep = False
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient, wait_s: float) -> None:
+    async def sleep(self) -> None:
+        raise LoadError("this server kind cannot sleep", permanent=True)
+
+    async def wake(self) -> None:
+        raise LoadError("this server kind cannot sleep", permanent=True)
+
+
+async def _sleep_call(http: _Http, path: str, body: Any, what: str, hint: str) -> None:
+    reply = await http.post(path, body)
+    if isinstance(reply, Reply) and reply.status == 200:
+        return
+    off = isinstance(reply, Reply) and reply.status in (404, 405)
+    raise LoadError(f"{what}: {server_message(reply)}{hint if off else ''}", permanent=off)
+
+
+class VllmLoraLoader:
+    """vLLM's runtime LoRA API and sleep mode. Implements ``Loader``. ``available`` says
+    which models the server can load by name alone (its latest probe's list)."""
+
+    can_load = True
+    can_sleep = True
+    SLEEP_HINT = " (is vLLM running with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode?)"
+
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        wait_s: float,
+        available: Callable[[], Collection[str]] = frozenset,
+    ) -> None:
         self._http = _Http(base_url, client, wait_s)
+        self._available = available
 
     async def load(self, want: Desired) -> None:
-        if not want.path:
+        path = want.path or (want.model if want.model in self._available() else "")
+        if not path:
             raise LoadError(
-                "vLLM loads LoRA adapters: the desired entry needs 'path'", permanent=True
+                "vLLM loads LoRA adapters: the desired entry needs 'path' (or the model "
+                "must be in the server's available list)",
+                permanent=True,
             )
-        body = {"lora_name": want.model, "lora_path": want.path}
+        body = {"lora_name": want.model, "lora_path": path}
         reply = await self._http.post("/v1/load_lora_adapter", body)
         if isinstance(reply, Reply) and reply.status == 200:
             return
@@ -118,6 +176,42 @@ class VllmLoraLoader:
         await self.unload(want)
         await self.load(want)
 
+    async def sleep(self) -> None:
+        await _sleep_call(self._http, "/sleep?level=1", None, "sleep", self.SLEEP_HINT)
+
+    async def wake(self) -> None:
+        await _sleep_call(self._http, "/wake_up", None, "wake_up", self.SLEEP_HINT)
+
+
+class SglangLoader:
+    """SGLang: sleeps (releases its GPU memory), cannot load. Implements ``Loader``."""
+
+    can_load = False
+    can_sleep = True
+    HINT = " (an SGLang without the memory-occupation API: too old?)"
+
+    def __init__(self, base_url: str, client: httpx.AsyncClient, wait_s: float) -> None:
+        self._http = _Http(base_url, client, wait_s)
+
+    async def load(self, want: Desired) -> None:
+        raise LoadError("SGLang cannot load models at runtime", permanent=True)
+
+    async def unload(self, want: Desired) -> None:
+        raise LoadError("SGLang cannot unload models at runtime", permanent=True)
+
+    async def reload(self, want: Desired) -> None:
+        await self.load(want)
+
+    async def sleep(self) -> None:
+        await _sleep_call(
+            self._http, "/release_memory_occupation", {}, "release_memory_occupation", self.HINT
+        )
+
+    async def wake(self) -> None:
+        await _sleep_call(
+            self._http, "/resume_memory_occupation", {}, "resume_memory_occupation", self.HINT
+        )
+
 
 def _hint(reply: Reply | Exception) -> str:
     if _disabled(reply):
@@ -136,8 +230,10 @@ def _disabled(reply: Reply | Exception) -> bool:
     return isinstance(doc, dict) and doc.get("detail") in ("Not Found", "Method Not Allowed")
 
 
-class TritonLoader:
+class TritonLoader(_CannotSleep):
     """Triton's model-repository API. Implements ``Loader``."""
+
+    can_load = True
 
     def __init__(self, base_url: str, client: httpx.AsyncClient, wait_s: float) -> None:
         self._http = _Http(base_url, client, wait_s)
@@ -162,8 +258,10 @@ class TritonLoader:
         raise LoadError(f"repository {op}: {msg}{hint}")
 
 
-class OllamaLoader:
+class OllamaLoader(_CannotSleep):
     """Ollama's ``keep_alive`` on ``/api/generate``. Implements ``Loader``."""
+
+    can_load = True
 
     def __init__(self, base_url: str, client: httpx.AsyncClient, wait_s: float) -> None:
         self._http = _Http(base_url, client, wait_s)
@@ -194,11 +292,18 @@ def _keep_alive(value: str) -> int | str:
 
 
 def make_loader(
-    kind: ServerKind, base_url: str, client: httpx.AsyncClient, wait_s: float
+    kind: ServerKind,
+    base_url: str,
+    client: httpx.AsyncClient,
+    wait_s: float,
+    available: Callable[[], Collection[str]] = frozenset,
 ) -> Loader | None:
-    """The loader for a server kind, or ``None`` if that kind cannot load at runtime."""
+    """The loader for a server kind, or ``None`` if that kind can neither load nor sleep
+    at runtime (TGI, TensorRT-LLM). ``available``: vLLM's loads by name (see above)."""
     if kind is ServerKind.VLLM:
-        return VllmLoraLoader(base_url, client, wait_s)
+        return VllmLoraLoader(base_url, client, wait_s, available)
+    if kind is ServerKind.SGLANG:
+        return SglangLoader(base_url, client, wait_s)
     if kind is ServerKind.TRITON:
         return TritonLoader(base_url, client, wait_s)
     if kind is ServerKind.OLLAMA:

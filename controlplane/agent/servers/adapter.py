@@ -18,7 +18,13 @@ import httpx
 from controlplane.agent.servers.cache_hits import PrefixHitRate
 from controlplane.agent.servers.scrape import Notes, Reading
 from controlplane.agent.servers.speed import REFERENCE_TPS, DecodeSpeed
-from controlplane.fleet.model import LoadStats, ModelFailure, ModelInfo, ServerKind
+from controlplane.fleet.model import (
+    AvailableModel,
+    LoadStats,
+    ModelFailure,
+    ModelInfo,
+    ServerKind,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,10 @@ class Probe:
     """Best recent decode speed on a coarse ladder (``servers.speed``); ``None``: unknown."""
     failures: tuple[ModelFailure, ...] = ()
     """Failed loads/unloads (the executor's overlay adds them; adapters leave it empty)."""
+    available: tuple[AvailableModel, ...] = ()
+    """Models the server can load on demand (``ondemand``; measured load times: executor)."""
+    sleeping: bool | None = None
+    """The server sleeps (its models are then ``sleeping``); ``None``: it cannot say."""
 
 
 UNREACHABLE = Probe(reachable=False)
