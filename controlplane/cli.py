@@ -135,6 +135,48 @@ def _cold_start_args(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="longest a request waits for a load before 503 + Retry-After (120)",
     )
+    _placement_args(c)
+
+
+def _placement_args(c: Any) -> None:
+    c.add_argument(
+        "--no-placement",
+        action="store_true",
+        help="never load, sleep or unload models by itself (pins and demand ignored)",
+    )
+    for flag, default, what in (
+        ("--replica-rps", 2.0, "requests/s per replica before another one loads the model"),
+        ("--scale-down-after", 120.0, "an unneeded model sleeps after this many s"),
+        ("--unload-after", 600.0, "a sleeping model is unloaded this many s later"),
+        ("--placement-hold", 60.0, "nothing goes down within this many s of a change"),
+        ("--keep-alive", 600.0, "keep-alive when a model's idle times show no pattern, s"),
+        ("--forecast-bin", 60.0, "idle-time histogram bin width (240 bins), s"),
+        ("--forecast-day", 86400.0, "period of the time-of-day profile, s"),
+    ):
+        c.add_argument(
+            flag, type=_positive, default=default, metavar="S", help=f"{what} ({default:g})"
+        )
+
+
+def placement_settings(args: argparse.Namespace) -> Any:
+    from controlplane.decide.forecast import ForecastConfig
+    from controlplane.decide.placement import PlacementConfig
+    from controlplane.runtime.placement_loop import PlacementSettings
+
+    return PlacementSettings(
+        enabled=not args.no_placement,
+        placement=PlacementConfig(
+            replica_rps=args.replica_rps,
+            scale_down_after_s=args.scale_down_after,
+            unload_after_s=args.unload_after,
+            hold_s=args.placement_hold,
+        ),
+        forecast=ForecastConfig(
+            fixed_keep_alive_s=args.keep_alive,
+            bin_s=args.forecast_bin,
+            day_s=args.forecast_day,
+        ),
+    )
 
 
 def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
@@ -168,6 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         activator_port=args.activator[1] if args.activator else 0,
         activator_advertise=args.activator_advertise,
         hold_s=args.hold,
+        placement=placement_settings(args),
     )
     try:
         return asyncio.run(serve(s))

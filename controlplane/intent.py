@@ -136,6 +136,16 @@ class Intent:
 EMPTY_INTENT = Intent()
 
 
+def set_placement(intent: Intent, model: str, p: ModelPlacement | None) -> Intent:
+    """``intent`` with ``model``'s placement set (``None``: removed)."""
+    placed = dict(intent.placement)
+    if p is None:
+        placed.pop(model, None)
+    else:
+        placed[model] = p
+    return replace(intent, placement=MappingProxyType(placed))
+
+
 def with_base(stored: Intent, base: Intent) -> Intent:
     """The stored intent with the part that comes from fleet.yaml and the settings (region
     distances, session header, affinity defaults, activators)."""

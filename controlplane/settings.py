@@ -12,6 +12,7 @@ import yaml
 from controlplane.decide.rollback import RollbackPolicy
 from controlplane.decide.rollout import RolloutPolicy
 from controlplane.intent import Intent
+from controlplane.runtime.placement_loop import PlacementSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class ServeSettings:
     each); empty: this one's own listen address."""
     hold_s: float = 120.0
     """Longest the activator holds a request for a model being loaded."""
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
+    """Model placement and predictive warm-up (``runtime.placement_loop``)."""
     instance_id: str = ""
     """This replica's name in those locks; empty: ``host:pid:random``."""
 

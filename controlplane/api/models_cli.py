@@ -23,6 +23,10 @@ examples:
   aixds models load gpu-a1 llama3.2:3b --server ollama-11434 --keep-alive 30m
   aixds models unload gpu-a1 sql-lora --server vllm-8000
   aixds models forget gpu-a1 sql-lora     # stop managing it (nothing is unloaded)
+  aixds models pin llama-70b --min 1 --region us-east   # 1 replica there, never unloaded
+  aixds models pin llama-70b --min 1 --fallback llama-8b --priority 10
+  aixds models unpin llama-70b            # no pins, bounds or fallback any more
+  aixds models placement                  # pins, and what placement decided and why
 """
 
 
@@ -42,6 +46,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("forget", parents=[common], help="stop managing a model on a node")
     s.add_argument("node")
     s.add_argument("model")
+    s = sub.add_parser("pin", parents=[common], help="keep N replicas of a model resident")
+    s.add_argument("model")
+    s.add_argument("--min", type=int, required=True, help="replicas never slept or unloaded")
+    s.add_argument("--region", default="", help="for this region only (default: every region)")
+    s.add_argument("--max-replicas", type=int, default=None, help="at most this many in all")
+    s.add_argument("--priority", type=int, default=None, help="GPU memory goes to higher first")
+    s.add_argument("--fallback", default=None, help="answer with this model while none is ready")
+    s = sub.add_parser("unpin", parents=[common], help="forget a model's pins and bounds")
+    s.add_argument("model")
+    sub.add_parser("placement", parents=[common], help="pins, and placement's last decision")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.action in ("pin", "unpin", "placement"):
+        return _placement(args)
     node = quote(args.node, safe="")
     if args.action == "list":
         doc = call_api(args, "GET", f"/v1/nodes/{node}/models")
@@ -67,6 +83,69 @@ def _run(args: argparse.Namespace) -> int:
     doc = call_api(args, "PUT", path, body)
     print(json.dumps(doc, indent=2) if args.json else _line(doc))
     return 0
+
+
+def _placement(args: argparse.Namespace) -> int:
+    if args.action == "placement":
+        doc = call_api(args, "GET", "/v1/placement")
+        print(json.dumps(doc, indent=2) if args.json else format_placement(doc))
+        return 0
+    path = "/v1/placement/" + quote(args.model, safe="/")
+    if args.action == "unpin":
+        doc = call_api(args, "DELETE", path)
+    else:
+        current = call_api(args, "GET", "/v1/placement")
+        have: dict[str, Any] = next((p for p in current["pinned"] if p["model"] == args.model), {})
+        body: dict[str, Any] = {
+            "min_resident": {**have.get("min_resident", {}), args.region: args.min},
+            "max_replicas": have.get("max_replicas", 0),
+            "priority": have.get("priority", 0),
+            "fallback": have.get("fallback", ""),
+        }
+        for key in ("max_replicas", "priority", "fallback"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        doc = call_api(args, "PUT", path, body)
+    print(json.dumps(doc, indent=2) if args.json else format_placement(doc))
+    return 0
+
+
+def format_placement(doc: dict[str, Any]) -> str:
+    """``GET /v1/placement`` (or a write's answer) as lines for a terminal."""
+    lines = [f"placement (intent revision {doc['revision']}):"]
+    for p in doc["pinned"]:
+        where = ", ".join(
+            f"{n} in {r or 'every region'}" for r, n in sorted(p["min_resident"].items())
+        )
+        extra = [f"pinned {where or 'nowhere'}"]
+        if p["max_replicas"]:
+            extra.append(f"at most {p['max_replicas']}")
+        if p["priority"]:
+            extra.append(f"priority {p['priority']}")
+        if p["fallback"]:
+            extra.append(f"fallback {p['fallback']}")
+        lines.append(f"  {p['model']}: {', '.join(extra)}")
+    decision = doc.get("decision")
+    if not decision:
+        lines.append("  no decision yet (no control plane acting for placement)")
+        return "\n".join(lines)
+    lines.append(f"decided by {decision['decided_by']}:")
+    for m, d in decision["models"].items():
+        awake, asleep = len(d["awake"]), len(d["sleeping"])
+        line = f"  {m}: {awake} awake, {asleep} asleep"
+        if d["unplaced"]:
+            line += f", {d['unplaced']} could not be placed"
+        if d["waiting"]:
+            line += f", {d['waiting']} requests waiting"
+        lines.append(line)
+        f = d.get("forecast")
+        if f:
+            lines.append(
+                f"    forecast: {f['reason']} (keep-alive {f['keep_alive_s']:g} s, pre-warm"
+                f" {f['prewarm_s']:g} s, {f['recent_rps']:g} req/s now)"
+            )
+        lines.extend(f"    {r}" for r in d["reasons"])
+    return "\n".join(lines)
 
 
 def format_models(doc: dict[str, Any]) -> str:

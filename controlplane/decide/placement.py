@@ -243,15 +243,20 @@ def _needs(
     for r, n in pins.items():
         reasons.append(f"pinned {n} in {r}")
     rate = d.rate if math.isfinite(d.rate) and d.rate > 0 else 0.0
-    count = math.ceil(rate / cfg.replica_rps) if rate else 0
-    if rate:
-        reasons.append(f"{rate:.2g} req/s → {count} replica{'s' if count != 1 else ''}")
-    if d.waiting > 0:
-        reasons.append(f"{d.waiting} waiting request{'s' if d.waiting != 1 else ''}")
+    # Whether the model stays resident at all is the forecast's call (keep-alive, pre-warm,
+    # profile) or a held request's: the decaying recent rate alone never reaches 0, so it
+    # only says how many replicas an active model needs.
     if d.forecast is not None:
+        active = d.forecast.wanted
         reasons.append(d.forecast.reason)
-    if d.waiting > 0 or (d.forecast is not None and d.forecast.wanted):
-        count = max(count, 1)
+    else:
+        active = rate > 0
+    if d.waiting > 0:
+        active = True
+        reasons.append(f"{d.waiting} waiting request{'s' if d.waiting != 1 else ''}")
+    count = max(1, math.ceil(rate / cfg.replica_rps)) if active else 0
+    if active and rate:
+        reasons.append(f"{rate:.2g} req/s → {count} replica{'s' if count != 1 else ''}")
     pinned = sum(pins.values())
     extra = max(0, count - pinned)
     if p.max_replicas and pinned + extra > p.max_replicas:

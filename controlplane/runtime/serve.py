@@ -40,6 +40,7 @@ from controlplane.runtime.converge import Convergence
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
+from controlplane.runtime.placement_loop import PlacementLoop, PlacementMetrics
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
 from controlplane.runtime.rollout_ops import RolloutMetrics, RolloutService
 from controlplane.runtime.serving_version import ServingVersionMetrics, ServingVersions
@@ -169,6 +170,15 @@ async def serve(s: ServeSettings) -> int:
         interval_s=s.rollback_interval_s,
         enabled=s.auto_rollback,
     )
+    placement = PlacementLoop(
+        client,
+        lambda: watcher.view,
+        intents.current,
+        RedisLoadStore(client),
+        RedisLock(client, schema.PLACEMENT_LOCK_KEY, instance, s.leader_ttl_s),
+        PlacementMetrics(registry),
+        s.placement,
+    )
     app = create_app(
         ApiContext(
             watcher,
@@ -239,6 +249,7 @@ async def serve(s: ServeSettings) -> int:
     sup.spawn("load-flush", loads.run)
     sup.spawn("serving-version", serving.run)
     sup.spawn("auto-rollback", guard.run)
+    sup.spawn("placement", placement.run)
     sup.spawn("api", api.serve)
     if activator_api is not None and demand is not None:
         sup.spawn("activator-demand", demand.run)

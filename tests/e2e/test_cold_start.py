@@ -11,12 +11,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.e2e.fleet import Edge, Fleet, Replica, chat
-from tests.e2e.test_model_loading import TOKEN, desire
+from tests.e2e.test_model_loading import TOKEN, desire, models_cli
 from tests.support import Procs, RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -113,3 +114,88 @@ def test_past_the_hold_bound_a_clear_503_with_retry_after(fleet: Fleet) -> None:
         timeout=30,
     )
     assert r.status_code == 503 and activator_metric(fleet, MODEL, "failed") == 0
+
+
+# -- placement: load on demand, sleep when idle, wake on the next request, pins ----------
+
+COLD = "qwen"
+
+
+@pytest.fixture
+def placing(procs: Procs, redis_srv: RedisServer) -> Iterator[Fleet]:
+    f = Fleet(procs, redis_srv)
+    f.start_serve(
+        "--api-token",
+        TOKEN,
+        *f.activator_args(),
+        "--hold",
+        "30",
+        "--keep-alive",
+        "2",
+        "--scale-down-after",
+        "2",
+        "--placement-hold",
+        "1",
+        "--unload-after",
+        "60",
+    )
+    yield f
+
+
+def placement(fleet: Fleet) -> dict[str, Any]:
+    doc: dict[str, Any] = httpx.get(f"{fleet.api}/v1/placement", timeout=3).json()
+    return doc
+
+
+def model_state(fleet: Fleet, rep: Replica, model: str) -> str | None:
+    replicas = httpx.get(f"{fleet.api}/v1/fleet", timeout=3).json()["replicas"]
+    rec = next((x for x in replicas if x["replica_id"] == rep.replica_id), {})
+    return next((m["state"] for m in rec.get("models", ()) if m["name"] == model), None)
+
+
+def test_a_model_loaded_nowhere_is_placed_on_demand_slept_when_idle_and_woken(
+    placing: Fleet,
+) -> None:
+    fleet = placing
+    rep = fleet.add_replica(
+        "llama",
+        "v1",
+        server_args=("--available", f"{COLD}:20:3000", "--enable-sleep-mode", "--wake-ms", "300"),
+        agent_args=("--warmup", "1", "--drain", "1"),
+    )
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 1)
+
+    # 1. Loaded nowhere: the request waits while placement loads it, then is served.
+    started = time.monotonic()
+    r = chat(edge.url, COLD, timeout=40)
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert r.headers["x-replica"] == rep.replica_id and r.json()["model"] == COLD
+    assert int(r.headers["x-aixds-waited-ms"]) >= 2500  # the 3 s load, not a bounce
+    assert took < 3 + 6, took  # load + warm-up + placement tick + slack
+    decision = placement(fleet)["decision"]["models"][COLD]
+    assert decision["awake"] == [rep.replica_id], decision
+
+    # 2. Idle past the keep-alive and the scale-down: the server sleeps (its base model is
+    # idle too); the next request wakes it, far faster than a load.
+    wait_until(lambda: model_state(fleet, rep, COLD) == "sleeping", 30, what=f"{COLD} asleep")
+    wait_until(  # published sleeping from the drain on; asleep once drained
+        lambda: httpx.get(f"{rep.url}/is_sleeping", timeout=3).json()["is_sleeping"],
+        10,
+        what="the server asleep",
+    )
+    started = time.monotonic()
+    r = chat(edge.url, COLD, timeout=40)
+    woke_in = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert woke_in < 3.0, woke_in  # a wake (0.3 s) + warm-up, not the 3 s load again
+
+    # 3. Pinned: stays awake however idle.
+    out = models_cli(fleet, "pin", COLD, "--min", "1")
+    assert f"{COLD}: pinned 1 in every region" in out, out
+    time.sleep(2 + 2 + 3)
+    assert model_state(fleet, rep, COLD) in ("ready", "warming")
+    assert "pinned" in " ".join(placement(fleet)["decision"]["models"][COLD]["reasons"])
+    models_cli(fleet, "unpin", COLD)
+    assert placement(fleet)["pinned"] == []

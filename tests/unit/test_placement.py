@@ -436,3 +436,14 @@ def test_gpu_memory_is_never_exceeded(
             pinned = intent.placement[m].min_in("us")
             awake_pinned = min(pinned, len(d.awake))
             assert d.wanted.get("us", 0) >= awake_pinned or d.unplaced
+
+
+def test_a_decaying_recent_rate_alone_does_not_keep_a_model_the_forecast_lets_go() -> None:
+    def fc(wanted: bool) -> Forecast:
+        return Forecast(wanted, "r", 2.0, 0.0, False, 0.0, None, 0.001, 300.0)
+
+    f = fleet(rep("n1/s", av("m"), loaded=(("m", ModelState.READY),)))
+    idle = place(f, Intent(), {"m": ModelDemand(rate=0.001, forecast=fc(False))}, None, 0.0, CFG)
+    assert idle.decisions["m"].wanted == {} or sum(idle.decisions["m"].wanted.values()) == 0
+    busy = place(f, Intent(), {"m": ModelDemand(rate=5.0, forecast=fc(True))}, None, 0.0, CFG)
+    assert sum(busy.decisions["m"].wanted.values()) >= 1
