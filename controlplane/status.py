@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from controlplane.api.drain_cli import format_drains
-from controlplane.api.models_cli import failed
+from controlplane.api.models_cli import failed, format_placement
 from controlplane.api.rollout_cli import format_rollout
 
 
@@ -22,6 +22,7 @@ def print_status(api: str) -> int:
             fleet = c.get("/v1/fleet").json()["replicas"]
             rollouts = _rollout_lines(c)
             drains = c.get("/v1/drains")
+            placement = c.get("/v1/placement")
     except (httpx.HTTPError, ValueError, KeyError) as err:
         print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
         return 1
@@ -57,6 +58,10 @@ def print_status(api: str) -> int:
     print("\n" + "\n".join(rollouts))
     if drains.status_code == 200 and drains.json()["drained"]:
         print("\n" + format_drains(drains.json()))
+    if placement.status_code == 200:
+        doc = placement.json()
+        if doc["pinned"] or (doc["decision"] or {}).get("models"):
+            print("\n" + format_placement(doc))
     failures = _failure_lines(fleet)
     if failures:
         print("\n" + "\n".join(failures))

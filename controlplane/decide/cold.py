@@ -30,6 +30,10 @@ from controlplane.ir import (
     WeightedClusterIR,
 )
 
+SLOW_START_S = 10.0
+"""Envoy slow start for the load-following clusters of on-demand models: a replica that
+just loaded (or woke) is ramped in over this window on top of its warming weight."""
+
 COMING = (ModelState.LOADING, ModelState.WARMING, ModelState.SLEEPING)
 """States of a model that will serve soon (or after a wake) without a new load."""
 
@@ -43,6 +47,15 @@ def loadable_models(fresh: Iterable[ObservedReplica], intent: Intent) -> set[str
             continue
         out.update(a.name for a in rec.available)
         out.update(m.name for m in rec.models if m.state in COMING)
+    return out
+
+
+def on_demand_models(fresh: Iterable[ObservedReplica], intent: Intent) -> set[str]:
+    """Models placement loads and unloads: listed as available anywhere, or placed. (Stable
+    across a load, unlike ``loadable_models``, so their clusters' config does not flip.)"""
+    out = set(intent.placement)
+    for obs in fresh:
+        out.update(a.name for a in obs.record.available)
     return out
 
 

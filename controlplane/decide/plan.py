@@ -30,7 +30,13 @@ from dataclasses import replace
 from typing import Final
 
 from controlplane.decide.affinity import affinity_cluster
-from controlplane.decide.cold import activator_cluster, cold_route, loadable_models
+from controlplane.decide.cold import (
+    SLOW_START_S,
+    activator_cluster,
+    cold_route,
+    loadable_models,
+    on_demand_models,
+)
 from controlplane.decide.eligibility import Candidate, candidate, endpoint, is_fresh
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
@@ -66,6 +72,7 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
 
     clusters: list[ClusterIR] = []
     routes: list[ModelRouteIR] = []
+    on_demand = on_demand_models(fresh, intent)
     for model in sorted(versions):
         by_version = {
             v: [c for o in fresh if (c := candidate(o, model, v, intent, now))]
@@ -82,7 +89,8 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
             if ph is Phase.DRAINING:
                 cands = [replace(c, health=Health.DRAINING) for c in cands]
             canary = rollout is not None and rollout.canary == version != rollout.stable
-            clusters.append(_cluster(model, version, cands, prio, canary=canary))
+            slow = SLOW_START_S if model in on_demand else 0.0
+            clusters.append(_cluster(model, version, cands, prio, canary=canary, slow_start_s=slow))
             if affinity:
                 outlier = CANARY_OUTLIER if canary else OutlierIR()
                 clusters.append(affinity_cluster(model, version, cands, prio, outlier))
@@ -137,6 +145,7 @@ def _cluster(
     prio: dict[str, int],
     *,
     canary: bool = False,
+    slow_start_s: float = 0.0,
 ) -> ClusterIR:
     healthy = [c for c in cands if c.health is Health.HEALTHY]
     ws = weights([raw_score(c.record, warming=c.warming) for c in healthy])
@@ -151,4 +160,5 @@ def _cluster(
         version=version,
         endpoints=endpoints,
         outlier=CANARY_OUTLIER if canary else OutlierIR(),
+        slow_start_window_s=slow_start_s,
     )

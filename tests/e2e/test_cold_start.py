@@ -8,6 +8,8 @@ and the fake vLLM server (its runtime LoRA API loads the model slowly).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -176,6 +178,14 @@ def test_a_model_loaded_nowhere_is_placed_on_demand_slept_when_idle_and_woken(
     assert took < 3 + 6, took  # load + warm-up + placement tick + slack
     decision = placement(fleet)["decision"]["models"][COLD]
     assert decision["awake"] == [rep.replica_id], decision
+    status = subprocess.run(
+        [sys.executable, "-m", "controlplane", "status", "--api", fleet.api],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert f"  {COLD}: 1 awake, 0 asleep" in status, status
+    assert "forecast:" in status, status
 
     # 2. Idle past the keep-alive and the scale-down: the server sleeps (its base model is
     # idle too); the next request wakes it, far faster than a load.
@@ -199,3 +209,32 @@ def test_a_model_loaded_nowhere_is_placed_on_demand_slept_when_idle_and_woken(
     assert "pinned" in " ".join(placement(fleet)["decision"]["models"][COLD]["reasons"])
     models_cli(fleet, "unpin", COLD)
     assert placement(fleet)["pinned"] == []
+
+
+def test_a_fallback_model_answers_at_once_while_the_model_loads(placing: Fleet) -> None:
+    fleet = placing
+    rep = fleet.add_replica(
+        "llama",
+        "v1",
+        server_args=("--available", f"{COLD}:20:4000"),
+        agent_args=("--warmup", "1", "--drain", "1"),
+    )
+    edge = fleet.add_edge()
+    fleet.wait_routable(edge, "llama", 1)
+    out = models_cli(fleet, "pin", COLD, "--min", "0", "--fallback", "llama")
+    assert "fallback llama" in out, out
+
+    started = time.monotonic()
+    r = chat(edge.url, COLD, timeout=40)
+    assert time.monotonic() - started < 2.0  # not held for the 4 s load
+    assert r.status_code == 200, r.text
+    assert r.headers["x-aixds-fallback"] == "llama" and r.json()["model"] == "llama"
+    assert activator_metric(fleet, COLD, "fallback") == 1
+
+    # ...and the request counted as demand: the model gets loaded, then answers itself.
+    wait_until(lambda: model_state(fleet, rep, COLD) == "ready", 30, what=f"{COLD} loaded")
+    wait_until(
+        lambda: "x-aixds-fallback" not in chat(edge.url, COLD).headers, 10, what="own answers"
+    )
+    r = chat(edge.url, COLD)
+    assert r.status_code == 200 and r.json()["model"] == COLD

@@ -6,6 +6,7 @@ import dataclasses
 from types import MappingProxyType
 
 from controlplane.decide import EnvoyNode, decide
+from controlplane.decide.cold import SLOW_START_S
 from controlplane.fleet.model import AvailableModel, GpuStats, ModelState, ObservedReplica
 from controlplane.intent import Intent, ModelPlacement
 from controlplane.ir import ACTIVATOR_CLUSTER, Health, LbPolicy, Plan
@@ -73,3 +74,11 @@ def test_a_placed_model_is_cold_even_before_any_replica_lists_it() -> None:
         ACT, placement=MappingProxyType({"mistral": ModelPlacement(fallback="llama")})
     )
     assert cold(decide(fleet(replica("n1/0")), it, NODE, 1.0)) == {"mistral"}
+
+
+def test_on_demand_models_get_envoy_slow_start_and_fixed_ones_do_not() -> None:
+    f = fleet(can_load(replica("n1/0", models=(("qwen", "v1", ModelState.WARMING),)), "qwen"))
+    f.update(fleet(replica("n2/0")))
+    plan = decide(f, Intent(), NODE, 1.0)
+    slow = {c.name: c.slow_start_window_s for c in plan.clusters}
+    assert slow["qwen@v1"] == SLOW_START_S and slow["llama@v1"] == 0.0
