@@ -469,9 +469,25 @@ class FakeLLM:
 
     async def _sim_available(self, request: Request) -> Response:
         r = self.residency
+        listing = r.listing(self.lora.loaded)
+        if self.config.sleep_mode:
+            # A server that can sleep offers its base model to placement too: it is put to
+            # sleep and woken (never unloaded: vLLM cannot drop its base model at runtime).
+            base = self.config.models[0]
+            listing.insert(
+                0,
+                {
+                    "name": base,
+                    "mem_bytes": r.base_bytes,
+                    "load_s": r.base_load_ms / 1000.0,
+                    "wake_s": r.wake_ms / 1000.0,
+                    "loaded": True,
+                    "loading": False,
+                },
+            )
         return JSONResponse(
             {
-                "models": r.listing(self.lora.loaded),
+                "models": listing,
                 "gpu_mem_bytes": r.total_bytes,
                 "free_bytes": r.free_bytes,
                 "sleeping": r.sleeping,

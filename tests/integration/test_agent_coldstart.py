@@ -9,6 +9,7 @@ within the wake time (published warming, then ready).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import replace
@@ -74,12 +75,18 @@ async def test_load_on_demand_sleep_and_wake(redis_srv: RedisServer) -> None:
             assert states.index(ModelState.LOADING) < states.index(ModelState.WARMING)
             got = await rec()
             assert got is not None
-            (avail,) = got.available
+            (avail,) = [a for a in got.available if a.name == "qwen"]
             assert avail.name == "qwen" and avail.mem_bytes == 10 * GiB
             assert LOAD_S - 0.05 <= avail.load_s <= LOAD_S + 0.4  # measured, not the 0.6 hint
             assert await gpu_used_gib(fake.url) == pytest.approx(26, abs=0.01)
 
             r.hset(key, "qwen", json.dumps({"server": server, "state": "sleeping"}))
+            # the base model is not managed and may be serving: the server stays awake
+            await asyncio.sleep(TIMING.sync_s * 2 + 0.5)
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(fake.url + "/is_sleeping")).json()["is_sleeping"] is False
+            asleep = json.dumps({"server": server, "state": "sleeping"})
+            r.hset(key, mapping={"qwen": asleep, "base": asleep})
             await eventually(lambda: state_is(ModelState.SLEEPING, True), within=5)
             await eventually(lambda: _gpu_below(fake.url, 1.0), within=5)
             async with httpx.AsyncClient() as c:
@@ -99,7 +106,8 @@ async def test_load_on_demand_sleep_and_wake(redis_srv: RedisServer) -> None:
 
 async def _has_available(rec: object) -> bool:
     got = await rec()  # type: ignore[operator]
-    return got is not None and [a.name for a in got.available] == ["qwen"]
+    # a server with sleep mode offers its base model too (it can sleep and wake)
+    return got is not None and [a.name for a in got.available] == ["base", "qwen"]
 
 
 async def _gpu_below(url: str, gib: float, above: float = -1.0) -> bool:

@@ -13,7 +13,8 @@ calls to make. The executor makes them and reports back with ``finished``. Phase
 an argument everywhere, so tests step through time.
 
 Sleep is per server (``Rest``). A server sleeps when every model the desired key manages
-on it (state loaded or sleeping) is ``sleeping`` and loaded, no load or unload runs on it,
+on it (state loaded or sleeping) is ``sleeping`` and loaded, it holds no model the key
+does not manage (a base model nobody placed may be serving), no load or unload runs on it,
 and its kind can sleep; it wakes when any such model is desired ``loaded`` (or ``sleeping``
 but not there yet: it wakes to load it, then sleeps again). Phases::
 
@@ -263,7 +264,15 @@ class Converger:
             if r.phase is Rest.DRAINING:
                 self._enter_rest(r, Rest.AWAKE, now)
             return None
-        if all(d.sleeping for _, d in entries) and all(m in obs.models for m, _ in entries):
+        managed = {m for m, _ in entries}
+        # A model the desired key does not manage (a base model nobody placed) may be
+        # serving: sleep would take it down, so a server holding one stays awake.
+        others = any(m not in managed for m in obs.models)
+        if (
+            not others
+            and all(d.sleeping for _, d in entries)
+            and all(m in obs.models for m, _ in entries)
+        ):
             return self._towards_asleep(server, r, obs, asleep, now)
         return self._towards_awake(r, obs, asleep, now)
 
