@@ -14,7 +14,9 @@ model's first replica before anyone's second. A need goes to the replica that ha
 awake, else asleep (a wake is fast), else to the zone with fewest of it and there the
 fastest load; ties by replica id. It must fit the replica's GPU memory (less a reserve) next
 to what that replica keeps: a model the replica holds is evicted only for a need of a higher
-(pinned, priority) level, and never within ``hold_s`` of its last change.
+level (pinned, then priority, then demand: a model with requests waiting or served now
+outranks one only the forecast wants, so a pre-warmed model never keeps a waiting one
+out), and never within ``hold_s`` of its last change.
 
 What no need keeps goes to sleep after ``scale_down_after_s`` (where its server can sleep:
 ``wake_s > 0``) and is unloaded ``unload_after_s`` later, or at once when its memory is
@@ -33,7 +35,7 @@ from types import MappingProxyType
 
 from controlplane.decide.eligibility import drained, gpu_faulty, is_fresh
 from controlplane.decide.forecast import Forecast
-from controlplane.decide.placement_pool import Hold, Holding, Pool, Replica, build_pool
+from controlplane.decide.placement_pool import Hold, Holding, Level, Pool, Replica, build_pool
 from controlplane.fleet.desired import Desired
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent, ModelPlacement
@@ -133,8 +135,8 @@ class _Need:
     """The region a pin is for; ``None``: anywhere."""
 
     @property
-    def level(self) -> tuple[bool, int]:
-        return (self.pinned_rank == 0, -self.neg_priority)
+    def level(self) -> Level:
+        return (self.pinned_rank == 0, -self.neg_priority, 0 if self.urgency == 2 else 1)
 
 
 def place(
@@ -268,9 +270,9 @@ def _needs(
     return out
 
 
-def _levels(needs: list[_Need]) -> dict[str, tuple[bool, int]]:
+def _levels(needs: list[_Need]) -> dict[str, Level]:
     """Per model, the highest level of its needs (what protects a replica holding it)."""
-    out: dict[str, tuple[bool, int]] = {}
+    out: dict[str, Level] = {}
     for n in needs:
         out[n.model] = max(out.get(n.model, n.level), n.level)
     return out
@@ -279,7 +281,7 @@ def _levels(needs: list[_Need]) -> dict[str, tuple[bool, int]]:
 def _choose(
     pool: Pool,
     need: _Need,
-    levels: Mapping[str, tuple[bool, int]],
+    levels: Mapping[str, Level],
     now: float,
     hold_s: float,
 ) -> Replica | None:

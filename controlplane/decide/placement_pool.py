@@ -84,7 +84,10 @@ class Replica:
         return a.wake_s if a is not None else 0.0
 
 
-Levels = Mapping[str, tuple[bool, int]]
+Level = tuple[bool, int, int]
+"""(pinned, priority, demand): higher wins GPU memory; demand 1 = requests wait for it or
+it serves requests now, 0 = only the forecast wants it."""
+Levels = Mapping[str, Level]
 
 
 class Pool:
@@ -150,7 +153,7 @@ class Pool:
         return self._zone.get((model, rep.region, rep.zone), 0)
 
     def fits(
-        self, rep: Replica, model: str, level: tuple[bool, int], levels: Levels, now: float,
+        self, rep: Replica, model: str, level: Level, levels: Levels, now: float,
         hold_s: float,
     ) -> bool:  # fmt: skip
         """``model`` fits ``rep`` next to what it has for needs and what it keeps: models held
@@ -256,11 +259,11 @@ class Pool:
         )
 
 
-def _rank(level: tuple[bool, int] | None) -> tuple[int, int, int]:
+def _rank(level: Level | None) -> tuple[int, int, int, int]:
     """Sort key: models with a higher-level need first, those without any need last."""
     if level is None:
-        return (1, 0, 0)
-    return (0, 0 if level[0] else 1, -level[1])
+        return (1, 0, 0, 0)
+    return (0, 0 if level[0] else 1, -level[1], -level[2])
 
 
 def build_pool(

@@ -27,6 +27,11 @@ from controlplane.demo.procs import ProcessGroup, free_port, wait_port
 from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal
 
 MODEL = "llama"
+COLD_MODEL = "qwen"
+"""Loaded nowhere at start; any replica can load it (8 s). Its requests come in bursts:
+the first waits in the activator while placement loads it, and it is unloaded when idle."""
+COLD_LOAD_MS = 8000
+COLD_BURST_EVERY_S = 40.0
 SPEEDS = (0.5, 1.0, 2.0, 1.0, 1.5, 0.75)
 """Replica speed factors, cycled: a mix of GPU generations."""
 REFERENCE_TPS = 100.0
@@ -97,7 +102,7 @@ def _port_or_free(preferred: int) -> int:
 
 
 async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) -> int:
-    redis_port, xds, api = free_port(), free_port(), free_port()
+    redis_port, xds, api, activator = free_port(), free_port(), free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     regions = ["us-east", "eu-west"][: args.regions]
     print(
@@ -121,6 +126,21 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         str(config),
         "--api-token",
         DEMO_TOKEN,
+        "--activator",
+        f"127.0.0.1:{activator}",
+        # demo-sized cold-start times (seconds for hours): an idle model is unloaded
+        # about 25 s after its last request until the idle-time histogram (1 s bins) has
+        # learned the 40 s rhythm of the bursts and loads it just before the next one
+        "--keep-alive",
+        "15",
+        "--scale-down-after",
+        "5",
+        "--placement-hold",
+        "5",
+        "--unload-after",
+        "5",
+        "--forecast-bin",
+        "1",
     )
     replicas: list[DemoReplica] = []
     for region in regions:
@@ -141,6 +161,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
                 str(speed),
                 "--replica-id",
                 f"{node}/vllm-{port}",
+                "--available",
+                f"{COLD_MODEL}:20:{COLD_LOAD_MS}",
             )
             group.aixds(
                 f"agent-{node}",
@@ -195,13 +217,17 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
     served: deque[Served] = deque(maxlen=200_000)
+    cold: deque[ColdServed] = deque(maxlen=100)
     tasks = [
         asyncio.create_task(_load(e, args.rate, served, stop), name=f"load-{e.region}")
         for e in edges
     ]
+    tasks.append(asyncio.create_task(_cold_bursts(edges[0], cold, stop), name="cold-bursts"))
     api_url = f"http://127.0.0.1:{api}"
     tasks.append(
-        asyncio.create_task(_table(api_url, edges, replicas, served, curl, stop), name="table")
+        asyncio.create_task(
+            _table(api_url, edges, replicas, served, cold, curl, stop), name="table"
+        )
     )
     if args.duration > 0:
         loop.call_later(args.duration, stop.set)
@@ -284,11 +310,64 @@ async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asynci
                 t.add_done_callback(inflight.discard)
 
 
+ColdServed = tuple[float, float, int, str]
+"""(monotonic time, seconds the request took, status, x-aixds-waited-ms or "")."""
+
+
+async def _cold_bursts(edge: DemoEdge, cold: deque[ColdServed], stop: asyncio.Event) -> None:
+    """Every ``COLD_BURST_EVERY_S``, three requests for ``COLD_MODEL`` (from 10 s in)."""
+    url = f"http://127.0.0.1:{edge.port}/v1/chat/completions"
+    body = {"model": COLD_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    async with httpx.AsyncClient(timeout=150) as client:
+
+        async def one() -> None:
+            t = time.monotonic()
+            try:
+                r = await client.post(url, json=body)
+                waited = r.headers.get("x-aixds-waited-ms", "")
+                cold.append((t, time.monotonic() - t, r.status_code, waited))
+            except httpx.HTTPError:
+                cold.append((t, time.monotonic() - t, 0, ""))
+
+        await asyncio.sleep(10.0)
+        while not stop.is_set():
+            await asyncio.gather(one(), one(), one())
+            await asyncio.sleep(COLD_BURST_EVERY_S)
+
+
+def _cold_lines(fleet: dict[str, Any], cold: deque[ColdServed], placement: Any) -> list[str]:
+    where = []
+    for rid, rec in sorted(fleet.items()):
+        state = next((m["state"] for m in rec.get("models", ()) if m["name"] == COLD_MODEL), None)
+        if state:
+            where.append(f"{rid.split('/')[0]} {state}")
+    last = list(cold)[-3:]
+    if last:
+        took = max(x[1] for x in last)
+        held = [x[3] for x in last if x[3]]
+        how = f"held {max(map(int, held)) / 1000:.1f} s by the activator" if held else "warm"
+        codes = ",".join(str(x[2]) for x in last)
+        burst = f"last burst: {len(last)} requests, {took:.1f} s ({how}), status {codes}"
+    else:
+        burst = "first burst 10 s after start"
+    reasons = ""
+    with contextlib.suppress(KeyError, TypeError):
+        d = placement["decision"]["models"][COLD_MODEL]
+        reasons = "; ".join(d["reasons"])
+    return [
+        f"cold start: {COLD_MODEL} (any replica can load it in {COLD_LOAD_MS / 1000:g} s),"
+        f" bursts every {COLD_BURST_EVERY_S:g} s: {', '.join(where) or 'loaded nowhere'}",
+        f"  {burst}",
+        f"  placement: {reasons or '-'}",
+    ]
+
+
 async def _table(
     api: str,
     edges: list[DemoEdge],
     replicas: list[DemoReplica],
     served: deque[Served],
+    cold: deque[ColdServed],
     curl: str,
     stop: asyncio.Event,
 ) -> None:
@@ -302,6 +381,7 @@ async def _table(
                     e.region: _weights(await c.get(f"http://127.0.0.1:{e.admin}/clusters"))
                     for e in edges
                 }
+                placement = (await c.get(f"{api}/v1/placement")).json()
             except (httpx.HTTPError, ValueError, KeyError) as err:
                 print(f"waiting for the control plane API: {err!r}", flush=True)
                 await asyncio.sleep(0.5)
@@ -343,6 +423,7 @@ async def _table(
                 f"chat sessions (body 'user') in the last 5 s: {len(homes)}, replicas per"
                 f" session {sum(map(len, homes.values())) / max(1, len(homes)):.2f}"
                 " (1.00: every chat stayed where its prompt is cached)",
+                *_cold_lines(fleet, cold, placement),
                 "speed: the fake server's setting; meas: the decode speed its agent measured"
                 " (per running sequence: a fuller batch reads lower); hit%: prefix-cache hits",
                 "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters);"
@@ -351,6 +432,7 @@ async def _table(
                 "try it:",
                 f"  {curl}",
                 f"  aixds status --api {api}",
+                f"  aixds models placement --api {api}",
                 f"  AIXDS_API_TOKEN={DEMO_TOKEN} aixds drain {replicas[0].replica_id.split('/')[0]}"
                 f" --api {api}    # then: --undo",
             ]

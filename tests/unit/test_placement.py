@@ -447,3 +447,15 @@ def test_a_decaying_recent_rate_alone_does_not_keep_a_model_the_forecast_lets_go
     assert idle.decisions["m"].wanted == {} or sum(idle.decisions["m"].wanted.values()) == 0
     busy = place(f, Intent(), {"m": ModelDemand(rate=5.0, forecast=fc(True))}, None, 0.0, CFG)
     assert sum(busy.decisions["m"].wanted.values()) >= 1
+
+
+def test_waiting_requests_evict_a_model_only_the_forecast_wants() -> None:
+    """A pre-warmed model must not keep a model with waiting requests out (found by
+    bench/coldstart.py: waits of up to 1,700 s)."""
+    prewarm = Forecast(True, "pre-warm", 60.0, 30.0, True, 0.0, None, 0.0, 200.0)
+    f = fleet(rep("n1/s", av("a", gb=40), av("b", gb=40), loaded=(("a", ModelState.READY),)))
+    demand = {"a": ModelDemand(forecast=prewarm), "b": ModelDemand(waiting=100)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    later = place(f, Intent(), demand, p, CFG.hold_s + 1, CFG)
+    assert later.decisions["b"].awake == ("n1/s",), later.decisions["b"]
+    assert state(later, "n1/s", "a") == "unloaded"
