@@ -1,0 +1,509 @@
+"""Cold start: how often a request waits for its model, with aixds placement vs loading on demand.
+
+A discrete-time simulation (1 s ticks) that drives the REAL pure decision code,
+``decide.forecast`` (``observe``/``forecast``) and ``decide.placement.place``, on a simulated
+fleet. It starts no processes: the real path (agents, servers, Redis, the placement loop) is
+covered by the e2e tests; this measures the policy over days of demand in a minute.
+
+Fleet: 6 replicas (one per node, 2 zones) with 80 GB of GPU memory each; 40 models of
+8-40 GB (about twice the fleet's memory, so not all fit at once), loads of 15-60 s, wakes of
+1 s. Demand (``coldstart_trace``): a seeded trace per model over compressed days of 600 s
+(steady Poisson, a daily peak, periodic bursts, rare requests). The first ``--learn-days``
+are learning; requests after them are measured.
+
+Each tick the simulated agents carry out what the policy asks: a load ends ``load_s`` after
+it started, a wake ``wake_s`` after; sleeping and unloading are instant (memory freed).
+A request is *waited* when no replica has its model awake when it arrives; it is held until
+the first replica of its model is ready. Its TTFT is ``--base-ttft`` (0.3 s) plus that wait.
+
+Policies, on the same trace:
+
+- ``warm``: every model always resident (infinite memory): the TTFT floor;
+- ``reactive``: a plain on-demand loader: a held request starts a load (on the replica with
+  room, else evicting least-recently-used models), a model is unloaded
+  ``fixed_keep_alive_s`` after its last request; no pre-warm, no sleep;
+- ``aixds``: per tick, each model's requests go to ``observe``, ``forecast(lead_s=load_s)``
+  and ``ModelDemand(rate, waiting=held requests, forecast)`` go to ``place``, whose
+  ``Placement.desired`` the agents carry out (loaded / sleeping / unloaded). Nothing is
+  pinned unless ``--pin`` (the steadiest model, one replica).
+
+The table per policy: measured requests, waited %, TTFT p50/p99, mean/p99 wait of the waited
+requests, GPU model-seconds resident (loading, awake or asleep: a cost), loads, wakes. The
+last line:
+
+    cold start: waited X.X%, TTFT p99 vs warm Y.YYx, resident vs reactive Z.ZZx
+
+X: aixds' waited share; Y: aixds TTFT p99 / warm TTFT p99 (1.00: no cold start reaches the
+p99); Z: reactive TTFT p99 / aixds TTFT p99 (above 1: keeping resident what the forecast
+wants beats loading reactively).
+
+    python -m bench.coldstart                 # 6 days, seed 1
+    python -m bench.coldstart --smoke         # 3 short days, 12 models (tests)
+    python -m bench.coldstart --seed 7 --days 8 --pin
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from bench.coldstart_trace import GB, KINDS, ModelSpec, Trace, make_models, make_trace
+from controlplane.decide.forecast import DemandHistory, ForecastConfig, forecast, new_history
+from controlplane.decide.forecast import observe as observe_demand
+from controlplane.decide.placement import ModelDemand, Placement, PlacementConfig, place
+from controlplane.fleet.model import (
+    AvailableModel,
+    GpuStats,
+    ModelInfo,
+    ModelState,
+    ObservedReplica,
+    ReplicaRecord,
+    ServerKind,
+)
+from controlplane.intent import Intent, ModelPlacement
+
+SERVER = "vllm-8000"
+LAST_LINE = "cold start: waited {x:.1f}%, TTFT p99 vs warm {y:.2f}x, resident vs reactive {z:.2f}x"
+
+FORECAST = ForecastConfig(
+    bin_s=1.0, n_bins=240, day_s=600.0, n_slots=60, fixed_keep_alive_s=60.0, rate_tau_s=10.0
+)
+"""Compressed time: a 600 s day in 10 s slots, idle times up to 240 s in 1 s bins."""
+PLACEMENT = PlacementConfig(hold_s=10.0, scale_down_after_s=10.0, unload_after_s=60.0)
+"""Scale-down compressed like the days (the loads are not)."""
+
+
+@dataclass(slots=True)
+class Slot:
+    """One model on one replica: ``loading``/``waking`` (until ``done_at``), ``ready`` or
+    ``sleeping``."""
+
+    state: str
+    done_at: float = -math.inf
+
+
+@dataclass
+class Stats:
+    policy: str
+    waits: list[float] = field(default_factory=list)
+    """Per measured request, its wait (0: its model was awake)."""
+    kinds: list[str] = field(default_factory=list)
+    """Per measured request (as ``waits``), its model's demand shape."""
+    resident_s: float = 0.0
+    loads: int = 0
+    wakes: int = 0
+    censored: int = 0
+    """Requests still held at the end (their wait: until the end)."""
+    overcommit_s: int = 0
+    """Ticks a replica held more than its GPU memory (should stay 0)."""
+
+
+class Sim:
+    """The simulated fleet and the requests it holds; policies change it through
+    ``load``/``wake``/``sleep``/``unload``."""
+
+    def __init__(
+        self,
+        models: Sequence[ModelSpec],
+        nodes: Sequence[tuple[str, str]],
+        gpu_bytes: int,
+        measure_from: float,
+        policy: str,
+    ) -> None:
+        self.specs = {m.name: m for m in models}
+        self.zones = dict(nodes)
+        self.gpu_bytes = gpu_bytes
+        self.slots: dict[str, dict[str, Slot]] = {n: {} for n, _ in nodes}
+        self.held: dict[str, list[float]] = {m.name: [] for m in models}
+        self.last_used: dict[str, float] = {}
+        self.measure_from = measure_from
+        self.stats = Stats(policy)
+
+    def _measured(self, t: float) -> bool:
+        return t >= self.measure_from
+
+    def record(self, m: str, at: float, wait: float) -> None:
+        if self._measured(at):
+            self.stats.waits.append(max(0.0, wait))
+            self.stats.kinds.append(self.specs[m].kind)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def load(self, node: str, m: str, t: float) -> None:
+        self.slots[node][m] = Slot("loading", t + self.specs[m].load_s)
+        self.stats.loads += self._measured(t)
+
+    def wake(self, node: str, m: str, t: float) -> None:
+        self.slots[node][m] = Slot("waking", t + self.specs[m].wake_s)
+        self.stats.wakes += self._measured(t)
+
+    def sleep(self, node: str, m: str) -> None:
+        self.slots[node][m] = Slot("sleeping")
+
+    def unload(self, node: str, m: str) -> None:
+        self.slots[node].pop(m, None)
+
+    def used(self, node: str) -> int:
+        return sum(self.specs[m].mem_bytes for m in self.slots[node])
+
+    def awake_at(self, m: str) -> float:
+        """When the first replica has ``m`` awake (``-inf``: now; ``inf``: none is coming)."""
+        best = math.inf
+        for slots in self.slots.values():
+            s = slots.get(m)
+            if s is not None and s.state != "sleeping":
+                best = min(best, s.done_at)
+        return best
+
+    # -- requests ------------------------------------------------------------------------
+
+    def arrive(self, m: str, at: float) -> None:
+        if self.awake_at(m) <= at:
+            self.last_used[m] = at
+            self.record(m, at, 0.0)
+        else:
+            self.held[m].append(at)
+
+    def finish(self, until: float) -> None:
+        """Loads and wakes done by ``until`` become ready; their held requests are served."""
+        ready: dict[str, float] = {}
+        for slots in self.slots.values():
+            for m, s in slots.items():
+                if s.state in ("loading", "waking") and s.done_at <= until:
+                    s.state = "ready"
+                    ready[m] = min(ready.get(m, math.inf), s.done_at)
+        for m, done in ready.items():
+            for at in self.held[m]:
+                self.record(m, at, done - at)
+            if self.held[m]:
+                self.last_used[m] = done
+            self.held[m] = []
+
+    def censor(self, end: float) -> None:
+        """Requests still held at the end count as waited until then (a lower bound)."""
+        for m, held in self.held.items():
+            for at in held:
+                self.record(m, at, end - at)
+            self.stats.censored += sum(self._measured(at) for at in held)
+            self.held[m] = []
+
+    def account(self, t: float) -> None:
+        if not self._measured(t):
+            return
+        for node, slots in self.slots.items():
+            self.stats.resident_s += len(slots)
+            self.stats.overcommit_s += self.used(node) > self.gpu_bytes
+
+    # -- what the control plane sees -----------------------------------------------------
+
+    def observed(self, t: float) -> dict[str, ObservedReplica]:
+        avail = tuple(
+            AvailableModel(m.name, "v1", m.mem_bytes, m.load_s, m.wake_s)
+            for m in self.specs.values()
+        )
+        states = {
+            "loading": ModelState.LOADING,
+            "waking": ModelState.LOADING,
+            "ready": ModelState.READY,
+            "sleeping": ModelState.SLEEPING,
+        }
+        out = {}
+        for node, slots in self.slots.items():
+            rid = f"{node}/{SERVER}"
+            models = tuple(ModelInfo(m, "v1", states[s.state]) for m, s in sorted(slots.items()))
+            rec = ReplicaRecord(
+                replica_id=rid,
+                node=node,
+                region="r0",
+                zone=self.zones[node],
+                address="10.0.0.1",
+                port=8000,
+                server_kind=ServerKind.VLLM,
+                models=models,
+                gpus=(GpuStats(index=0, mem_total_bytes=self.gpu_bytes),),
+                timestamp=t,
+                available=avail,
+            )
+            out[rid] = ObservedReplica(rec, expires_at=t + 1e9)
+        return out
+
+
+Decide = Callable[[Sim, int, Mapping[str, int]], None]
+"""A policy: at tick ``t``, given each model's requests of ``[t - 1, t)``, change the sim."""
+
+
+def run(
+    decide: Decide | None,
+    policy: str,
+    models: Sequence[ModelSpec],
+    trace: Trace,
+    nodes: Sequence[tuple[str, str]],
+    gpu_bytes: int,
+    end_s: int,
+    measure_from: float,
+) -> Stats:
+    """One policy over the trace (``decide`` None: ``warm``, every model always awake)."""
+    sim = Sim(models, nodes, gpu_bytes, measure_from, policy)
+    arrivals = sorted((a, m) for m, ats in trace.items() for a in ats)
+    if decide is None:
+        for at, m in arrivals:
+            if at < end_s:
+                sim.record(m, at, 0.0)
+        sim.stats.resident_s = len(models) * max(0.0, end_s - measure_from)
+        return sim.stats
+    i, counts = 0, {m.name: 0 for m in models}
+    for t in range(end_s):
+        decide(sim, t, counts)
+        sim.account(t)
+        counts = dict.fromkeys(counts, 0)
+        while i < len(arrivals) and arrivals[i][0] < t + 1:
+            at, m = arrivals[i]
+            sim.arrive(m, at)
+            counts[m] += 1
+            i += 1
+        sim.finish(t + 1)
+    sim.censor(end_s)
+    return sim.stats
+
+
+def reactive(keep_alive_s: float, reserve: float) -> Decide:
+    """Load on a held request (room, else evict LRU), unload ``keep_alive_s`` after use."""
+
+    def decide(sim: Sim, t: int, counts: Mapping[str, int]) -> None:
+        cap = sim.gpu_bytes * (1 - reserve)
+        for node, slots in sim.slots.items():
+            for m, s in list(slots.items()):
+                if s.state == "ready" and t - sim.last_used.get(m, -math.inf) >= keep_alive_s:
+                    sim.unload(node, m)
+        waiting = sorted((h[0], m) for m, h in sim.held.items() if h)
+        for _, m in waiting:
+            if sim.awake_at(m) < math.inf:
+                continue  # a load is under way
+            need = sim.specs[m].mem_bytes
+            best: tuple[tuple[int, float], str, list[str]] | None = None
+            for node in sorted(sim.slots):
+                free = cap - sim.used(node)
+                evict: list[str] = []
+                if free >= need:
+                    cost = (0, -free)
+                else:
+                    lru = sorted(
+                        (sim.last_used.get(x, -math.inf), x)
+                        for x, s in sim.slots[node].items()
+                        if s.state == "ready"
+                    )
+                    newest = -math.inf
+                    for used_at, x in lru:
+                        if free >= need:
+                            break
+                        evict.append(x)
+                        free += sim.specs[x].mem_bytes
+                        newest = used_at
+                    if free < need:
+                        continue
+                    cost = (1, newest)
+                if best is None or cost < best[0]:
+                    best = (cost, node, evict)
+            if best is not None:
+                for x in best[2]:
+                    sim.unload(best[1], x)
+                sim.load(best[1], m, t)
+
+    return decide
+
+
+@dataclass
+class Aixds:
+    """The real ``forecast`` + ``place`` driving the simulated agents."""
+
+    fc: ForecastConfig
+    pc: PlacementConfig
+    intent: Intent = field(default_factory=Intent)
+    histories: dict[str, DemandHistory] = field(default_factory=dict)
+    previous: Placement | None = None
+
+    def __call__(self, sim: Sim, t: int, counts: Mapping[str, int]) -> None:
+        demand = {}
+        for m, spec in sim.specs.items():
+            h = observe_demand(self.histories.get(m) or new_history(self.fc), t, counts[m], self.fc)
+            self.histories[m] = h
+            f = forecast(h, t, self.fc, lead_s=spec.load_s)
+            demand[m] = ModelDemand(rate=f.recent_rate, waiting=len(sim.held[m]), forecast=f)
+        p = place(sim.observed(t), self.intent, demand, self.previous, t, self.pc)
+        self.previous = p
+        apply_desired(sim, p, t)
+
+
+def apply_desired(sim: Sim, p: Placement, t: float) -> None:
+    """What an agent does with its node's desired entries (no entry: unloaded)."""
+    for node, slots in sim.slots.items():
+        want = p.desired.get(node, {})
+        for m, s in list(slots.items()):
+            d = want.get(m)
+            if d is None or not d.loaded or d.server != SERVER:
+                sim.unload(node, m)
+            elif d.sleeping and s.state == "ready":
+                sim.sleep(node, m)
+            elif not d.sleeping and s.state == "sleeping":
+                sim.wake(node, m, t)
+        for m, d in want.items():
+            if d.loaded and d.server == SERVER and m not in slots:
+                sim.load(node, m, t)
+
+
+def steadiest(models: Sequence[ModelSpec], trace: Trace) -> str:
+    """The model with the most requests."""
+    return max(models, key=lambda m: (len(trace[m.name]), m.name)).name
+
+
+def percentile(xs: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (0 for no values)."""
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    return s[max(0, math.ceil(p * len(s)) - 1)]
+
+
+@dataclass(frozen=True)
+class Row:
+    policy: str
+    requests: int
+    waited_pct: float
+    p50: float
+    p99: float
+    wait_mean: float
+    wait_p99: float
+    resident_s: float
+    loads: int
+    wakes: int
+    overcommit_s: int
+
+
+def score(st: Stats, base_ttft: float) -> Row:
+    waited = [w for w in st.waits if w > 0]
+    ttft = [base_ttft + w for w in st.waits]
+    n = len(st.waits)
+    return Row(
+        policy=st.policy,
+        requests=n,
+        waited_pct=100.0 * len(waited) / n if n else 0.0,
+        p50=percentile(ttft, 0.5),
+        p99=percentile(ttft, 0.99),
+        wait_mean=sum(waited) / len(waited) if waited else 0.0,
+        wait_p99=percentile(waited, 0.99),
+        resident_s=st.resident_s,
+        loads=st.loads,
+        wakes=st.wakes,
+        overcommit_s=st.overcommit_s,
+    )
+
+
+HEADER = (
+    f"{'policy':<9} {'requests':>8} {'waited':>7} {'TTFT p50':>8} {'p99':>7} "
+    f"{'wait mean':>9} {'p99':>7} {'model-s':>9} {'loads':>6} {'wakes':>6}"
+)
+
+
+def row_text(r: Row) -> str:
+    return (
+        f"{r.policy:<9} {r.requests:>8} {r.waited_pct:>6.1f}% {r.p50:>7.2f}s {r.p99:>6.2f}s "
+        f"{r.wait_mean:>8.2f}s {r.wait_p99:>6.2f}s {r.resident_s:>9.0f} {r.loads:>6} {r.wakes:>6}"
+    )
+
+
+def by_kind(st: Stats, base_ttft: float) -> str:
+    """Waited share and TTFT p99 per demand shape."""
+    parts = []
+    for kind in KINDS:
+        w = [x for x, k in zip(st.waits, st.kinds, strict=True) if k == kind]
+        if w:
+            waited = 100.0 * sum(x > 0 for x in w) / len(w)
+            p99 = base_ttft + percentile(w, 0.99)
+            parts.append(f"{kind} {waited:.1f}% p99 {p99:.1f}s")
+    return f"  {st.policy:<9} " + ", ".join(parts)
+
+
+def last_line(rows: Mapping[str, Row]) -> str:
+    a, w, r = rows["aixds"], rows["warm"], rows["reactive"]
+    return LAST_LINE.format(x=a.waited_pct, y=a.p99 / w.p99, z=r.p99 / a.p99)
+
+
+def fleet_nodes(n: int) -> list[tuple[str, str]]:
+    return [(f"gpu-{i}", f"z{i % 2}") for i in range(n)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="3 days of 200 s, 12 models, 3 replicas (seconds)"
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--days", type=int, default=6, help="compressed days in all (6)")
+    ap.add_argument("--learn-days", type=int, default=2, help="unmeasured days first (2)")
+    ap.add_argument("--models", type=int, default=40)
+    ap.add_argument("--replicas", type=int, default=6)
+    ap.add_argument("--gpu-gb", type=int, default=80)
+    ap.add_argument("--base-ttft", type=float, default=0.3, help="TTFT of a warm model (s)")
+    ap.add_argument("--pin", action="store_true", help="aixds pins the steadiest model")
+    args = ap.parse_args(argv)
+    fc, pc = FORECAST, PLACEMENT
+    models_n, days, learn, replicas = args.models, args.days, args.learn_days, args.replicas
+    if args.smoke:
+        fc = ForecastConfig(
+            bin_s=1.0, n_bins=240, day_s=200.0, n_slots=20, fixed_keep_alive_s=60.0,
+            rate_tau_s=10.0,
+        )  # fmt: skip
+        models_n, days, learn, replicas = 12, 3, 1, 3
+    end_s = int(days * fc.day_s)
+    measure_from = learn * fc.day_s
+    models = make_models(models_n, args.seed)
+    trace = make_trace(models, end_s, fc.day_s, args.seed)
+    nodes = fleet_nodes(replicas)
+    gpu = args.gpu_gb * GB
+    total = sum(m.mem_bytes for m in models)
+    print(
+        f"cold-start bench: seed {args.seed}, {len(models)} models ({total / GB:.0f} GB, "
+        f"{total / (gpu * len(nodes)):.1f}x the fleet's {len(nodes)} x {args.gpu_gb} GB), "
+        f"{days} days of {fc.day_s:.0f} s, measured after day {learn}",
+        flush=True,
+    )
+    intent = Intent()
+    if args.pin:
+        pinned = steadiest(models, trace)
+        intent = Intent(placement=MappingProxyType({pinned: ModelPlacement(min_resident={"": 1})}))
+        print(f"aixds pins {pinned}")
+    policies: list[tuple[str, Decide | None]] = [
+        ("warm", None),
+        ("reactive", reactive(fc.fixed_keep_alive_s, pc.mem_reserve)),
+        ("aixds", Aixds(fc, pc, intent)),
+    ]
+    rows: dict[str, Row] = {}
+    kinds: list[str] = []
+    print(HEADER, flush=True)
+    for name, decide in policies:
+        started = time.monotonic()
+        st = run(decide, name, models, trace, nodes, gpu, end_s, measure_from)
+        rows[name] = score(st, args.base_ttft)
+        kinds.append(by_kind(st, args.base_ttft))
+        note = f"   ({time.monotonic() - started:.1f} s)"
+        if st.censored:
+            note += f" {st.censored} still held at the end"
+        if st.overcommit_s:
+            note += f" OVERCOMMIT {st.overcommit_s} replica-s"
+        print(row_text(rows[name]) + note, flush=True)
+    print("  (TTFT = base + wait; waited: the model was not awake on arrival; wait: of those;")
+    print("   model-s: GPU model-seconds resident, loading/awake/asleep; loads, wakes: measured)")
+    print("per demand shape (waited share, TTFT p99):")
+    print("\n".join(kinds))
+    print(last_line(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The cold-start benchmark's pure parts: wait/TTFT accounting on hand-made traces (numbers
+checked by hand), the reactive loader's LRU eviction, the real ``place`` driving the
+simulated agents, the seeded trace, and the smoke run's last line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.coldstart import (
+    FORECAST,
+    PLACEMENT,
+    Aixds,
+    fleet_nodes,
+    main,
+    percentile,
+    reactive,
+    run,
+    score,
+)
+from bench.coldstart_trace import GB, ModelSpec, make_models, make_trace
+
+ONE = [ModelSpec("a", "rare", 40 * GB, load_s=9.75)]
+TWO = [*ONE, ModelSpec("b", "rare", 40 * GB, load_s=9.75)]
+
+
+def test_waits_and_ttft_by_hand_reactive() -> None:
+    # 0.5 is held; the load starts at the tick 1, is done at 10.75: waits 10.25 and (3.0)
+    # 7.75; 20.0 finds it ready (keep-alive 60 s).
+    st = run(
+        reactive(60.0, 0.1), "reactive", ONE, {"a": [0.5, 3.0, 20.0]},
+        fleet_nodes(1), 80 * GB, 40, 0.0,
+    )  # fmt: skip
+    assert st.waits == [10.25, 7.75, 0.0]
+    assert st.loads == 1 and st.wakes == 0 and st.censored == 0
+    assert st.resident_s == 39  # ticks 1..39
+    r = score(st, 0.3)
+    assert r.requests == 3
+    assert r.waited_pct == pytest.approx(200 / 3)
+    assert r.p50 == pytest.approx(8.05) and r.p99 == pytest.approx(10.55)
+    assert r.wait_mean == pytest.approx(9.0) and r.wait_p99 == pytest.approx(10.25)
+
+
+def test_same_trace_through_real_place() -> None:
+    st = run(
+        Aixds(FORECAST, PLACEMENT), "aixds", ONE, {"a": [0.5, 3.0, 20.0]},
+        fleet_nodes(1), 80 * GB, 40, 0.0,
+    )  # fmt: skip
+    assert st.waits == [10.25, 7.75, 0.0]
+    assert st.loads == 1
+
+
+def test_warm_never_waits_and_measures_after_learning() -> None:
+    st = run(None, "warm", ONE, {"a": [0.5, 3.0, 20.0]}, fleet_nodes(1), 80 * GB, 40, 2.0)
+    assert st.waits == [0.0, 0.0]  # 0.5 is before the measured window
+    assert st.resident_s == 38
+    assert score(st, 0.3).p99 == pytest.approx(0.3)
+
+
+def test_lru_eviction_when_memory_is_needed() -> None:
+    # a: held 0.5, loaded 1..10.75. b at 30.5: 40 + 40 GB > 72 GB, a is evicted at 31, b
+    # ready at 40.75 (wait 10.25). a again at 45.5: evicts b at 46, ready at 55.75.
+    st = run(
+        reactive(60.0, 0.1), "reactive", TWO, {"a": [0.5, 45.5], "b": [30.5]},
+        fleet_nodes(1), 80 * GB, 60, 0.0,
+    )  # fmt: skip
+    assert st.waits == [10.25, 10.25, 10.25]
+    assert st.loads == 3 and st.overcommit_s == 0
+
+
+def test_still_held_at_the_end_counts_until_the_end() -> None:
+    st = run(reactive(60.0, 0.1), "reactive", ONE, {"a": [0.5]}, fleet_nodes(1), 80 * GB, 5, 0.0)
+    assert st.waits == [4.5] and st.censored == 1
+
+
+def test_percentile_nearest_rank() -> None:
+    xs = [float(i) for i in range(1, 101)]
+    assert percentile(xs, 0.99) == 99.0 and percentile(xs, 0.5) == 50.0
+    assert percentile([], 0.99) == 0.0
+
+
+def test_trace_is_seeded_and_shaped() -> None:
+    models = make_models(20, 3)
+    a, b = make_trace(models, 1200, 600, 3), make_trace(models, 1200, 600, 3)
+    assert a == b and a != make_trace(models, 1200, 600, 4)
+    assert {m.kind for m in models} == {"steady", "daily", "periodic", "rare"}
+    for m in models:
+        assert 8 * GB <= m.mem_bytes <= 40 * GB and 15 <= m.load_s <= 60
+        ats = a[m.name]
+        assert ats == sorted(ats) and all(0 <= x < 1200 for x in ats)
+        if m.kind == "daily":  # the same window each day
+            day1 = [x for x in ats if x < 600]
+            day2 = [x - 600 for x in ats if x >= 600]
+            assert day1 and day2
+            assert abs(min(day1) - min(day2)) < 30
+
+
+def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--smoke", "--seed", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(
+        r"cold start: waited \d+\.\d%, TTFT p99 vs warm \d+\.\d\dx, "
+        r"resident vs reactive \d+\.\d\dx",
+        lines[-1],
+    ), lines[-1]
+    assert any(line.startswith("aixds ") for line in lines)
+
+
+def test_sleep_then_wake_through_real_place() -> None:
+    # Loaded for 0.5 (ready at 10.75); no need once the 60 s keep-alive and the 10 s
+    # scale-down are over: asleep. 100.5 wakes it (wake 3 s from the tick 101: wait 3.5).
+    slow_wake = [ModelSpec("a", "rare", 40 * GB, load_s=9.75, wake_s=3.0)]
+    st = run(
+        Aixds(FORECAST, PLACEMENT), "aixds", slow_wake, {"a": [0.5, 100.5]},
+        fleet_nodes(1), 80 * GB, 110, 0.0,
+    )  # fmt: skip
+    assert st.waits == [10.25, 3.5]
+    assert st.loads == 1 and st.wakes == 1
