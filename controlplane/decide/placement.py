@@ -72,6 +72,10 @@ class PlacementConfig:
     long after ``scale_down_after_s``)."""
     default_load_s: float = 60.0
     """The load time assumed where a replica does not report one (for ranking only)."""
+    active_rps: float = 0.2
+    """A model whose recent rate (a decaying average) is at least this serves requests now:
+    it keeps its memory against needs of the same priority; below it, only the forecast
+    keeps it, and requests waiting for another model may take its place."""
     max_load_failures: int = 3
     """A replica that failed to load a model this many times in a row is not asked again
     (a permanent failure counts at once)."""
@@ -264,7 +268,7 @@ def _needs(
     if p.max_replicas and pinned + extra > p.max_replicas:
         extra = max(0, p.max_replicas - pinned)
         reasons.append(f"max_replicas {p.max_replicas}")
-    urgency = 0 if d.waiting > 0 else 1 if rate else 2
+    urgency = 0 if d.waiting > 0 else 1 if rate >= cfg.active_rps else 2
     out = [_Need(0, -p.priority, i, urgency, m, r) for r, n in pins.items() for i in range(n)]
     out += [_Need(1, -p.priority, i, urgency, m, None) for i in range(extra)]
     return out

@@ -194,7 +194,13 @@ class Pool:
                 continue
             used = rep.committed_mem
             spare = [h for h in rep.held if h not in rep.committed]
-            for h in sorted(spare, key=lambda h: (_rank(levels.get(h)), h)):
+
+            # models that may not change yet (within hold_s) take their memory first, so a
+            # later-ranked one that can is the one unloaded when memory is short
+            def order(h: str, rep: Replica = rep) -> tuple[bool, tuple[int, int, int, int], str]:
+                return (now - rep.held[h].since >= hold_s, _rank(levels.get(h)), h)
+
+            for h in sorted(spare, key=order):
                 holding, mem = rep.held[h], rep.mem(h)
                 idle = now if holding.idle_since is None else holding.idle_since
                 if now - holding.since < hold_s:

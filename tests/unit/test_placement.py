@@ -459,3 +459,35 @@ def test_waiting_requests_evict_a_model_only_the_forecast_wants() -> None:
     later = place(f, Intent(), demand, p, CFG.hold_s + 1, CFG)
     assert later.decisions["b"].awake == ("n1/s",), later.decisions["b"]
     assert state(later, "n1/s", "a") == "unloaded"
+
+
+def test_a_model_held_within_the_hold_time_counts_before_others_are_kept() -> None:
+    """Found by bench/coldstart.py: "b" just went to sleep (cannot change yet), "a" is idle
+    and old; a need for "c" must unload "a", not keep it next to "b" (90 GB on 72)."""
+    now = 1000.0
+    f = fleet(
+        rep(
+            "n1/s",
+            av("a", gb=32),
+            av("b", gb=40),
+            av("c", gb=18),
+            loaded=(("a", ModelState.READY), ("b", ModelState.SLEEPING)),
+        )
+    )
+    prev = Placement(
+        at=now - 1,
+        holdings=MappingProxyType(
+            {
+                "n1/s": MappingProxyType(
+                    {
+                        "a": Holding(Hold.LOADED, since=0.0, idle_since=0.0, version="v1"),
+                        "b": Holding(Hold.SLEEPING, since=now - 5, idle_since=0.0, version="v1"),
+                    }
+                )
+            }
+        ),
+    )
+    p = place(f, Intent(), {"c": ModelDemand(waiting=3)}, prev, now, CFG)
+    assert p.decisions["c"].awake == ("n1/s",)
+    assert state(p, "n1/s", "b") == "sleeping" and state(p, "n1/s", "a") == "unloaded"
+    assert held_bytes(p, f, "n1/s") <= 0.9 * 80 * GB
