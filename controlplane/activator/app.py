@@ -15,6 +15,11 @@ Envoy routes a cold model's requests here with two headers it sets itself:
    ``x-aixds-activated``, and the answer (a token stream too) relayed as it comes. Past the
    bound (default 120 s): 503 with ``Retry-After`` and an OpenAI-style error.
 
+Demand: a held request counts while it waits (``waiting``); once served it reaches the
+model's own cluster and the load reports count it, so an arrival is recorded only for the
+requests that never get there (fallback, timeout, refused): counting both would show the
+model a second burst one load time after the first.
+
 The return address is trusted only for its port when its host is not the caller's own
 address: a request sent straight to the activator can make it call back only the caller.
 """
@@ -153,7 +158,6 @@ class Activator:
                 "invalid_request_error",
             )
         body = await request.body()
-        self._demand.arrived(model)
         if model not in self._loadable() and not self._ready.ready(model):
             self._m.requests.labels(model, "unknown").inc()
             return error(
@@ -164,6 +168,7 @@ class Activator:
             rewritten = with_model(body, fallback.fallback)
             if rewritten is not None:
                 self._m.requests.labels(model, "fallback").inc()
+                self._demand.arrived(model)  # served as another model: LRS cannot count it
                 headers = {FALLBACK_HEADER: fallback.fallback}
                 override = {self._s.model_header: fallback.fallback}
                 sent = await self._forward(
@@ -173,6 +178,7 @@ class Activator:
                     return sent  # else that Envoy has no route for the fallback yet: hold
         if self._held >= self._s.max_held:
             self._m.requests.labels(model, "refused").inc()
+            self._demand.arrived(model)
             return error(
                 503,
                 "too many requests waiting for models to load",
@@ -204,6 +210,7 @@ class Activator:
             self._demand.release(model)
             self._m.waiting.labels(model).dec()
         self._m.requests.labels(model, "timeout").inc()
+        self._demand.arrived(model)
         return error(
             503,
             f"model {model!r} is loading: no replica was ready within {self._s.hold_s:g} s;"
