@@ -31,7 +31,7 @@ COLD_MODEL = "qwen"
 """Loaded nowhere at start; any replica can load it (8 s). Its requests come in bursts:
 the first waits in the activator while placement loads it, and it is unloaded when idle."""
 COLD_LOAD_MS = 8000
-COLD_BURST_EVERY_S = 40.0
+COLD_BURST_EVERY_S = 30.0
 SPEEDS = (0.5, 1.0, 2.0, 1.0, 1.5, 0.75)
 """Replica speed factors, cycled: a mix of GPU generations."""
 REFERENCE_TPS = 100.0
@@ -129,16 +129,17 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         "--activator",
         f"127.0.0.1:{activator}",
         # demo-sized cold-start times (seconds for hours): an idle model is unloaded
-        # about 25 s after its last request until the idle-time histogram (1 s bins) has
-        # learned the 40 s rhythm of the bursts and loads it just before the next one
+        # about 20 s after its last request until the idle-time histogram (1 s bins) has
+        # learned the 30 s rhythm of the bursts (after 5 gaps) and loads it just before
+        # the next one
         "--keep-alive",
-        "15",
+        "10",
         "--scale-down-after",
         "5",
         "--placement-hold",
         "5",
         "--unload-after",
-        "5",
+        "3",
         "--forecast-bin",
         "1",
     )

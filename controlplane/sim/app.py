@@ -469,7 +469,10 @@ class FakeLLM:
 
     async def _sim_available(self, request: Request) -> Response:
         r = self.residency
-        listing = r.listing(self.lora.loaded)
+        # the version each would serve, so that placement asks for it by the version it
+        # will have (a model published under another version while loading would get a
+        # new cluster at the moment it turns ready, which Envoy's LRS misses for a period)
+        listing = [{**m, "version": self.version} for m in r.listing(self.lora.loaded)]
         if self.config.sleep_mode:
             # A server that can sleep offers its base model to placement too: it is put to
             # sleep and woken (never unloaded: vLLM cannot drop its base model at runtime).
@@ -478,6 +481,7 @@ class FakeLLM:
                 0,
                 {
                     "name": base,
+                    "version": self.version,
                     "mem_bytes": r.base_bytes,
                     "load_s": r.base_load_ms / 1000.0,
                     "wake_s": r.wake_ms / 1000.0,

@@ -81,6 +81,7 @@ def parse_sim_available(doc: Any) -> Available | None:
             out.append(
                 AvailableModel(
                     name,
+                    version=v if isinstance(v := m.get("version"), str) and len(v) <= 128 else "",
                     mem_bytes=int(_num(m, "mem_bytes", 2**50)),
                     load_s=_num(m, "load_s", 1e6),
                     wake_s=_num(m, "wake_s", 1e6),
