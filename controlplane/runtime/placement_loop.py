@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 REPORT_LAG_S = 2
 """Load reports of a second are complete this long after it (LRS interval + flush)."""
+HELD_ACTIVITY = 1e-3
+"""What a tick with requests held (waiting for a load) adds to a model's request count: it
+makes the tick active, so the idle gap ends when requests arrive, not when they are served."""
 SAVE_EVERY_S = 10.0
 """Demand histories are written back to Redis this often (and on leaving)."""
 
@@ -183,7 +186,11 @@ class PlacementLoop:
         demand: dict[str, ModelDemand] = {}
         forecasts: dict[str, Forecast] = {}
         for m in sorted(models):
-            h = observe(self.histories.get(m) or new_history(fc), now, counts.get(m, 0), fc)
+            # A request held for a load is activity from the tick it is first seen waiting
+            # (LRS counts it only when served, one load time later): a token count marks
+            # the tick active without adding to the rate.
+            seen = counts.get(m, 0) + (HELD_ACTIVITY if waiting.get(m) else 0.0)
+            h = observe(self.histories.get(m) or new_history(fc), now, seen, fc)
             self.histories[m] = h
             f = forecast(h, now, fc, lead_s(fleet, m, self._s.placement.default_load_s))
             forecasts[m] = f
