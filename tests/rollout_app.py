@@ -76,6 +76,9 @@ class MemoryRedis:
         self.strings[key] = value
         return True
 
+    async def get(self, key: str) -> str | None:
+        return self.strings.get(key)
+
 
 @dataclass
 class App:

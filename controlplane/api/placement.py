@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from controlplane.api.auth import writer
-from controlplane.api.context import ApiContext
+from controlplane.api.context import ApiContext, redis_op
 from controlplane.api.errors import ApiError, error_responses
 from controlplane.api.schemas import EnvoysView, Revision
 from controlplane.fleet import schema
@@ -94,7 +94,7 @@ def router(ctx: ApiContext) -> APIRouter:
     async def view(it: Intent) -> PlacementView:
         decision = None
         if ctx.redis is not None:
-            raw = await ctx.redis.get(schema.PLACEMENT_KEY)
+            raw = await redis_op("read the placement decision", ctx.redis.get(schema.PLACEMENT_KEY))
             decision = json.loads(raw) if raw else None
         return PlacementView(
             revision=it.revision,

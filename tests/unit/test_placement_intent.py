@@ -6,6 +6,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from controlplane.agent.placement.desired import Desired, DesiredError, parse_desired
 from controlplane.fleet.desired import desired_json
@@ -16,6 +17,7 @@ from controlplane.intent import (
     intent_from_doc,
     intent_to_doc,
 )
+from tests.rollout_app import MemoryRedis, build
 
 
 def test_placement_round_trips_through_the_stored_document() -> None:
@@ -70,3 +72,44 @@ def test_desired_sleeping_round_trips_and_is_loaded() -> None:
     assert desired_json(Desired(model="m", loaded=False)) == '{"state":"unloaded"}'
     with pytest.raises(DesiredError):
         parse_desired("m", '{"state": "asleep"}')
+
+
+AUTH = {"authorization": "Bearer tok"}
+
+
+def test_api_pins_lists_and_unpins_a_model() -> None:
+    redis = MemoryRedis()
+    c = TestClient(build(redis=redis).app, raise_server_exceptions=False)
+    assert c.get("/v1/placement").json() == {"revision": 0, "pinned": [], "decision": None}
+    body = {"min_resident": {"us": 2}, "priority": 5, "fallback": "llama"}
+    r = c.put("/v1/placement/qwen", json=body, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["pinned"] == [
+        {"model": "qwen", "min_resident": {"us": 2}, "max_replicas": 0, "priority": 5,
+         "fallback": "llama"}
+    ]  # fmt: skip
+    redis.strings["aixds:v1:placement"] = '{"at": 1, "decided_by": "x", "models": {}}'
+    assert c.get("/v1/placement").json()["decision"]["decided_by"] == "x"
+    r = c.delete("/v1/placement/qwen", headers=AUTH)
+    assert r.status_code == 200 and r.json()["pinned"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        ({"min_resident": {"us": -1}}, AUTH, 422),
+        ({"min_resident": {"us": 1.5}}, AUTH, 422),
+        ({"fallback": "qwen"}, AUTH, 422),
+        ({"max_replicas": -2}, AUTH, 422),
+        ({"pinned": True}, AUTH, 422),
+        ({"min_resident": {"us": 1}}, {}, 401),
+    ],
+)
+def test_api_refuses_bad_placement_writes(
+    body: dict[str, Any], headers: dict[str, str], status: int
+) -> None:
+    c = TestClient(build().app, raise_server_exceptions=False)
+    r = c.put("/v1/placement/qwen", json=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert "error" in r.json()
+    assert c.get("/v1/placement").json()["pinned"] == []  # nothing was stored
