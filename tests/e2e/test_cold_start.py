@@ -13,14 +13,16 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from controlplane.proxy.runner import envoy_binary
 from tests.e2e.fleet import Edge, Fleet, Replica, chat
 from tests.e2e.test_model_loading import TOKEN, desire, models_cli
-from tests.support import Procs, RedisServer, wait_until
+from tests.support import Procs, RedisServer, free_port, wait_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -238,3 +240,83 @@ def test_a_fallback_model_answers_at_once_while_the_model_loads(placing: Fleet) 
     )
     r = chat(edge.url, COLD)
     assert r.status_code == 200 and r.json()["model"] == COLD
+
+
+def test_envoy_does_not_retry_a_cluster_without_hosts(tmp_path: Path) -> None:
+    """Why cold models go to an activator instead of an empty cluster with retries and
+    backoff: measured on the Envoy here, a cluster without a healthy host is answered 503
+    "no healthy upstream" at once, with no retry whatever the retry policy."""
+    listen, admin = free_port(), free_port()
+    hcm = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    retry = {
+        "retry_on": "5xx,connect-failure,refused-stream,reset,retriable-status-codes",
+        "retriable_status_codes": [503],
+        "num_retries": 20,
+        "retry_back_off": {"base_interval": "0.5s", "max_interval": "2s"},
+    }
+    route = {"match": {"prefix": "/"}, "route": {"cluster": "empty", "retry_policy": retry}}
+    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+    cfg = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "l",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": hcm + "HttpConnectionManager",
+                                        "stat_prefix": "h",
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {"@type": router},
+                                            }
+                                        ],
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {"name": "v", "domains": ["*"], "routes": [route]}
+                                            ]
+                                        },
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "empty",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {"cluster_name": "empty", "endpoints": []},
+                }
+            ],
+        },
+    }
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(cfg))
+    envoy = subprocess.Popen(
+        [str(envoy_binary()), "-c", str(path), "--use-dynamic-base-id", "-l", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(admin, timeout=15)
+        wait_port(listen, timeout=15)
+        started = time.monotonic()
+        r = httpx.get(f"http://127.0.0.1:{listen}/v1/models", timeout=30)
+        took = time.monotonic() - started
+        stats = httpx.get(f"http://127.0.0.1:{admin}/stats", timeout=3).text
+    finally:
+        envoy.terminate()
+        envoy.wait(10)
+    assert (r.status_code, r.text) == (503, "no healthy upstream")
+    assert took < 0.5, took  # not 20 retries of >= 0.5 s backoff
+    assert "cluster.empty.upstream_rq_retry: 0" in stats
+    assert "cluster.empty.upstream_cx_none_healthy: 1" in stats
