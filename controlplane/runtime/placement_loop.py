@@ -22,6 +22,7 @@ keys, so nothing is loaded or unloaded meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -34,6 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
+from redis.exceptions import RedisError
 
 from controlplane.activator.demand import read_arrivals, read_waiting
 from controlplane.decide.forecast import (
@@ -169,7 +171,15 @@ class PlacementLoop:
                 await self._acting.tick(self.round)
                 await asyncio.sleep(self._s.interval_s)
         finally:
-            await self._acting.release()
+            await self.leave()
+
+    async def leave(self) -> None:
+        """Save the demand histories (if acting) and give the lock up, so the next replica
+        goes on from them. Bounded, and quiet when Redis is gone."""
+        if self._acting.leader and self.histories:
+            with contextlib.suppress(RedisError, OSError, asyncio.CancelledError):
+                await asyncio.wait_for(self._save_histories(), timeout=1.0)
+        await self._acting.release()
 
     async def round(self) -> None:
         if not await self._acting.hold():
