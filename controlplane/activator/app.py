@@ -134,8 +134,15 @@ class Activator:
         self._s = settings
         self._clock = clock
         self._held = 0
+        self.closing = False
+        """Shutting down: held requests are answered 503 at their next check (within 1 s)."""
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=METHODS)])
+
+    @property
+    def held(self) -> int:
+        """Requests held now."""
+        return self._held
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -211,6 +218,13 @@ class Activator:
             self._m.waiting.labels(model).dec()
         self._m.requests.labels(model, "timeout").inc()
         self._demand.arrived(model)
+        if self.closing:
+            return error(
+                503,
+                f"model {model!r} is loading and this control plane is shutting down; retry",
+                "ServiceUnavailable",
+                {"Retry-After": "1"},
+            )
         return error(
             503,
             f"model {model!r} is loading: no replica was ready within {self._s.hold_s:g} s;"
@@ -227,7 +241,7 @@ class Activator:
                 return True
             if await request.is_disconnected():
                 return None
-            if self._clock() >= deadline:
+            if self._clock() >= deadline or self.closing:
                 return False
 
     async def _forward(

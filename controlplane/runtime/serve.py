@@ -269,7 +269,12 @@ async def serve(s: ServeSettings) -> int:
     finally:
         log.info("shutting down")
         api.should_exit = True
-        if activator_api is not None:
+        if activator is not None and activator_api is not None:
+            activator.closing = True  # held requests get a 503 instead of a reset
+            for _ in range(12):
+                if not activator.held:
+                    break
+                await asyncio.sleep(0.1)
             activator_api.should_exit = True
         await sup.stop()
         if activator is not None:
