@@ -45,7 +45,25 @@ def host_port(value: str) -> tuple[str, int]:
 
 
 def _serve_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    p.add_argument(
+        "--redis",
+        default="",
+        help="this region's Redis URL (default: fleet.yaml's for --region, else "
+        "redis://127.0.0.1:6379/0)",
+    )
+    p.add_argument(
+        "--region",
+        default="",
+        help="this control plane's region; with a Redis per region in fleet.yaml it also "
+        "reads every other region's registry",
+    )
+    p.add_argument(
+        "--region-grace",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="a remote registry silent this long is lost (demoted after half) (10)",
+    )
     p.add_argument("--xds", type=host_port, default=("127.0.0.1", 18000), help="ADS gRPC HOST:PORT")
     p.add_argument("--api", type=host_port, default=("127.0.0.1", 18080), help="HTTP API HOST:PORT")
     p.add_argument("--config", type=Path, help="fleet.yaml (region distances, session header)")
@@ -189,6 +207,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     s = ServeSettings(
         redis_url=args.redis,
+        region=args.region,
+        region_grace_s=args.region_grace,
         xds_host=args.xds[0],
         xds_port=args.xds[1],
         api_host=args.api[0],

@@ -14,11 +14,14 @@ from controlplane.decide.rollout import RolloutPolicy
 from controlplane.intent import Intent
 from controlplane.runtime.placement_loop import PlacementSettings
 
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
 
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """Where the fleet registry and intent live."""
+    redis_url: str = ""
+    """Where this region's fleet registry and the intent live; empty: fleet.yaml's URL of
+    ``region`` (per-region form), else ``redis://127.0.0.1:6379/0``."""
     xds_host: str = "127.0.0.1"
     xds_port: int = 18000
     """gRPC ADS server address Envoys connect to."""
@@ -26,7 +29,13 @@ class ServeSettings:
     api_port: int = 18080
     """HTTP config API, ``/metrics`` and ``/healthz``."""
     config: Path | None = None
-    """Optional fleet.yaml: region distances, session header."""
+    """Optional fleet.yaml: region distances, session header, each region's Redis."""
+    region: str = ""
+    """This control plane's region (``--region``). With fleet.yaml's per-region form it
+    reads ``redis_url`` (its own region's registry) and every other region's registry."""
+    region_grace_s: float = 10.0
+    """A remote region whose registry is unreachable or silent this long is lost: its
+    replicas are demoted (not fresh) after half of it and removed after all of it."""
     coalesce_ms: float = 2.0
     """Changes arriving within this window are decided together."""
     resync_s: float = 5.0
@@ -113,9 +122,29 @@ class FleetConfig:
     """The optional fleet.yaml file."""
 
     region_distance: dict[str, dict[str, int]] = field(default_factory=dict)
+    region_redis: dict[str, str] = field(default_factory=dict)
+    """Each region's registry URL (the per-region form); empty: one Redis for all."""
     session_header: str = "x-session-id"
     affinity_default: bool = True
     affinity_models: dict[str, bool] = field(default_factory=dict)
+
+    def registries(self, region: str, redis_url: str) -> dict[str, str]:
+        """Region -> registry URL that ``aixds serve --region R --redis URL`` reads, the
+        local region first; with one Redis for all, ``{region: redis_url}`` alone."""
+        if not self.region_redis:
+            return {region: redis_url or DEFAULT_REDIS}
+        if region not in self.region_redis:
+            raise ConfigError(
+                f"fleet.yaml gives each region its own Redis: --region must be one of "
+                f"{sorted(self.region_redis)}, got {region!r}"
+            )
+        own = self.region_redis[region]
+        if redis_url and redis_url != own:
+            raise ConfigError(
+                f"--redis {redis_url} is not fleet.yaml's registry of {region} ({own}); "
+                "leave --redis out or make them match"
+            )
+        return {region: own, **{r: u for r, u in self.region_redis.items() if r != region}}
 
     def base_intent(self) -> Intent:
         return Intent(
@@ -135,11 +164,16 @@ class ConfigError(ValueError):
 def load_fleet_config(path: Path | None) -> FleetConfig:
     """Read fleet.yaml; a clear ``ConfigError`` for anything that does not fit.
 
-    Example::
+    Example (a registry per region; the older form ``us-east: {us-west: 10}``, a bare
+    distance map per region with one Redis for all, is still accepted, not mixed)::
 
         regions:
-          us-east: {us-west: 10, eu-west: 80}
-          eu-west: {us-east: 80, us-west: 90}
+          us-east:
+            redis: redis://10.0.0.1:6379/0
+            distance: {us-west: 10, eu-west: 80}
+          eu-west:
+            redis: redis://10.1.0.1:6379/0
+            distance: {us-east: 80, us-west: 90}
         session_header: x-session-id
         affinity:                  # session affinity (default: on for every model)
           default: true
@@ -157,26 +191,66 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     unknown = set(doc) - {"regions", "session_header", "affinity"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-    regions = doc.get("regions", {}) or {}
-    if not isinstance(regions, dict):
-        raise ConfigError(f"{path}: 'regions' must map a region to {{other: distance}}")
-    dist: dict[str, dict[str, int]] = {}
-    for r, others in regions.items():
-        if not isinstance(others, dict) or not all(
-            isinstance(k, str) and isinstance(v, int) and v >= 0 for k, v in others.items()
-        ):
-            raise ConfigError(f"{path}: regions.{r} must map region names to distances >= 0")
-        dist[str(r)] = dict(others)
+    dist, redis_urls = _regions(path, doc.get("regions", {}))
     header = doc.get("session_header", "x-session-id")
     if not isinstance(header, str) or not header:
         raise ConfigError(f"{path}: session_header must be a non-empty string")
     default, models = _affinity(path, doc.get("affinity", {}))
     return FleetConfig(
         region_distance=dist,
+        region_redis=redis_urls,
         session_header=header.lower(),
         affinity_default=default,
         affinity_models=models,
     )
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _regions(path: Path, doc: Any) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """fleet.yaml's ``regions``: either every region ``{redis: URL, distance: {R: N}}``
+    or every region a bare ``{R: N}`` (one Redis for all)."""
+    doc = doc or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: 'regions' must map a region to {{redis, distance}}")
+    dist: dict[str, dict[str, int]] = {}
+    urls: dict[str, str] = {}
+    forms: dict[str, str] = {}
+    for r, body in doc.items():
+        r = str(r)
+        body = body or {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: regions.{r} must be a mapping")
+        if "redis" in body or "distance" in body:
+            forms[r] = "per-region"
+            extra = set(body) - {"redis", "distance"}
+            if extra:
+                raise ConfigError(f"{path}: regions.{r}: unknown keys {sorted(extra)}")
+            url = body.get("redis")
+            if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
+                raise ConfigError(
+                    f"{path}: regions.{r}.redis must be a redis://, rediss:// or unix:// URL"
+                )
+            urls[r] = url
+            others = body.get("distance", {}) or {}
+            where = f"regions.{r}.distance"
+        else:
+            forms[r] = "distance-only"
+            others = body
+            where = f"regions.{r}"
+        if not isinstance(others, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in others.items()
+        ):
+            raise ConfigError(f"{path}: {where} must map region names to distances >= 0")
+        dist[r] = dict(others)
+    if len(set(forms.values())) > 1:
+        old = sorted(r for r, f in forms.items() if f == "distance-only")
+        raise ConfigError(
+            f"{path}: regions mixes the per-region form ({{redis, distance}}) with bare "
+            f"distance maps ({', '.join(old)}); give every region 'redis' and 'distance'"
+        )
+    return dist, urls
 
 
 def _affinity(path: Path, doc: Any) -> tuple[bool, dict[str, bool]]:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from controlplane.api.errors import ApiError
 from controlplane.fleet.model import ReplicaRecord
 from controlplane.runtime.autorollback import AutoRollback
-from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.reconcile import Reconciler
@@ -35,7 +35,7 @@ class TestHooks:
 class ApiContext:
     """What the API reads. ``xds_status`` returns the ADS server's per-stream status."""
 
-    watcher: FleetWatcher
+    watcher: FleetSource
     reconciler: Reconciler
     registry: CollectorRegistry
     xds_status: Callable[[], dict[str, Any]]

@@ -16,17 +16,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from controlplane.fleet.codec import RecordError
-from controlplane.fleet.model import ObservedReplica
+from controlplane.fleet.model import FleetView, ObservedReplica
 from controlplane.fleet.store import RawEntry, RegistryReader, decode_entry
 from controlplane.runtime.reconnect import reconnect_forever, reraise_if_cancelling
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+
+class FleetSource(Protocol):
+    """What the reconciler, the rollouts and the API read: one ``FleetWatcher``, or the
+    merged view of every region's (``runtime.regions.RegionalFleet``)."""
+
+    @property
+    def view(self) -> FleetView: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def synced_once(self) -> bool: ...
 
 
 class FleetMetrics:
@@ -70,6 +85,8 @@ class FleetWatcher:
         self.view: dict[str, ObservedReplica] = {}
         self.connected = False
         self.synced_once = False
+        self.last_ok = 0.0
+        """When Redis last answered a read (our clock); 0: never."""
         self._grace_until = 0.0
         self._malformed_logged: set[str] = set()
 
@@ -160,7 +177,9 @@ class FleetWatcher:
                 if pending:
                     ids = sorted(pending)
                     pending.clear()
-                    if self.apply(await self._reader.read(ids), full=False):
+                    entries = await self._reader.read(ids)
+                    self.last_ok = self._clock()
+                    if self.apply(entries, full=False):
                         self._on_change()
                 if asyncio.get_running_loop().time() >= next_resync:
                     await self._resync(first=False)
@@ -172,6 +191,7 @@ class FleetWatcher:
 
     async def _resync(self, *, first: bool) -> None:
         entries = await self._reader.read_all()
+        self.last_ok = self._clock()
         if first:
             if self.synced_once:
                 self._grace_until = self._clock() + self._recovery_grace_s

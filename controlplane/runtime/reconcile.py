@@ -24,7 +24,7 @@ from controlplane.decide.rollout import next_deadline
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import AFFINITY_SUFFIX, Health, Plan
-from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.xds.build import build_resources
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.snapshot import Snapshot
@@ -75,7 +75,7 @@ class GroupState:
 class Reconciler:
     def __init__(
         self,
-        watcher: FleetWatcher,
+        watcher: FleetSource,
         intent: Callable[[], Intent],
         cache: SnapshotCache,
         metrics: ReconcileMetrics,

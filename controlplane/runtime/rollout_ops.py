@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from controlplane.decide.rollout import Counts, RolloutPolicy, VersionCount, version_counts
 from controlplane.fleet.intent_store import IntentStore, RevisionConflict
 from controlplane.intent import Intent, IntentError, Rollout, intent_to_doc
-from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_watch import IntentWatcher, decode_stored
 from controlplane.runtime.reconcile import Reconciler
 
@@ -85,7 +85,7 @@ class RolloutService:
         self,
         store: IntentStore,
         intents: IntentWatcher,
-        fleet: FleetWatcher,
+        fleet: FleetSource,
         reconciler: Reconciler,
         policy: RolloutPolicy,
         metrics: RolloutMetrics,

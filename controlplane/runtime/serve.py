@@ -37,11 +37,12 @@ from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
-from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
+from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.placement_loop import PlacementLoop, PlacementMetrics
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
+from controlplane.runtime.regions import RegionalFleet, RegionMetrics
 from controlplane.runtime.rollout_ops import RolloutMetrics, RolloutService
 from controlplane.runtime.serving_version import ServingVersionMetrics, ServingVersions
 from controlplane.runtime.supervisor import Supervisor
@@ -84,8 +85,10 @@ async def serve(s: ServeSettings) -> int:
     fleet_cfg = load_fleet_config(s.config)
     base_intent = replace(fleet_cfg.base_intent(), activators=s.activators())
     registry = CollectorRegistry()
-    client = connect(s.redis_url)
-    reader = RedisRegistry(client)
+    urls = fleet_cfg.registries(s.region, s.redis_url)
+    redis_url = urls[s.region]
+    client = connect(redis_url)
+    remote_clients = {r: connect(u) for r, u in urls.items() if r != s.region}
     cache = SnapshotCache(group_of=node_group)
 
     reconciler: Reconciler | None = None
@@ -100,13 +103,32 @@ async def serve(s: ServeSettings) -> int:
         if readiness is not None:
             readiness.changed()
 
-    watcher = FleetWatcher(
-        reader,
+    local_watcher = FleetWatcher(
+        RedisRegistry(client),
         FleetMetrics(registry),
         on_change,
         resync_interval_s=s.resync_s,
         recovery_grace_s=s.recovery_grace_s,
     )
+    watcher: FleetSource = local_watcher
+    watchers = {s.region: local_watcher}
+    regions: RegionalFleet | None = None
+    if remote_clients:
+        # A remote region's watcher keeps nothing past its registry after a reconnect
+        # (grace 0), reads it often enough that a quiet region is not taken for a silent
+        # one, and its metrics stay unexported (the local names are not per region).
+        for r, c in remote_clients.items():
+            watchers[r] = FleetWatcher(
+                RedisRegistry(c),
+                FleetMetrics(CollectorRegistry()),
+                on_change,
+                resync_interval_s=min(s.resync_s, s.region_grace_s / 4),
+                recovery_grace_s=0.0,
+            )
+        regions = RegionalFleet(
+            s.region, watchers, RegionMetrics(registry), on_change, grace_s=s.region_grace_s
+        )
+        watcher = regions
     intent_store = RedisIntentStore(client)
     intents = IntentWatcher(
         intent_store,
@@ -243,7 +265,10 @@ async def serve(s: ServeSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     sup = Supervisor()
-    sup.spawn("fleet-watch", watcher.run)
+    for r, w in watchers.items():
+        sup.spawn("fleet-watch" if r == s.region else f"fleet-watch:{r}", w.run)
+    if regions is not None:
+        sup.spawn("regions", regions.run)
     sup.spawn("intent-watch", intents.run)
     sup.spawn("reconcile", reconciler.run)
     sup.spawn("load-flush", loads.run)
@@ -255,13 +280,14 @@ async def serve(s: ServeSettings) -> int:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s, instance %s",
+        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
         s.api_host,
         s.api_port,
         "enabled" if s.api_token else "disabled: no API token",
-        s.redis_url,
+        redis_url,
+        f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
     try:
@@ -282,4 +308,6 @@ async def serve(s: ServeSettings) -> int:
         await lrs.close(s.xds_grace_s / 4)
         await stop_xds_server(xds_server, s.xds_grace_s, ads)
         await client.aclose()
+        for c in remote_clients.values():
+            await c.aclose()
     return 0

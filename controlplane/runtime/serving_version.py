@@ -37,7 +37,7 @@ from controlplane.fleet.intent_store import RevisionConflict
 from controlplane.fleet.leader import Lock
 from controlplane.intent import Intent
 from controlplane.runtime.acting import Acting
-from controlplane.runtime.fleet_watch import FleetWatcher
+from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.rollout_ops import RolloutService, Unavailable
 
@@ -65,7 +65,7 @@ class ServingVersions:
         self,
         service: RolloutService,
         intents: IntentWatcher,
-        fleet: FleetWatcher,
+        fleet: FleetSource,
         lock: Lock,
         metrics: ServingVersionMetrics,
         *,
