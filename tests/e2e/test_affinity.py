@@ -190,7 +190,7 @@ def test_fifty_turns_of_one_session_land_on_one_replica_by_header_and_by_user(
     assert len(spread) >= 2, spread
 
 
-def test_forty_sessions_spread_over_the_replicas_by_capacity(fleet: Fleet) -> None:
+def test_sessions_spread_over_the_replicas_by_capacity(fleet: Fleet) -> None:
     fast = replica(fleet, "--speed", "3.0")
     slow = [replica(fleet) for _ in range(2)]
     edge = fleet.add_edge()
@@ -202,11 +202,13 @@ def test_forty_sessions_spread_over_the_replicas_by_capacity(fleet: Fleet) -> No
     # 100; a first measurement starts from 1.0, so 2.0 itself would stay at 100)
     w = settle(edge, {fast.port: 200, **{r.port: 100 for r in slow}})
     assert w[slow[0].port] == w[slow[1].port]
-    homes = Counter(port[home(edge, f"user-{i}")] for i in range(40))
-    share = homes[fast.port] / 40
+    # 120 sessions: the share's standard deviation is 0.046, so the 0.2 bound is 4 of them
+    # (with 40 the table's dependence on the random ports failed about 1 run in 100)
+    homes = Counter(port[home(edge, f"user-{i}")] for i in range(120))
+    share = homes[fast.port] / 120
     expected = w[fast.port] / sum(w.values())  # 0.5
     assert abs(share - expected) < 0.2, (homes, w)
-    assert all(homes[r.port] >= 3 for r in slow), homes
+    assert all(homes[r.port] >= 10 for r in slow), homes
 
 
 def test_drained_replica_hands_its_sessions_over_once_without_a_failed_turn(
