@@ -218,6 +218,22 @@ def alive(pid: int) -> bool:
     return st is not None and st[1] not in "ZX"
 
 
+def catches(pid: int, sig: int) -> bool:
+    """``pid`` has installed a handler for ``sig`` (``SigCgt`` in ``/proc/PID/status``).
+
+    A program that opens its ports before it installs its signal handlers dies of the
+    default action if a signal comes in between: wait for this before signalling it.
+    """
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
 def descendants(root: int) -> set[int]:
     """Every live process below ``root`` (Linux ``/proc``), at this moment."""
     children: dict[int, list[int]] = {}

@@ -20,7 +20,7 @@ import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from controlplane.xds import resources
-from tests.support import Proc, Procs, alive, descendants, free_port, wait_until
+from tests.support import Proc, Procs, alive, catches, descendants, free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -80,6 +80,7 @@ def test_envoy_connects_and_stops_on_sigterm(stub_ads: tuple[_StubAds, int], pro
     assert _port_open(admin)
 
     assert p.popen is not None
+    _wait_for_signal_handlers(p.pid)
     os.kill(p.pid, signal.SIGTERM)  # only aixds: it must forward the signal to Envoy
     assert p.popen.wait(10) == 0
     assert not _port_open(admin)
@@ -95,7 +96,15 @@ def _runner(procs: Procs, xds_port: int) -> tuple[Proc, int]:
         "--concurrency", "1",
     )  # fmt: skip
     wait_until(lambda: _port_open(admin), 10, what="Envoy's admin")
+    _wait_for_signal_handlers(p.pid)
     return p, admin
+
+
+def _wait_for_signal_handlers(runner: int) -> None:
+    """Envoy opens its admin port before it handles SIGTERM: a SIGTERM in that window
+    kills it by the default action (exit 143), which is not what these tests are about."""
+    (envoy,) = descendants(runner)
+    wait_until(lambda: catches(envoy, signal.SIGTERM), 10, what="Envoy's SIGTERM handler")
 
 
 def test_sighup_stops_envoy(stub_ads: tuple[_StubAds, int], procs: Procs) -> None:
