@@ -1,4 +1,19 @@
+"""Shared fixtures. First, before anything imports grpc: no gRPC fork handlers.
+
+The test process runs gRPC servers and clients in threads and also starts children
+(``subprocess.Popen`` with a ``preexec_fn``, so a real fork before the exec). With fork
+support on (grpcio's default here), gRPC's ``pthread_atfork`` handlers run in every such
+child; with other threads inside gRPC they were seen to fail (``epoll_wait error: Bad file
+descriptor``) and the child never reached its exec (an Envoy runner that never started,
+in CI). The children exec at once and never use the parent's gRPC, so the handlers have
+nothing to do: ``GRPC_ENABLE_FORK_SUPPORT=0``.
+"""
+
 from __future__ import annotations
+
+import os
+
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "0"
 
 from collections.abc import Iterator
 from pathlib import Path
