@@ -9,14 +9,12 @@ order; the xDS server gets a bounded grace so open streams cannot hold shutdown.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import Generator
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +28,7 @@ from controlplane.api.app import ApiContext, TestHooks, create_app
 from controlplane.decide import EnvoyNode
 from controlplane.decide.cold import loadable_models
 from controlplane.decide.eligibility import is_fresh
+from controlplane.embedded_http import EmbeddedServer
 from controlplane.fleet import schema
 from controlplane.fleet.intent_store import RedisIntentStore
 from controlplane.fleet.leader import RedisLock
@@ -53,14 +52,6 @@ from controlplane.xds.cache import NodeInfo, SnapshotCache
 from controlplane.xds.lrs import LrsMetrics, LrsServer
 
 log = logging.getLogger(__name__)
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: ``serve()`` owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 def envoy_node(info: NodeInfo) -> EnvoyNode:
@@ -194,7 +185,11 @@ async def serve(s: ServeSettings) -> int:
     )
     placement = PlacementLoop(
         client,
-        lambda: watcher.view,
+        # Placement writes the desired-models keys of the local registry, which only the
+        # local region's agents read: it places on the local region's replicas alone (each
+        # region's control plane places for its own Envoys' demand), never on a node whose
+        # agent would not see the decision.
+        lambda: local_watcher.view,
         intents.current,
         RedisLoadStore(client),
         RedisLock(client, schema.PLACEMENT_LOCK_KEY, instance, s.leader_ttl_s),
@@ -216,7 +211,7 @@ async def serve(s: ServeSettings) -> int:
             redis=client,
         )
     )
-    api = _Uvicorn(
+    api = EmbeddedServer(
         uvicorn.Config(
             app,
             host=s.api_host,
@@ -229,7 +224,7 @@ async def serve(s: ServeSettings) -> int:
 
     activator: Activator | None = None
     demand: ActivatorDemand | None = None
-    activator_api: _Uvicorn | None = None
+    activator_api: EmbeddedServer | None = None
     if s.activator_port:
         readiness = Readiness(lambda: watcher.view, intents.current, time.time)
         demand = ActivatorDemand(client, instance)
@@ -247,7 +242,7 @@ async def serve(s: ServeSettings) -> int:
             ActivatorMetrics(registry),
             ActivatorSettings(hold_s=s.hold_s),
         )
-        activator_api = _Uvicorn(
+        activator_api = EmbeddedServer(
             uvicorn.Config(
                 activator.app,
                 host=s.activator_host,

@@ -18,12 +18,13 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import TracebackType
 
 import uvicorn
 
+from controlplane.embedded_http import EmbeddedServer
 from controlplane.sim.app import FakeLLM, FakeLLMConfig
 from controlplane.sim.residency import parse_available
 from controlplane.sim.simgpu import GiB, GpuSpec
@@ -104,7 +105,7 @@ class FakeLLMServer:
         self._on_crash = on_crash
         self.crashed = False
         self.llm: FakeLLM | None = None
-        self._server: _Server | None = None
+        self._server: EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
 
@@ -129,7 +130,7 @@ class FakeLLMServer:
             timeout_graceful_shutdown=1,
             timeout_keep_alive=30,
         )
-        self._server = _Server(uv)
+        self._server = EmbeddedServer(uv)
         self._task = asyncio.create_task(
             self._server.serve(sockets=[self._sock]), name=f"fake-llm {config.replica_id}"
         )
@@ -172,14 +173,6 @@ class FakeLLMServer:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the caller owns signals (and exit code)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:
