@@ -22,8 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from controlplane.demo.procs import ProcessGroup, free_port, wait_port
+from controlplane.demo.regions import (
+    REGION_NAMES,
+    DemoRegion,
+    RegionControl,
+    control_app,
+    fleet_yaml,
+)
+from controlplane.embedded_http import EmbeddedServer
 from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal
 
 MODEL = "llama"
@@ -61,9 +70,20 @@ class DemoEdge:
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--regions", type=int, default=1, choices=(1, 2), help="1 or 2 regions")
-    p.add_argument("--replicas", type=int, default=3, help="fake replicas per region")
-    p.add_argument("--rate", type=float, default=80.0, help="requests/s sent to each edge")
+    p.add_argument(
+        "--regions",
+        type=int,
+        default=1,
+        choices=(1, 2, 3),
+        help="regions; with 2 or 3 each has its own Redis, control plane and edge Envoy,"
+        " and a printed command loses or restores one",
+    )
+    p.add_argument(
+        "--replicas", type=int, help="fake replicas per region (default 3; 2 with 3 regions)"
+    )
+    p.add_argument(
+        "--rate", type=float, help="requests/s sent to each edge (default 80; 40 with 3 regions)"
+    )
     p.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (0: Ctrl-C)")
     p.add_argument(
         "--listen-port",
@@ -76,6 +96,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="aixds-demo-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
     group = ProcessGroup(log_dir)
     interrupt_on_stop_signals()  # while starting up; then _demo's handlers stop it gently
     try:
@@ -101,55 +122,86 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
+@dataclass
+class RegionPorts:
+    redis: int
+    xds: int
+    api: int
+    activator: int
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis}/0"
+
+
+COLD_START_FLAGS = (
+    # demo-sized cold-start times (seconds for hours): an idle model is unloaded about 20 s
+    # after its last request until the idle-time histogram (1 s bins) has learned the 30 s
+    # rhythm of the bursts (after 5 gaps) and loads it just before the next one
+    "--keep-alive",
+    "10",
+    "--scale-down-after",
+    "5",
+    "--placement-hold",
+    "5",
+    "--unload-after",
+    "3",
+    "--forecast-bin",
+    "1",
+)
+REGION_GRACE_S = 4.0
+"""``serve --region-grace``: a silent remote registry is demoted after 2 s, lost after 4 s."""
+
+
 async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) -> int:
-    redis_port, xds, api, activator = free_port(), free_port(), free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    regions = ["us-east", "eu-west"][: args.regions]
+    regions = list(REGION_NAMES[: args.regions])
+    multi = len(regions) > 1
+    n_replicas = args.replicas if args.replicas is not None else (2 if len(regions) > 2 else 3)
+    rate = args.rate if args.rate is not None else (80.0 if len(regions) < 3 else 40.0)
+    ports = {r: RegionPorts(free_port(), free_port(), free_port(), free_port()) for r in regions}
     print(
-        f"starting Redis, control plane, {len(regions)} edge Envoy(s) and "
-        f"{args.replicas * len(regions)} fake replicas (logs in {log_dir}) ...",
+        "starting "
+        + ("a Redis and a control plane per region, " if multi else "Redis, control plane, ")
+        + f"{len(regions)} edge Envoy(s) and {n_replicas * len(regions)} fake replicas"
+        f" (logs in {log_dir}) ...",
         flush=True,
     )
-    group.redis(redis_port)
     config = log_dir / "fleet.yaml"
-    config.write_text("regions:\n  us-east: {eu-west: 80}\n  eu-west: {us-east: 80}\n")
-    group.aixds(
-        "serve",
-        "serve",
-        "--redis",
-        redis_url,
-        "--xds",
-        f"127.0.0.1:{xds}",
-        "--api",
-        f"127.0.0.1:{api}",
-        "--config",
-        str(config),
-        "--api-token",
-        DEMO_TOKEN,
-        "--activator",
-        f"127.0.0.1:{activator}",
-        # demo-sized cold-start times (seconds for hours): an idle model is unloaded
-        # about 20 s after its last request until the idle-time histogram (1 s bins) has
-        # learned the 30 s rhythm of the bursts (after 5 gaps) and loads it just before
-        # the next one
-        "--keep-alive",
-        "10",
-        "--scale-down-after",
-        "5",
-        "--placement-hold",
-        "5",
-        "--unload-after",
-        "3",
-        "--forecast-bin",
-        "1",
+    config.write_text(
+        fleet_yaml(regions, {r: p.redis_url for r, p in ports.items()} if multi else None)
     )
-    replicas: list[DemoReplica] = []
+    demo_regions: list[DemoRegion] = []
     for region in regions:
-        for i in range(args.replicas):
+        p = ports[region]
+        demo_regions.append(
+            DemoRegion(region, group.redis(p.redis, f"redis-{region}" if multi else "redis"))
+        )
+        group.aixds(
+            f"serve-{region}" if multi else "serve",
+            "serve",
+            "--redis",
+            p.redis_url,
+            "--xds",
+            f"127.0.0.1:{p.xds}",
+            "--api",
+            f"127.0.0.1:{p.api}",
+            "--config",
+            str(config),
+            "--api-token",
+            DEMO_TOKEN,
+            "--activator",
+            f"127.0.0.1:{p.activator}",
+            *(("--region", region, "--region-grace", str(REGION_GRACE_S)) if multi else ()),
+            *COLD_START_FLAGS,
+        )
+    replicas: list[DemoReplica] = []
+    for dr in demo_regions:
+        region, redis_url = dr.name, ports[dr.name].redis_url
+        for i in range(n_replicas):
             port, speed = free_port(), SPEEDS[(len(replicas)) % len(SPEEDS)]
             zone = f"{region}-{ZONES[i % len(ZONES)]}"
             node = f"{region}-gpu{i + 1}"
-            group.aixds(
+            server = group.aixds(
                 f"llm-{node}",
                 "fake-llm",
                 "--listen",
@@ -165,7 +217,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
                 "--available",
                 f"{COLD_MODEL}:20:{COLD_LOAD_MS}",
             )
-            group.aixds(
+            agent = group.aixds(
                 f"agent-{node}",
                 "agent",
                 "--redis",
@@ -181,6 +233,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
                 "--reference-tps",
                 str(REFERENCE_TPS),
             )
+            dr.nodes += [server, agent]
             replicas.append(DemoReplica(f"{node}/vllm-{port}", region, zone, port, speed))
     edges: list[DemoEdge] = []
     for n, region in enumerate(regions):
@@ -190,7 +243,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
             f"envoy-{region}",
             "envoy",
             "--xds",
-            f"127.0.0.1:{xds}",
+            f"127.0.0.1:{ports[region].xds}",
             "--node-id",
             f"edge-{region}",
             "--region",
@@ -203,10 +256,11 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
             f"127.0.0.1:{admin}",
         )
         edges.append(DemoEdge(region, port, admin))
+    api = ports[regions[0]].api
     wait_port(api)
     for e in edges:
         wait_port(e.admin)
-    await _wait_routable(edges[0])
+    await asyncio.gather(*(_wait_routable(e) for e in edges))
     curl = (
         f"curl -s http://127.0.0.1:{edges[0].port}/v1/chat/completions "
         f"-H 'content-type: application/json' "
@@ -220,14 +274,29 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     served: deque[Served] = deque(maxlen=200_000)
     cold: deque[ColdServed] = deque(maxlen=100)
     tasks = [
-        asyncio.create_task(_load(e, args.rate, served, stop), name=f"load-{e.region}")
-        for e in edges
+        asyncio.create_task(_load(e, rate, served, stop), name=f"load-{e.region}") for e in edges
     ]
     tasks.append(asyncio.create_task(_cold_bursts(edges[0], cold, stop), name="cold-bursts"))
+    control: Control | None = None
+    if multi:
+        ctl = RegionControl(group, demo_regions)
+        apis = {r: f"http://127.0.0.1:{p.api}" for r, p in ports.items()}
+        control = Control(ctl, free_port(), apis)
+        http = EmbeddedServer(
+            uvicorn.Config(
+                control_app(ctl),
+                host="127.0.0.1",
+                port=control.port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        stop_server = asyncio.create_task(_stop_on(stop, http), name="demo-control-stop")
+        tasks += [asyncio.create_task(http.serve(), name="demo-control"), stop_server]
     api_url = f"http://127.0.0.1:{api}"
     tasks.append(
         asyncio.create_task(
-            _table(api_url, edges, replicas, served, cold, curl, stop), name="table"
+            _table(api_url, edges, replicas, served, cold, curl, control, stop), name="table"
         )
     )
     if args.duration > 0:
@@ -241,6 +310,20 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     for exc in failed:
         print(f"demo task failed: {exc!r}", file=sys.stderr)
     return 1 if failed else 0
+
+
+@dataclass
+class Control:
+    """The demo's region control endpoint and every region's control-plane API."""
+
+    regions: RegionControl
+    port: int
+    apis: dict[str, str]
+
+
+async def _stop_on(stop: asyncio.Event, server: EmbeddedServer) -> None:
+    await stop.wait()
+    server.should_exit = True
 
 
 def _hung_up(stop: asyncio.Event) -> None:
@@ -264,8 +347,8 @@ async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:
     raise RuntimeError("the edge Envoy never routed a request; see the logs")
 
 
-Served = tuple[float, str, int, str]
-"""(monotonic time, replica that answered, status, chat user or "")."""
+Served = tuple[float, str, int, str, str]
+"""(monotonic time, replica that answered, status, chat user or "", edge's region)."""
 CHAT_USERS = 24
 """Half the demo's requests are turns of one of these chats (the OpenAI body field
 ``user``, a session key): each keeps its replica, where its long prompt is cached."""
@@ -299,9 +382,9 @@ async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asynci
             try:
                 r = await client.post(url, json=body)
                 rid = r.headers.get("x-replica", "?")
-                served.append((time.monotonic(), rid, r.status_code, user))
+                served.append((time.monotonic(), rid, r.status_code, user, edge.region))
             except httpx.HTTPError:
-                served.append((time.monotonic(), "?", 0, user))
+                served.append((time.monotonic(), "?", 0, user, edge.region))
 
         while not stop.is_set():
             await asyncio.sleep(rng.expovariate(rate))
@@ -370,6 +453,7 @@ async def _table(
     served: deque[Served],
     cold: deque[ColdServed],
     curl: str,
+    control: Control | None,
     stop: asyncio.Event,
 ) -> None:
     async with httpx.AsyncClient(timeout=2) as c:
@@ -389,10 +473,10 @@ async def _table(
                 continue
             now = time.monotonic()
             recent = [s for s in served if now - s[0] <= 5.0]
-            window = [(rid, st) for _, rid, st, _ in recent]
+            window = [(rid, st) for _, rid, st, _, _ in recent]
             share = Counter(rid for rid, st in window if st == 200)
             homes: dict[str, set[str]] = {}
-            for _, rid, st, user in recent:
+            for _, rid, st, user, _ in recent:
                 if user and st == 200:
                     homes.setdefault(user, set()).add(rid)
             errors = sum(1 for _, st in window if st != 200)
@@ -424,6 +508,7 @@ async def _table(
                 f"chat sessions (body 'user') in the last 5 s: {len(homes)}, replicas per"
                 f" session {sum(map(len, homes.values())) / max(1, len(homes)):.2f}"
                 " (1.00: every chat stayed where its prompt is cached)",
+                *(await _region_lines(c, control, replicas, recent) if control else []),
                 *_cold_lines(fleet, cold, placement),
                 "speed: the fake server's setting; meas: the decode speed its agent measured"
                 " (per running sequence: a fuller batch reads lower); hit%: prefix-cache hits",
@@ -436,10 +521,58 @@ async def _table(
                 f"  aixds models placement --api {api}",
                 f"  AIXDS_API_TOKEN={DEMO_TOKEN} aixds drain {replicas[0].replica_id.split('/')[0]}"
                 f" --api {api}    # then: --undo",
+                *(_region_commands(control) if control else []),
             ]
             sys.stdout.write("\n".join(lines) + "\n")
             sys.stdout.flush()
             await asyncio.sleep(1.0)
+
+
+async def _region_lines(
+    c: httpx.AsyncClient, control: Control, replicas: list[DemoReplica], recent: list[Served]
+) -> list[str]:
+    """Per edge: where its requests were served (by region) in the last 5 s, and its
+    errors; per region: up or lost, and how its control plane sees the other registries."""
+    region_of = {r.replica_id: r.region for r in replicas}
+    states = control.regions.states()
+    lines = ["regions (each with its own Redis and control plane):"]
+    for edge_region in control.apis:
+        mine = [(rid, st) for _, rid, st, _, e in recent if e == edge_region]
+        ok = Counter(region_of.get(rid, "?") for rid, st in mine if st == 200)
+        total = max(1, sum(ok.values()))
+        where = ", ".join(f"{r} {100 * n / total:.0f}%" for r, n in sorted(ok.items())) or "-"
+        errors = sum(1 for _, st in mine if st != 200)
+        seen = await _registry_states(c, control.apis[edge_region])
+        view = " ".join(f"{r}:{v}" for r, v in sorted(seen.items())) or "?"
+        lines.append(
+            f"  {edge_region:<9} {states[edge_region].upper():<5} edge served from: {where};"
+            f" errors {errors}; its control plane sees registries {view}"
+        )
+    return lines
+
+
+async def _registry_states(c: httpx.AsyncClient, api: str) -> dict[str, str]:
+    """``aixds_region_state`` from a control plane's /metrics: region -> live/demoted/lost."""
+    names = {0: "live", 1: "demoted", 2: "lost"}
+    try:
+        text = (await c.get(f"{api}/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith('aixds_region_state{region="'):
+            region = line.split('"')[1]
+            out[region] = names.get(int(float(line.rsplit(" ", 1)[1])), "?")
+    return out
+
+
+def _region_commands(control: Control) -> list[str]:
+    base = f"http://127.0.0.1:{control.port}/regions"
+    name = next(iter(control.apis))
+    return [
+        f"  curl -X POST {base}/{name}/lose      # kill -9 its Redis, model servers and agents",
+        f"  curl -X POST {base}/{name}/restore   # start them again",
+    ]
 
 
 def _weights(resp: httpx.Response) -> dict[int, str]:

@@ -42,6 +42,7 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
 class Child:
     name: str
     popen: subprocess.Popen[bytes]
+    argv: list[str] = field(default_factory=list)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -71,14 +72,30 @@ class ProcessGroup:
                 preexec_fn=die_with_parent(),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        child = Child(name, popen)
+        child = Child(name, popen, list(argv))
         self.children.append(child)
         return child
+
+    def kill(self, child: Child) -> None:
+        """SIGKILL ``child`` (and its group) and reap it: a crash, for the demo's region loss."""
+        child.signal(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.popen.wait(5)
+
+    def restart(self, child: Child) -> Child:
+        """Start ``child``'s command again under its name (log appended); the old entry is
+        replaced, so ``stop_all`` stops the new process."""
+        if child.alive():
+            raise RuntimeError(f"{child.name} is still running")
+        new = self.start(child.name, child.argv)
+        self.children.remove(new)
+        self.children[self.children.index(child)] = new
+        return new
 
     def aixds(self, name: str, *args: str) -> Child:
         return self.start(name, [sys.executable, "-m", "controlplane", *args])
 
-    def redis(self, port: int) -> Child:
+    def redis(self, port: int, name: str = "redis") -> Child:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError(
@@ -86,7 +103,7 @@ class ProcessGroup:
                 "or run `make demo`, which does"
             )
         child = self.start(
-            "redis",
+            name,
             [
                 exe,
                 "--port",
