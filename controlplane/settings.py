@@ -127,6 +127,23 @@ class FleetConfig:
     session_header: str = "x-session-id"
     affinity_default: bool = True
     affinity_models: dict[str, bool] = field(default_factory=dict)
+    intent_home: str = ""
+    """The region whose intent Redis is the writable primary (``intent.home``); empty:
+    intent lives in each control plane's local registry (no replication)."""
+    region_intent: dict[str, str] = field(default_factory=dict)
+    """Each region's intent Redis (``regions.R.intent_redis``): the home's is the primary,
+    the others are Redis replicas (``replicaof``) of it."""
+
+    def intent_topology(self, region: str) -> IntentTopology | None:
+        """Where ``aixds serve --region R`` reads and writes intent; None: in its registry."""
+        if not self.intent_home:
+            return None
+        if region not in self.region_intent:
+            raise ConfigError(
+                f"fleet.yaml replicates intent: --region must be one of "
+                f"{sorted(self.region_intent)}, got {region!r}"
+            )
+        return IntentTopology(home=self.intent_home, local=region, urls=dict(self.region_intent))
 
     def registries(self, region: str, redis_url: str) -> dict[str, str]:
         """Region -> registry URL that ``aixds serve --region R --redis URL`` reads, the
@@ -161,6 +178,30 @@ class ConfigError(ValueError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class IntentTopology:
+    """Replicated intent as one control plane sees it (fleet.yaml ``intent.home``)."""
+
+    home: str
+    """The region whose intent Redis is the primary: every write goes there."""
+    local: str
+    """This control plane's region: it reads and watches its own region's copy."""
+    urls: dict[str, str]
+    """Region -> its intent Redis URL (the home's primary, the others' replicas)."""
+
+    @property
+    def is_home(self) -> bool:
+        return self.home == self.local
+
+    @property
+    def home_url(self) -> str:
+        return self.urls[self.home]
+
+    @property
+    def local_url(self) -> str:
+        return self.urls[self.local]
+
+
 def load_fleet_config(path: Path | None) -> FleetConfig:
     """Read fleet.yaml; a clear ``ConfigError`` for anything that does not fit.
 
@@ -178,6 +219,9 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
         affinity:                  # session affinity (default: on for every model)
           default: true
           models: {embed-small: false}
+
+    Replicated intent (per-region form only): ``intent: {home: us-east}`` and every region
+    an ``intent_redis: URL``; the home's is the primary, the others replicate it.
     """
     if path is None:
         return FleetConfig()
@@ -188,10 +232,11 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(doc) - {"regions", "session_header", "affinity"}
+    unknown = set(doc) - {"regions", "session_header", "affinity", "intent"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-    dist, redis_urls = _regions(path, doc.get("regions", {}))
+    dist, redis_urls, intent_urls = _regions(path, doc.get("regions", {}))
+    home = _intent_home(path, doc.get("intent"), redis_urls, intent_urls)
     header = doc.get("session_header", "x-session-id")
     if not isinstance(header, str) or not header:
         raise ConfigError(f"{path}: session_header must be a non-empty string")
@@ -202,20 +247,26 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
         session_header=header.lower(),
         affinity_default=default,
         affinity_models=models,
+        intent_home=home,
+        region_intent=intent_urls if home else {},
     )
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _regions(path: Path, doc: Any) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """fleet.yaml's ``regions``: either every region ``{redis: URL, distance: {R: N}}``
-    or every region a bare ``{R: N}`` (one Redis for all)."""
+def _regions(
+    path: Path, doc: Any
+) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, str]]:
+    """fleet.yaml's ``regions``: either every region ``{redis: URL, distance: {R: N},
+    intent_redis: URL}`` (``intent_redis`` optional) or every region a bare ``{R: N}``
+    (one Redis for all). Returns distances, registry URLs, intent Redis URLs."""
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: 'regions' must map a region to {{redis, distance}}")
     dist: dict[str, dict[str, int]] = {}
     urls: dict[str, str] = {}
+    intent_urls: dict[str, str] = {}
     forms: dict[str, str] = {}
     for r, body in doc.items():
         r = str(r)
@@ -224,15 +275,13 @@ def _regions(path: Path, doc: Any) -> tuple[dict[str, dict[str, int]], dict[str,
             raise ConfigError(f"{path}: regions.{r} must be a mapping")
         if "redis" in body or "distance" in body:
             forms[r] = "per-region"
-            extra = set(body) - {"redis", "distance"}
+            extra = set(body) - {"redis", "distance", "intent_redis"}
             if extra:
                 raise ConfigError(f"{path}: regions.{r}: unknown keys {sorted(extra)}")
-            url = body.get("redis")
-            if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
-                raise ConfigError(
-                    f"{path}: regions.{r}.redis must be a redis://, rediss:// or unix:// URL"
-                )
-            urls[r] = url
+            urls[r] = _redis_url(path, f"regions.{r}.redis", body.get("redis"))
+            if "intent_redis" in body:
+                where = f"regions.{r}.intent_redis"
+                intent_urls[r] = _redis_url(path, where, body["intent_redis"])
             others = body.get("distance", {}) or {}
             where = f"regions.{r}.distance"
         else:
@@ -250,7 +299,57 @@ def _regions(path: Path, doc: Any) -> tuple[dict[str, dict[str, int]], dict[str,
             f"{path}: regions mixes the per-region form ({{redis, distance}}) with bare "
             f"distance maps ({', '.join(old)}); give every region 'redis' and 'distance'"
         )
-    return dist, urls
+    return dist, urls, intent_urls
+
+
+def _redis_url(path: Path, where: str, url: Any) -> str:
+    if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(f"{path}: {where} must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _intent_home(
+    path: Path, doc: Any, registries: dict[str, str], intent_urls: dict[str, str]
+) -> str:
+    """fleet.yaml's ``intent: {home: R}``, checked against the regions' ``intent_redis``."""
+    if doc is None:
+        if intent_urls:
+            raise ConfigError(
+                f"{path}: regions {sorted(intent_urls)} give an intent_redis but no "
+                "'intent: {home: REGION}' says which region's is the writable primary"
+            )
+        return ""
+    if not isinstance(doc, dict) or set(doc) != {"home"}:
+        raise ConfigError(f"{path}: 'intent' takes exactly 'home: REGION'")
+    home = doc["home"]
+    if not registries:
+        raise ConfigError(
+            f"{path}: intent.home needs the per-region form "
+            "(regions: {R: {redis, intent_redis, distance}})"
+        )
+    if not isinstance(home, str) or home not in registries:
+        raise ConfigError(f"{path}: intent.home must be one of {sorted(registries)}, got {home!r}")
+    missing = sorted(set(registries) - set(intent_urls))
+    if missing:
+        raise ConfigError(
+            f"{path}: intent.home is set, so every region needs 'intent_redis' "
+            f"(its copy of the intent); missing in {', '.join(missing)}"
+        )
+    seen: dict[str, str] = {}
+    for r, url in sorted(intent_urls.items()):
+        if url in seen:
+            raise ConfigError(
+                f"{path}: regions {seen[url]} and {r} have the same intent_redis {url}; "
+                "each region needs its own copy (the home's primary or a replica of it)"
+            )
+        seen[url] = r
+        if r != home and url == registries[r]:
+            raise ConfigError(
+                f"{path}: regions.{r}.intent_redis is its registry ({url}), but outside the "
+                f"home ({home}) it must be a read-only replica of the home's intent Redis "
+                "and agents write to the registry: give it its own Redis"
+            )
+    return home
 
 
 def _affinity(path: Path, doc: Any) -> tuple[bool, dict[str, bool]]:

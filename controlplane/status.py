@@ -23,6 +23,7 @@ def print_status(api: str) -> int:
             rollouts = _rollout_lines(c)
             drains = c.get("/v1/drains")
             placement = c.get("/v1/placement")
+            intent = c.get("/v1/intent")
     except (httpx.HTTPError, ValueError, KeyError) as err:
         print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
         return 1
@@ -30,6 +31,8 @@ def print_status(api: str) -> int:
         f"redis connected: {health['redis_connected']}  replicas: {health['replicas']}  "
         f"node groups: {health['node_groups']}"
     )
+    if intent.status_code == 200 and intent.json().get("replication"):
+        print("\n" + "\n".join(format_replication(intent.json())))
     for name, g in groups.items():
         print(f"\nnode group {name}")
         for model, split in g["routes"].items():
@@ -66,6 +69,33 @@ def print_status(api: str) -> int:
     if failures:
         print("\n" + "\n".join(failures))
     return 0
+
+
+def format_replication(doc: dict[str, Any]) -> list[str]:
+    """Replicated intent from ``GET /v1/intent``: each region's copy, the home first."""
+    rep = doc["replication"]
+    home, here = rep["home"], rep["region"]
+    lines = [
+        f"intent: home {home}; this region ({here}) applies revision {doc['revision']}",
+    ]
+    regions: dict[str, Any] = rep["regions"]
+    for r in sorted(regions, key=lambda r: (r != home, r)):
+        c = regions[r]
+        rev = "-" if c["revision"] is None else str(c["revision"])
+        if not c["reachable"]:
+            link = "unreachable"
+        elif c["role"] == "home":
+            link = f"redis {c['redis_role']}"
+        elif c["link_up"]:
+            link = "link up" + (f", lag {c['lag_bytes']} B" if c["lag_bytes"] is not None else "")
+        else:
+            down = c.get("link_down_s")
+            link = "link DOWN" + (f" {down:g} s" if down is not None else "")
+        behind = f" ({c['behind']} behind)" if c.get("behind") else ""
+        mark = "*" if r == here else " "
+        lines.append(f" {mark}{r:<14} {c['role']:<8} revision {rev:<5}{behind} {link}")
+        lines += [f"    ! {p}" for p in c["problems"]]
+    return lines
 
 
 def _failure_lines(replicas: list[dict[str, Any]]) -> list[str]:

@@ -160,15 +160,19 @@ class Procs:
 
 
 class RedisServer:
-    """A real redis-server on a free port, which a test may stop and restart."""
+    """A real redis-server on a free port, which a test may stop and restart.
 
-    def __init__(self, tmp: Path) -> None:
+    ``args`` are added to its command line on every start (e.g. ``--replicaof``).
+    """
+
+    def __init__(self, tmp: Path, args: tuple[str, ...] = ()) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server not found: run `make test` (it installs it)")
         self.exe = exe
         self.port = free_port()
         self.tmp = tmp
+        self.args = args
         self.proc: Proc | None = None
 
     @property
@@ -190,6 +194,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.tmp),
+                *self.args,
             ],
             self.tmp / "redis.log",
         ).start()

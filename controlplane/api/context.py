@@ -16,6 +16,7 @@ from controlplane.api.errors import ApiError
 from controlplane.fleet.model import ReplicaRecord
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetSource
+from controlplane.runtime.intent_replication import IntentReplication
 from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.reconcile import Reconciler
@@ -48,6 +49,8 @@ class ApiContext:
     """Bearer token for writes; empty: writes are refused with 403."""
     redis: Any = None
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
+    replication: IntentReplication | None = None
+    """Replicated intent's probe (fleet.yaml ``intent.home``); None: intent is local."""
 
     # What an endpoint needs, or the error that says why it cannot have it.
 

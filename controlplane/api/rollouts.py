@@ -317,6 +317,7 @@ def _add_state_reads(api: APIRouter, ctx: ApiContext) -> None:
             "revision": w.revision,
             "epoch": stored.epoch if stored is not None else "",
             "doc": json.loads(stored.doc) if stored is not None and stored.doc else None,
+            "replication": ctx.replication.report() if ctx.replication is not None else None,
         }
 
     @api.get("/v1/load")

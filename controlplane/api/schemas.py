@@ -177,3 +177,6 @@ class IntentView(BaseModel):
     revision: int
     epoch: str
     doc: dict[str, object] | None
+    replication: dict[str, object] | None = None
+    """With fleet.yaml ``intent.home``: the home, this region, and per region its copy's
+    role, reachability, replication link, revision, lag and problems."""

@@ -11,6 +11,10 @@ never roll them back) or if the epoch changed (the key was deleted and written a
 ``restore`` puts an intent back with its revision and epoch only if the key is missing
 (a Redis restarted without persistence), so intent survives while any replica runs.
 
+``read`` is the copy a watcher follows; ``read_latest`` is the copy a writer must
+compare against (the same hash here; the writable primary for ``ReplicatedIntentStore`` in
+``fleet.intent_replica``, whose local copy may lag).
+
 ``MemoryIntentStore`` has the same behaviour for tests.
 """
 
@@ -45,8 +49,27 @@ class RevisionConflict(Exception):
         self.current = current
 
 
+class IntentUnwritable(Exception):
+    """Intent cannot be written from here now (its home is unreachable or not writable).
+
+    Not a ``RedisError``: callers must not take it for a passing Redis hiccup of their
+    own region. ``code`` is stable (``intent_home_unreachable``, ``intent_home_read_only``).
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
 class IntentStore(Protocol):
-    async def read(self) -> StoredIntent: ...
+    async def read(self) -> StoredIntent:
+        """The copy this control plane follows (may lag the writable one)."""
+        ...
+
+    async def read_latest(self) -> StoredIntent:
+        """The writable copy, to compare-and-set against; ``IntentUnwritable`` if unreachable."""
+        ...
 
     async def write(self, expected: int, doc: str) -> StoredIntent:
         """Store ``doc`` as revision ``expected + 1``; ``RevisionConflict`` otherwise."""
@@ -105,6 +128,9 @@ class RedisIntentStore:
             return StoredIntent(0, "", None)
         return StoredIntent(int(rev or 0), str(epoch or ""), str(doc))
 
+    async def read_latest(self) -> StoredIntent:
+        return await self.read()
+
     async def write(self, expected: int, doc: str) -> StoredIntent:
         ok, rev, epoch = await self._cas(keys=self._keys, args=[expected, doc, new_epoch()])
         if not int(ok):
@@ -151,6 +177,9 @@ class MemoryIntentStore:
     async def read(self) -> StoredIntent:
         self._check()
         return self.stored
+
+    async def read_latest(self) -> StoredIntent:
+        return await self.read()
 
     async def write(self, expected: int, doc: str) -> StoredIntent:
         self._check()

@@ -3,13 +3,18 @@
 ``RolloutService.change`` is what the config API (rollouts, drains) and the automatic
 rollback call:
 
-1. read the stored intent from Redis (fresh, not the watcher's copy);
+1. read the stored intent from Redis (fresh, not the watcher's copy: ``read_latest``, the
+   writable copy, which with replicated intent is the home region's primary);
 2. if the caller named the revision it saw and it is not the stored one: conflict;
 3. apply the pure change from ``decide.rollout`` to it and the current fleet view;
 4. write it with compare-and-set on the revision read (a concurrent writer: conflict);
 5. adopt it locally, reconcile and publish at once, then wait (bounded) until the Envoys
    connected to this replica have ACKed the new snapshot. Other replicas follow through
    the intent-events channel.
+
+With replicated intent, a home that cannot be reached (or is no longer writable) makes
+the change ``Unavailable`` with the store's reason (``intent_home_unreachable``): the
+region keeps applying the intent it has and never writes its own copy.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from controlplane.decide.rollout import Counts, RolloutPolicy, VersionCount, version_counts
-from controlplane.fleet.intent_store import IntentStore, RevisionConflict
+from controlplane.fleet.intent_store import IntentStore, IntentUnwritable, RevisionConflict
 from controlplane.intent import Intent, IntentError, Rollout, intent_to_doc
 from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_watch import IntentWatcher, decode_stored
@@ -144,10 +149,17 @@ class RolloutService:
                 "not_synced", "the control plane has not read the fleet and intent from Redis yet"
             )
         try:
-            stored = await self._store.read()
+            stored = await self._store.read_latest()
             if stored.doc is None and self._intents.stored is not None:
-                await self._intents.refresh()  # Redis lost it: put ours back first
-                stored = await self._store.read()
+                # Redis lost it (restarted without persistence): put ours back first.
+                if await self._store.restore(self._intents.stored):
+                    log.warning(
+                        "intent missing from Redis: wrote back revision %d before a change",
+                        self._intents.stored.revision,
+                    )
+                stored = await self._store.read_latest()
+        except IntentUnwritable as e:
+            raise Unavailable(e.code, e.detail) from e
         except (RedisError, OSError) as e:
             raise Unavailable("redis_unavailable", f"cannot read intent from Redis: {e}") from e
         if expected is not None and expected != stored.revision:
@@ -166,6 +178,8 @@ class RolloutService:
         doc = json.dumps(intent_to_doc(new), separators=(",", ":"), sort_keys=True)
         try:
             written = await self._store.write(stored.revision, doc)
+        except IntentUnwritable as e:
+            raise Unavailable(e.code, e.detail) from e
         except (RedisError, OSError) as e:
             raise Unavailable("redis_unavailable", f"cannot write intent to Redis: {e}") from e
         self._intents.adopt(written)

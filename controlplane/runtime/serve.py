@@ -30,13 +30,15 @@ from controlplane.decide.cold import loadable_models
 from controlplane.decide.eligibility import is_fresh
 from controlplane.embedded_http import EmbeddedServer
 from controlplane.fleet import schema
-from controlplane.fleet.intent_store import RedisIntentStore
+from controlplane.fleet.intent_replica import ReplicatedIntentStore
+from controlplane.fleet.intent_store import IntentStore, RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
+from controlplane.runtime.intent_replication import IntentReplication, ReplicationMetrics
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.load_flush import LoadAccumulator
 from controlplane.runtime.placement_loop import PlacementLoop, PlacementMetrics
@@ -120,7 +122,23 @@ async def serve(s: ServeSettings) -> int:
             s.region, watchers, RegionMetrics(registry), on_change, grace_s=s.region_grace_s
         )
         watcher = regions
-    intent_store = RedisIntentStore(client)
+    # Intent: in the local registry, or (fleet.yaml intent.home) read from this region's
+    # intent Redis, a replica of the home's, and written to the home's primary.
+    topology = fleet_cfg.intent_topology(s.region)
+    intent_clients = {} if topology is None else {r: connect(u) for r, u in topology.urls.items()}
+    intent_store: IntentStore = RedisIntentStore(client)
+    replication: IntentReplication | None = None
+    if topology is not None:
+        intent_store = ReplicatedIntentStore(
+            intent_clients[topology.local],
+            intent_clients[topology.home],
+            region=topology.local,
+            home=topology.home,
+            home_url=topology.home_url,
+        )
+        replication = IntentReplication(
+            topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
+        )
     intents = IntentWatcher(
         intent_store,
         base_intent,
@@ -209,6 +227,7 @@ async def serve(s: ServeSettings) -> int:
             loads=loads,
             api_token=s.api_token,
             redis=client,
+            replication=replication,
         )
     )
     api = EmbeddedServer(
@@ -265,6 +284,8 @@ async def serve(s: ServeSettings) -> int:
     if regions is not None:
         sup.spawn("regions", regions.run)
     sup.spawn("intent-watch", intents.run)
+    if replication is not None:
+        sup.spawn("intent-replication", replication.run)
     sup.spawn("reconcile", reconciler.run)
     sup.spawn("load-flush", loads.run)
     sup.spawn("serving-version", serving.run)
@@ -285,6 +306,13 @@ async def serve(s: ServeSettings) -> int:
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
+    if topology is not None:
+        log.info(
+            "intent: home %s (%s); this region reads its copy at %s",
+            topology.home,
+            topology.home_url,
+            topology.local_url,
+        )
     try:
         await stop.wait()
     finally:
@@ -303,6 +331,6 @@ async def serve(s: ServeSettings) -> int:
         await lrs.close(s.xds_grace_s / 4)
         await stop_xds_server(xds_server, s.xds_grace_s, ads)
         await client.aclose()
-        for c in remote_clients.values():
+        for c in [*remote_clients.values(), *intent_clients.values()]:
             await c.aclose()
     return 0

@@ -69,3 +69,85 @@ def test_old_form_stays_one_redis(tmp_path: Path) -> None:
 def test_region_errors(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tmp_path, text)
+
+
+REPLICATED = """
+intent: {home: us-east}
+regions:
+  us-east:
+    redis: redis://10.0.0.1:6379/0
+    intent_redis: redis://10.0.0.2:6379/0
+    distance: {eu-west: 80}
+  eu-west:
+    redis: redis://10.1.0.1:6379/0
+    intent_redis: redis://10.1.0.2:6379/0
+    distance: {us-east: 80}
+"""
+
+
+def test_replicated_intent_topology(tmp_path: Path) -> None:
+    cfg = load(tmp_path, REPLICATED)
+    assert cfg.intent_home == "us-east"
+    eu = cfg.intent_topology("eu-west")
+    assert eu is not None and not eu.is_home
+    assert (eu.home_url, eu.local_url) == ("redis://10.0.0.2:6379/0", "redis://10.1.0.2:6379/0")
+    us = cfg.intent_topology("us-east")
+    assert us is not None and us.is_home and us.home_url == us.local_url
+    with pytest.raises(ConfigError, match="--region must be one of"):
+        cfg.intent_topology("ap-south")
+    # Registries are unchanged by the intent Redis.
+    assert cfg.registries("eu-west", "")["eu-west"] == "redis://10.1.0.1:6379/0"
+
+
+def test_without_intent_home_intent_stays_in_the_registry(tmp_path: Path) -> None:
+    assert load(tmp_path, NEW).intent_topology("us-east") is None
+    assert FleetConfig().intent_topology("") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            REPLICATED.replace("intent: {home: us-east}", "intent: {home: ap-south}"),
+            r"intent.home must be one of \['eu-west', 'us-east'\], got 'ap-south'",
+        ),
+        (REPLICATED.replace("intent: {home: us-east}", "intent: {}"), "exactly 'home: REGION'"),
+        (
+            REPLICATED.replace("intent: {home: us-east}", "intent: {home: us-east, x: 1}"),
+            "exactly 'home: REGION'",
+        ),
+        (
+            REPLICATED.replace("intent: {home: us-east}\n", ""),
+            r"give an intent_redis but no 'intent: \{home: REGION\}'",
+        ),
+        (
+            REPLICATED.replace("    intent_redis: redis://10.1.0.2:6379/0\n", ""),
+            "every region needs 'intent_redis'.*missing in eu-west",
+        ),
+        (
+            REPLICATED.replace("redis://10.1.0.2:6379/0", "redis://10.0.0.2:6379/0"),
+            "have the same intent_redis",
+        ),
+        (
+            REPLICATED.replace("redis://10.1.0.2:6379/0", "redis://10.1.0.1:6379/0"),
+            "regions.eu-west.intent_redis is its registry",
+        ),
+        (
+            REPLICATED.replace("redis://10.1.0.2:6379/0", "http://x"),
+            "regions.eu-west.intent_redis must be a redis://",
+        ),
+        (
+            "intent: {home: us}\nregions:\n  us: {eu: 1}\n",
+            "intent.home needs the per-region form",
+        ),
+    ],
+)
+def test_replicated_intent_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(tmp_path, text)
+
+
+def test_home_intent_redis_may_be_its_registry(tmp_path: Path) -> None:
+    text = REPLICATED.replace("redis://10.0.0.2:6379/0", "redis://10.0.0.1:6379/0")
+    us = load(tmp_path, text).intent_topology("us-east")
+    assert us is not None and us.home_url == "redis://10.0.0.1:6379/0"
