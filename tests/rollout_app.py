@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from controlplane.api.app import ApiContext, create_app
 from controlplane.decide.rollback import RollbackPolicy
 from controlplane.decide.rollout import RolloutPolicy
-from controlplane.fleet.intent_store import MemoryIntentStore
+from controlplane.fleet.intent_store import IntentStore, MemoryIntentStore
 from controlplane.fleet.leader import MemoryLock
 from controlplane.fleet.load_store import MemoryLoadStore
 from controlplane.fleet.model import ModelState, ObservedReplica
@@ -83,7 +83,8 @@ class MemoryRedis:
 @dataclass
 class App:
     app: FastAPI
-    store: MemoryIntentStore
+    store: Any
+    """The ``MemoryIntentStore`` unless ``build(store=...)`` was given another."""
     intents: IntentWatcher
     watcher: FleetWatcher
     service: RolloutService
@@ -94,13 +95,16 @@ class App:
 
 
 def build(
-    token: str = "tok", fleet: dict[str, ObservedReplica] | None = None, redis: Any = None
+    token: str = "tok",
+    fleet: dict[str, ObservedReplica] | None = None,
+    redis: Any = None,
+    store: IntentStore | None = None,
 ) -> App:
     reg = CollectorRegistry()
     watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
     watcher.view = fleet if fleet is not None else default_fleet()
     watcher.synced_once = watcher.connected = True
-    store = MemoryIntentStore()
+    store = store if store is not None else MemoryIntentStore()
     cache = SnapshotCache()
     holder: list[Reconciler] = []
     intents = IntentWatcher(

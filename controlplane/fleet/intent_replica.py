@@ -11,15 +11,15 @@ replica, never a hand-made sync. ``ReplicatedIntentStore`` implements ``IntentSt
 
 When the home cannot be reached, or answers that it is a read-only replica (the home was
 moved and fleet.yaml not yet changed), writes raise ``IntentUnwritable`` with a reason
-that says so: a region cut off from the home never writes its own copy (no split brain)
-and keeps applying the last intent it has. A local replica that holds no intent and has
-never synced from the home raises ``IntentNotSynced`` from ``read`` (a ``ConnectionError``):
-a watcher then keeps waiting instead of taking "no intent" for the truth.
+that says so (the caller adds which revision it keeps applying): a region cut off from
+the home never writes its own copy (no split brain) and keeps applying the last intent.
+A local replica that holds no intent and is not linked to the home raises
+``IntentNotSynced`` from ``read`` (a ``ConnectionError``): a watcher then keeps waiting
+instead of taking "no intent" for the truth.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
@@ -61,8 +61,6 @@ class ReplicatedIntentStore:
         self.region = region
         self.home = home
         self._home_url = home_url
-        self.last_revision = 0
-        """The revision of the local copy at the last successful read."""
 
     @property
     def is_home(self) -> bool:
@@ -78,7 +76,6 @@ class ReplicatedIntentStore:
                     f"linked to the home {self.home!r} (master_link_status "
                     f"{info.get('master_link_status')!r}): waiting for it"
                 )
-        self.last_revision = stored.revision
         return stored
 
     async def read_latest(self) -> StoredIntent:
@@ -105,23 +102,16 @@ class ReplicatedIntentStore:
             raise IntentUnwritable(
                 "intent_home_read_only",
                 f"intent home region {self.home!r}{self._where()} is a read-only replica now "
-                "(was the home moved?): set intent.home in fleet.yaml to the new home and "
-                "restart aixds serve; writes are refused until then to avoid split brain; "
-                f"{await self._kept()} ({e})",
+                f"({e}; was the home moved?): set intent.home in fleet.yaml to the new home "
+                "and restart aixds serve; writes are refused until then to avoid split brain",
             ) from None
         except UNREACHABLE as e:
             raise IntentUnwritable(
                 "intent_home_unreachable",
-                f"intent home region {self.home!r} is unreachable from {self.region!r}: "
-                f"writes are refused to avoid split brain; {await self._kept()} "
-                f"({type(e).__name__}: {e or 'no answer'})",
+                f"intent home region {self.home!r} is unreachable from {self.region!r} "
+                f"({type(e).__name__}: {e or 'no answer'}): writes are refused to avoid "
+                "split brain",
             ) from None
 
     def _where(self) -> str:
         return f" ({self._home_url})" if self._home_url else ""
-
-    async def _kept(self) -> str:
-        rev = self.last_revision
-        with contextlib.suppress(RedisError, OSError):
-            rev = (await self._local.read()).revision
-        return f"the last intent (revision {rev}) keeps being applied"

@@ -159,7 +159,7 @@ class RolloutService:
                     )
                 stored = await self._store.read_latest()
         except IntentUnwritable as e:
-            raise Unavailable(e.code, e.detail) from e
+            raise self._unwritable(e) from e
         except (RedisError, OSError) as e:
             raise Unavailable("redis_unavailable", f"cannot read intent from Redis: {e}") from e
         if expected is not None and expected != stored.revision:
@@ -179,7 +179,7 @@ class RolloutService:
         try:
             written = await self._store.write(stored.revision, doc)
         except IntentUnwritable as e:
-            raise Unavailable(e.code, e.detail) from e
+            raise self._unwritable(e) from e
         except (RedisError, OSError) as e:
             raise Unavailable("redis_unavailable", f"cannot write intent to Redis: {e}") from e
         self._intents.adopt(written)
@@ -196,6 +196,10 @@ class RolloutService:
             action, model, written.revision, "" if r is None else f" ({_describe(r)})", cur, total,
         )  # fmt: skip
         return Applied(model, action, result, True, cur, total)
+
+    def _unwritable(self, e: IntentUnwritable) -> Unavailable:
+        kept = f"the last intent (revision {self._intents.revision}) keeps being applied"
+        return Unavailable(e.code, f"{e.detail}; {kept}")
 
 
 def _describe(r: Rollout) -> str:

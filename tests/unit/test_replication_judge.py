@@ -1,8 +1,10 @@
-"""``decide.replication``: each region's intent copy judged against ``intent.home``."""
+"""``decide.replication`` (each region's intent copy judged against ``intent.home``) and
+its lines in ``aixds status``."""
 
 from __future__ import annotations
 
 from controlplane.decide.replication import CopyState, judge_replication
+from controlplane.status import format_replication
 
 HOME = CopyState("us", True, "primary", offset=1000, revision=7, epoch="e1")
 
@@ -47,3 +49,27 @@ def test_wrong_roles_and_histories_are_problems() -> None:
     assert "is a primary, not a replica of the home us" in r["eu"].problems[0]
     r = judge_replication("us", {"us": HOME, "eu": replica(epoch="e2")})
     assert r["eu"].problems == ("holds another intent history (epoch e2) than the home",)
+
+
+def test_status_lines_show_every_regions_copy() -> None:
+    copy = {"reachable": True, "link_down_s": None, "lag_bytes": None, "behind": None}
+    doc = {
+        "revision": 7,
+        "replication": {
+            "home": "us",
+            "region": "eu",
+            "regions": {
+                "eu": {**copy, "role": "replica", "redis_role": "replica", "link_up": False,
+                       "link_down_s": 12.0, "revision": 6, "behind": 1,
+                       "problems": ["replication link down for 12 s"]},
+                "us": {**copy, "role": "home", "redis_role": "primary", "link_up": None,
+                       "revision": 7, "problems": []},
+            },
+        },
+    }  # fmt: skip
+    assert format_replication(doc) == [
+        "intent: home us; this region (eu) applies revision 7",
+        "  us             home     revision 7     redis primary",
+        " *eu             replica  revision 6     (1 behind) link DOWN 12 s",
+        "    ! replication link down for 12 s",
+    ]
