@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,6 +81,10 @@ async def probe(region: str, client: aioredis.Redis) -> CopyState:
     )
 
 
+def _shape(problems: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(re.sub(r"\d+(\.\d+)?", "N", p) for p in problems)
+
+
 def _int(v: Any) -> int | None:
     try:
         return int(v)
@@ -122,7 +127,8 @@ class IntentReplication:
                 self._m.link_up.labels(region=region).set(int(bool(st.link_up)))
                 if rep.lag_bytes is not None:
                     self._m.lag_bytes.labels(region=region).set(rep.lag_bytes)
-            if rep.problems != self._logged.get(region, ()):
+            # Logged when the problems change, not when only a duration or offset does.
+            if _shape(rep.problems) != _shape(self._logged.get(region, ())):
                 if rep.problems:
                     log.warning("intent copy of %s: %s", region, "; ".join(rep.problems))
                 elif region in self._logged:
