@@ -187,9 +187,11 @@ def report(
     failed = [o for o in rows if o.error]
     kills = (ev.kill, ev.half)
     cut = [o for o in failed if any(o.at < k < o.at + max(o.e2e, 0.0) + 0.05 for k in kills)]
-    evac = settle_time([(o.at, served(o, region_of) == "b") for o in rows], ev.kill, ev.back)
-    back = settle_time([(o.at, served(o, region_of) == "a") for o in rows], ev.back, ev.half)
-    ret_rows = [(o.at, served(o, region_of)) for o in rows if ev.back <= o.at < ev.half]
+    # Requests sent within MARGIN_S of the next event may be cut by it: not this phase's.
+    loss_end, back_end = ev.back - MARGIN_S, ev.half - MARGIN_S
+    evac = settle_time([(o.at, served(o, region_of) == "b") for o in rows], ev.kill, loss_end)
+    back = settle_time([(o.at, served(o, region_of) == "a") for o in rows], ev.back, back_end)
+    ret_rows = [(o.at, served(o, region_of)) for o in rows if ev.back <= o.at < back_end]
     half_rows = [o for o in rows if ev.half + 2.0 <= o.at < ev.end]
     kept = sum(served(o, region_of) == "a" for o in half_rows) / max(1, len(half_rows))
     healthy = (ev.a_replicas - ev.half_killed) / max(1, ev.a_replicas)
