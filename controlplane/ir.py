@@ -50,6 +50,10 @@ class OutlierIR:
     consecutive_local_origin_failure: int = 2
     interval_ms: int = 1000
     base_ejection_ms: int = 10_000
+    max_ejection_ms: int = 10_000
+    """Cap on a repeated ejection (Envoy multiplies the base by the ejection count, up to
+    300 s by default): a host that died with its region is tried again at least this
+    often, so the region's traffic comes back within this long after it returns."""
     max_ejection_percent: int = 100
     always_eject_one_host: bool = True
 

@@ -43,8 +43,11 @@ def _outlier(od: Any, o: OutlierIR) -> None:
     5xx, so a GPU that stops accepting connections is ejected after
     ``consecutive_local_origin_failure`` tries. Gateway failures (502/503/504, what an
     overloaded model server answers) are enforced: Envoy's default enforcement for them is
-    0 %. Success-rate ejection is off: it needs 100 requests per host per interval, which
-    slow generation never reaches, and would only add noise.
+    0 %. Repeated ejections stay at ``max_ejection_ms``: a region that returns after a
+    long outage gets its traffic back within that long, not minutes later (each retry of
+    a dead host is one connect failure, retried elsewhere). Success-rate ejection is off:
+    it needs 100 requests per host per interval, which slow generation never reaches, and
+    would only add noise.
     """
     od.consecutive_5xx.value = o.consecutive_5xx
     od.consecutive_gateway_failure.value = o.consecutive_gateway_failure
@@ -55,6 +58,8 @@ def _outlier(od: Any, o: OutlierIR) -> None:
     od.enforcing_success_rate.value = 0
     od.interval.FromMilliseconds(o.interval_ms)
     od.base_ejection_time.FromMilliseconds(o.base_ejection_ms)
+    # Envoy rejects a cap below the base ejection time.
+    od.max_ejection_time.FromMilliseconds(max(o.max_ejection_ms, o.base_ejection_ms))
     od.max_ejection_percent.value = o.max_ejection_percent
     od.always_eject_one_host.value = o.always_eject_one_host
 

@@ -1,0 +1,154 @@
+"""Issue 12, items 3 and 4 end to end: a region loses every replica and its Redis at once.
+
+Each region has its own redis-server and ``aixds serve --region R`` (reading every
+region's registry); an edge Envoy in a fails over to b, a's nearest region. Requests are
+not streamed, so one cut by the kill is retried by Envoy (no response header had been
+sent yet): the bound is 0 failed requests. The canary test checks that a session keeps
+its version (same split, same hash) through a's edge and b's edge, before and after a's
+loss, and that its affinity key picks the same replica in b from either edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.fleet import Edge, Fleet, Load
+from tests.e2e.regions_fleet import Regions
+from tests.support import Procs, wait_until
+
+pytestmark = pytest.mark.e2e
+
+FAST = ("--ttft-ms", "1", "--tpot-ms", "2", "--max-running", "64")
+TOKEN = "e2e-token"
+BODY = {"model": "llama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+
+@pytest.fixture
+def regions(procs: Procs, tmp_path: Path) -> Iterator[Regions]:
+    r = Regions(procs, tmp_path)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def test_region_loss_under_load_fails_nothing_and_moves_to_the_nearest(
+    regions: Regions,
+) -> None:
+    regions.start()
+    regions.start_serve()
+    for r, n in (("a", 2), ("b", 2), ("c", 1)):
+        regions.add_replicas(r, n, server_args=FAST)
+    edge = regions.add_edge("a")
+    regions["a"].wait_routable(edge, "llama", 5)
+    region_of = regions.region_of()
+
+    with Load(edge.url, "llama", concurrency=4, max_tokens=8) as load:
+        load.wait_requests(200)
+        assert {region_of[r] for r in load.replicas} == {"a"}, load.replicas
+        regions.kill("a")
+        t_kill = time.time()
+        load.wait_requests(100)
+        wait_until(lambda: time.time() - t_kill > 1.0, 5, what="1 s after the kill")
+        before = load.total
+        served_before = dict(load.replicas)
+        load.wait_requests(200)
+        after = {r: n - served_before.get(r, 0) for r, n in load.replicas.items()}
+        print(f"after the kill: {load.total - before} requests, by replica {after}")
+    print(f"total {load.total}, failed {load.failed}: {load.failures[:5]}")
+    assert load.failed == 0, load.failures[:10]
+    # a second after the kill every new request is served from b (a's nearest), none from c
+    assert {region_of[r] for r, n in after.items() if n > 0} == {"b"}, after
+
+
+def _api(fleet: Fleet, method: str, path: str, body: Any = None) -> Any:
+    r = httpx.request(
+        method,
+        fleet.api + path,
+        json=body,
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+def _recorded_stable(fleet: Fleet) -> str | None:
+    doc = _api(fleet, "GET", "/v1/intent")["doc"] or {}
+    r = doc.get("rollouts", {}).get("llama")
+    return None if r is None else str(r["stable"])
+
+
+def _sessions(edge: Edge, n: int, tries: int = 2) -> dict[str, set[str]]:
+    """session id -> the replicas that served it (``tries`` requests each)."""
+    out: dict[str, set[str]] = {}
+    with httpx.Client(base_url=edge.url, timeout=10) as c:
+        for i in range(n):
+            for _ in range(tries):
+                r = c.post("/v1/chat/completions", json=BODY, headers={"x-session-id": f"s{i}"})
+                assert r.status_code == 200, r.text
+                out.setdefault(f"s{i}", set()).add(r.headers["x-replica"])
+    return out
+
+
+def test_canary_sessions_keep_version_and_affinity_across_region_loss(
+    procs: Procs, tmp_path: Path
+) -> None:
+    regions = Regions(procs, tmp_path, names=("a", "b"))
+    try:
+        regions.start()
+        regions.start_serve("--api-token", TOKEN)
+        for r in regions.names:
+            regions.add_replicas(r, 2, "llama", "v1", FAST)
+        edges = {r: regions.add_edge(r) for r in regions.names}
+        for r in regions.names:
+            regions[r].wait_routable(edges[r], "llama", 4)
+            wait_until(lambda r=r: _recorded_stable(regions[r]) == "v1", 10, what="v1 stable")
+        for r in regions.names:
+            regions.add_replicas(r, 1, "llama", "v2", FAST)
+        for r in regions.names:
+            wait_until(
+                lambda r=r: len(edges[r].hosts("llama@v2")) == 2, 20, what="v2 in both regions"
+            )
+            doc = _api(regions[r], "POST", "/v1/rollouts/llama", {"to": "v2", "canary_percent": 30})
+            assert doc["converged"] and doc["rollout"]["traffic"] == {"v1": 70.0, "v2": 30.0}
+
+        fleets = regions.fleets.values()
+        version = {rep.replica_id: rep.version for f in fleets for rep in f.replicas}
+        region_of = regions.region_of()
+
+        def versions(served: dict[str, set[str]]) -> dict[str, str]:
+            out = {}
+            for s, reps in served.items():
+                (v,) = {version[r] for r in reps}  # one version per session
+                out[s] = v
+            return out
+
+        n = 40
+        via_a, via_b = _sessions(edges["a"], n), _sessions(edges["b"], n)
+        before = versions(via_a)
+        assert versions(via_b) == before, "same split, same hash in every region"
+        assert 0 < sum(v == "v2" for v in before.values()) < n, before
+
+        regions.kill("a")
+        time.sleep(1.0)
+        after_a, after_b = _sessions(edges["a"], n), _sessions(edges["b"], n)
+        changed = {s for s, v in versions(after_a).items() if v != before[s]}
+        changed |= {s for s, v in versions(after_b).items() if v != before[s]}
+        print(f"{len(changed)} of {n} sessions changed version across a's loss")
+        assert not changed
+        for s, reps in after_a.items():
+            assert len(reps) == 1, (s, reps)  # affinity: one replica per session
+            assert {region_of[r] for r in reps} == {"b"}, (s, reps)
+        # the affinity key maps to the same replica of b from a's edge and from b's own
+        moved = {s for s in after_a if after_a[s] != after_b[s]}
+        print(f"{len(moved)} of {n} sessions on another replica via a's edge than via b's")
+        assert not moved
+    finally:
+        regions.stop()
