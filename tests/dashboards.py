@@ -1,22 +1,19 @@
 """The Grafana dashboard and Prometheus config under ``compose/``, read the way the tests
 check them: every PromQL expression parsed by a real PromQL parser (``promql-parser``)
-and reduced to the metric names it selects, and the names a Prometheus scrape can hold
-derived from prometheus-client metric families (counters get ``_total``, histograms
-``_bucket``/``_sum``/``_count``, ...).
+and reduced to the metric names it selects, and the names a Prometheus scrape of a text
+exposition holds.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import yaml
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 DASHBOARD = COMPOSE / "grafana" / "dashboards" / "aixds.json"
@@ -53,16 +50,15 @@ _INTERVAL_VARS = re.compile(r"\$(?:__rate_interval|__interval|__range)\b|\$\{__\
 _VARS = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
 _LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*(\w+)\s*\)\s*$", re.S)
 
-_SUFFIXES = {
-    "counter": ("_total", "_created"),
-    "gauge": ("",),
-    "histogram": ("_bucket", "_sum", "_count", "_created"),
-    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
-    "summary": ("", "_sum", "_count", "_created"),
-    "info": ("_info",),
-    "stateset": ("",),
-    "unknown": ("",),
+# What a ``# TYPE`` line adds where a family has no sample yet (a labelled metric never
+# set): its sample names in the text format Prometheus scrapes (prometheus-client writes
+# a counter's TYPE line with ``_total`` already; Envoy's counters have no suffix at all).
+_TYPE_SUFFIXES = {
+    "histogram": ("_bucket", "_sum", "_count"),
+    "summary": ("", "_sum", "_count"),
 }
+_TYPE_LINE = re.compile(r"^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (\w+)")
+_SAMPLE_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]")
 
 
 def load_dashboard(path: Path = DASHBOARD) -> dict[str, Any]:
@@ -132,19 +128,21 @@ def metric_names(expr: str) -> set[str]:
     return names
 
 
-def sample_names(families: Iterable[Metric]) -> set[str]:
-    """Every sample name these families can expose, samples present or not (a labelled
-    metric that was never set has a family and no sample)."""
-    out: set[str] = set()
-    for fam in families:
-        out.update(fam.name + s for s in _SUFFIXES[fam.type])
-        out.update(s.name for s in fam.samples)
-    return out
-
-
 def exposition_names(text: str) -> set[str]:
-    """The names a Prometheus scrape of this text exposition can hold."""
-    return sample_names(text_string_to_metric_families(text))
+    """The metric names a Prometheus scrape of this text exposition (format 0.0.4) holds:
+    each sample's name as written, and for each family its sample names from its type.
+
+    Read as text, not with prometheus-client's parser: that one renames a counter's
+    samples to ``<name>_total``, which Prometheus does not do to Envoy's counters.
+    """
+    out: set[str] = set()
+    for line in text.splitlines():
+        if m := _TYPE_LINE.match(line):
+            name, kind = m.groups()
+            out.update(name + s for s in _TYPE_SUFFIXES.get(kind, ("",)))
+        elif m := _SAMPLE_LINE.match(line):
+            out.add(m.group(1))
+    return out
 
 
 def unknown_names(dash: dict[str, Any], known: set[str]) -> dict[str, set[str]]:

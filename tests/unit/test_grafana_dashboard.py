@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from controlplane.activator.app import ActivatorMetrics
 from controlplane.runtime.autorollback import GuardMetrics
@@ -42,7 +42,6 @@ from tests.dashboards import (
     load_yaml,
     metric_names,
     provisioned_datasource_uids,
-    sample_names,
     unknown_names,
     used_names,
 )
@@ -65,7 +64,7 @@ def aixds_names() -> set[str]:
         ActivatorMetrics,
     ):
         metrics(registry)
-    return sample_names(registry.collect())
+    return exposition_names(generate_latest(registry).decode())
 
 
 def model_server_names() -> set[str]:
@@ -235,3 +234,21 @@ def test_compose_brings_up_prometheus_and_grafana_provisioned() -> None:
     provider = load_yaml(COMPOSE / "grafana/provisioning/dashboards/aixds.yaml")["providers"][0]
     assert provider["options"]["path"] in mounts.values()
     json.loads((COMPOSE / "grafana/dashboards/aixds.json").read_text())
+
+
+def test_exposition_names_are_the_names_prometheus_stores() -> None:
+    text = (
+        "# TYPE aixds_x_total counter\n"  # prometheus-client, a labelled counter never set
+        "# TYPE aixds_y_seconds histogram\n"
+        "# TYPE envoy_cluster_upstream_rq_retry counter\n"  # Envoy: no _total added
+        'envoy_cluster_upstream_rq_retry{envoy_cluster_name="llama@v1"} 0\n'
+        'vllm:num_requests_waiting{engine="0"} 3.0\n'
+    )
+    assert exposition_names(text) == {
+        "aixds_x_total",
+        "aixds_y_seconds_bucket",
+        "aixds_y_seconds_sum",
+        "aixds_y_seconds_count",
+        "envoy_cluster_upstream_rq_retry",
+        "vllm:num_requests_waiting",
+    }
