@@ -80,9 +80,14 @@ def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
 
         r = httpx.post(f"{base}/us-east/lose", timeout=10)
         assert r.status_code == 200 and r.json()["us-east"] == "lost", r.text
+
         # us-east's edge keeps its clients: they are served from eu-west (the nearest)
-        wait_until(lambda: served_from(screens.region_line("us-east")).get("eu-west") == 100, 30,
-                   what="us-east's edge served from eu-west")  # fmt: skip
+        # (mostly eu-west: ap-south may take a few % by Envoy's priority spill-over)
+        def evacuated() -> bool:
+            share = served_from(screens.region_line("us-east"))
+            return share.get("us-east", 0) == 0 and share.get("eu-west", 0) >= 80
+
+        wait_until(evacuated, 40, what="us-east's edge served from eu-west")
         # the others see us-east's registry lost (grace 4 s)
         wait_until(lambda: "us-east:lost" in screens.region_line("eu-west"), 20,
                    what="eu-west's control plane to see us-east lost")  # fmt: skip
