@@ -37,6 +37,7 @@ from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
+from controlplane.runtime.fleet_gauges import FleetGauges
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
 from controlplane.runtime.intent_replication import IntentReplication, ReplicationMetrics
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
@@ -213,6 +214,11 @@ async def serve(s: ServeSettings) -> int:
         RedisLock(client, schema.PLACEMENT_LOCK_KEY, instance, s.leader_ttl_s),
         PlacementMetrics(registry),
         s.placement,
+    )
+    FleetGauges(
+        registry,
+        lambda: watcher.view,
+        lambda: {g: st.plan for g, st in reconciler.groups.items()},
     )
     app = create_app(
         ApiContext(
