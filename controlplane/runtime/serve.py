@@ -234,6 +234,7 @@ async def serve(s: ServeSettings) -> int:
             api_token=s.api_token,
             redis=client,
             replication=replication,
+            region_redis=dict(remote_clients),
         )
     )
     api = EmbeddedServer(
