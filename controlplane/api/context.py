@@ -7,12 +7,13 @@ endpoints that need them answer 503 then.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
 from controlplane.api.errors import ApiError
+from controlplane.api.ui_feed import UiFeed
 from controlplane.fleet.model import ReplicaRecord
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetSource
@@ -51,6 +52,8 @@ class ApiContext:
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
     replication: IntentReplication | None = None
     """Replicated intent's probe (fleet.yaml ``intent.home``); None: intent is local."""
+    ui: UiFeed = field(default_factory=UiFeed)
+    """The dashboard's snapshot and timeline (``/ui``, ``/v1/events``)."""
 
     # What an endpoint needs, or the error that says why it cannot have it.
 
