@@ -26,7 +26,7 @@ from controlplane.intent import Intent
 from controlplane.ir import Plan
 
 SHARE_WINDOW_S = 10.0
-"""LRS reports older than this do not count towards a replica's share of traffic."""
+"""An LRS report older than this (its Envoy went away) does not count towards a share."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +172,9 @@ def _eds_by_replica(groups: Mapping[str, GroupPlan]) -> dict[str, dict[str, list
 
 
 def _shares(i: UiInputs) -> dict[str, dict[str, float]]:
-    """replica id -> model -> percent of the model's requests the Envoys sent it, from the
-    LRS reports of the last ``SHARE_WINDOW_S``."""
+    """replica id -> model -> percent of the model's requests the Envoys sent it, from
+    each Envoy's latest LRS report per cluster (one report interval, about a second),
+    unless older than ``SHARE_WINDOW_S``."""
     model_of = {c.name: c.model for g in i.groups.values() for c in g.plan.clusters}
     by_addr = {f"{o.record.address}:{o.record.port}": rid for rid, o in i.view.items()}
     issued: dict[tuple[str, str], int] = {}
@@ -231,7 +232,7 @@ def _groups(i: UiInputs) -> list[dict[str, Any]]:
 
 def _models(i: UiInputs) -> list[dict[str, Any]]:
     counts = version_counts(i.view, i.intent, i.now)
-    split = traffic(i.view, i.intent, i.now)
+    split = _split(i)
     decided: Mapping[str, Any] = (i.placement or {}).get("models", {}) or {}
     out = []
     for model in sorted(set(counts) | set(i.intent.rollouts)):
@@ -255,6 +256,20 @@ def _models(i: UiInputs) -> list[dict[str, Any]]:
         }
         out.append(mv)
     return out
+
+
+def _split(i: UiInputs) -> dict[str, dict[str, float]]:
+    """model -> version -> percent of new requests: read from a group's routes (every group
+    gets the same split); without a group, decided here (the costly part on a big fleet)."""
+    if not i.groups:
+        return traffic(i.view, i.intent, i.now)
+    plan = i.groups[min(i.groups)].plan
+    version_of = {c.name: c.version for c in plan.clusters}
+    return {
+        m.model: {version_of.get(w.cluster, w.cluster): w.weight / 100 for w in m.clusters}
+        for rc in plan.route_configs
+        for m in rc.models
+    }
 
 
 def _nacks(xds: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -297,9 +297,12 @@ async def serve(s: ServeSettings) -> int:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s%s, instance %s",
+        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (dashboard http://%s:%d/ui; writes %s), "
+        "Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
+        s.api_host,
+        s.api_port,
         s.api_host,
         s.api_port,
         "enabled" if s.api_token else "disabled: no API token",

@@ -15,6 +15,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import httpx
 import pytest
 
 from tests.e2e.fleet import Fleet
-from tests.support import Procs, RedisServer
+from tests.support import Procs, RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -160,3 +164,50 @@ def test_dashboard_follows_the_fleet_live_and_guards_writes(fleet: Fleet, page: 
     assert page.evaluate("window.__noReload") is True
     # usable on a laptop screen: nothing wider than the window
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_demo_prints_the_dashboard_and_it_shows_the_demo_fleet(tmp_path: Path, page: Any) -> None:
+    expect = playwright_api.expect
+    out = tmp_path / "demo.out"
+    with out.open("w") as sink:
+        demo = subprocess.Popen(
+            [
+                sys.executable, "-m", "controlplane", "demo", "--duration", "60", "--rate", "30",
+                "--listen-port", "0", "--log-dir", str(tmp_path / "logs"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        found: list[str] = []
+
+        def printed() -> bool:
+            found[:] = re.findall(r"web dashboard: (http://127\.0\.0\.1:\d+/ui)", out.read_text())
+            return bool(found) or demo.poll() is not None
+
+        wait_until(printed, 60, what="the demo to print its dashboard URL")
+        assert found, out.read_text()[-2000:]
+        page.goto(found[0])
+        rows = page.locator("tr[data-replica]")
+        expect(rows).to_have_count(3)
+        # the demo's load is spread over the replicas: their shares of llama add up to 100%
+        page.wait_for_function(
+            """() => {
+              const cells = [...document.querySelectorAll("tr[data-replica] td.share")];
+              const sum = cells.reduce((a, c) => a + (parseFloat(c.textContent) || 0), 0);
+              return cells.filter((c) => /%/.test(c.textContent)).length >= 2
+                && Math.abs(sum - 100) < 0.5;
+            }"""
+        )
+        expect(page.locator('.card[data-model="llama"]')).to_contain_text("stable v1")
+    finally:
+        demo.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        try:
+            demo.wait(30)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+    assert demo.returncode == 0, out.read_text()[-2000:]
+    assert time.monotonic() - t0 < 30

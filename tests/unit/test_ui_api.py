@@ -8,6 +8,7 @@ import time
 from fastapi.testclient import TestClient
 
 from controlplane.api.ui_timeline import replicas
+from controlplane.demo.main import dashboard_lines
 from tests.rollout_app import build
 
 
@@ -59,3 +60,14 @@ def test_event_stream_sends_snapshots() -> None:
                 break
     assert all("regions" in d and "events" in d for d in data)
     assert data[1]["at"] >= data[0]["at"]
+
+
+def test_demo_names_a_dashboard_per_region() -> None:
+    assert dashboard_lines({"": "http://127.0.0.1:9000"}) == [
+        "web dashboard: http://127.0.0.1:9000/ui   (write token: demo)"
+    ]
+    two = dashboard_lines({"us-east": "http://h:1", "eu-west": "http://h:2"})
+    assert two == [
+        "web dashboard (us-east): http://h:1/ui   (write token: demo)",
+        "web dashboard (eu-west): http://h:2/ui   (write token: demo)",
+    ]

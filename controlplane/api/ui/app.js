@@ -60,11 +60,20 @@ function replicaRow(r, groups) {
         g.throttled ? h("span", { class: "tag warn" }, "throttled") : null,
         g.faulty ? h("span", { class: "tag bad", title: g.fault }, `fault: ${g.fault || "?"}`) : null))
     : h("span", { class: "muted" }, "no GPU data");
+  // per Envoy group: the main cluster's endpoint, then (smaller) its session-affinity twin
   const eds = Object.entries(r.eds).map(([group, eps]) =>
-    eps.map((e) => h("div", { class: `eds ${healthClass(e.health)}`, title: `${group} ${e.cluster}` },
-      `${shortGroup(group, groups)} w${e.weight} p${e.priority} `,
-      h("span", { class: `tag ${healthClass(e.health)}` }, e.health))));
-  const share = Object.entries(r.share).map(([m, p]) => h("div", {}, `${p.toFixed(1)}% `, h("span", { class: "muted" }, m)));
+    h("div", { class: "eds" }, h("span", { class: "group" }, shortGroup(group, groups)), " ",
+      eps.map((e) => {
+        const aff = e.cluster.endsWith("#affinity");
+        return h("span", { class: aff ? "ep aff" : "ep", title: `${group}: ${e.cluster} ${e.health}` },
+          `${aff ? "aff " : ""}w${e.weight} p${e.priority} `,
+          aff ? h("span", { class: `dot ${healthClass(e.health)}` })
+            : h("span", { class: `tag ${healthClass(e.health)}` }, e.health), " ");
+      })));
+  const models = Object.keys(r.share);
+  const share = Object.entries(r.share).map(([m, p]) =>
+    h("div", { title: `${p.toFixed(1)}% of ${m}'s requests in the Envoys' last load report` }, `${p.toFixed(1)}%`,
+      models.length > 1 ? h("span", { class: "muted" }, ` ${m}`) : ""));
   return h("tr", { class: r.fresh ? "" : "stale", dataset: { replica: r.id } },
     h("td", { class: "rid" }, h("div", {}, r.id.split("/").slice(1).join("/") || r.id),
       h("div", { class: "muted small" }, `${r.address} · ${r.kind}`), flags),
@@ -97,8 +106,10 @@ function renderFleet(s) {
         h("span", { class: "muted small" }, ` ${count} replica${count === 1 ? "" : "s"}`)),
       rows.length
         ? h("table", { class: "fleet" },
-            h("thead", {}, h("tr", {}, ["replica", "models", "GPU util · memory", "queue wait/run", "KV cache",
-              "speed", "EDS per Envoy group", "share"].map((t) => h("th", {}, t)))),
+            h("thead", {}, h("tr", {}, [["replica"], ["models"], ["GPU", "utilisation, memory, throttling, faults"],
+              ["queue", "requests waiting / running"], ["KV", "KV-cache use"], ["speed", "measured decode speed (1 = reference GPU)"],
+              ["EDS per Envoy group", "weight, priority and health each Envoy group has (aff: its session-affinity cluster)"],
+              ["share", "share of the model's requests the Envoys sent it in their last load report (LRS, about 1 s)"]].map(([t, title]) => h("th", { title }, t)))),
             h("tbody", {}, rows))
         : h("p", { class: "muted" }, "no replicas"));
   });
