@@ -99,6 +99,7 @@ def build(
     fleet: dict[str, ObservedReplica] | None = None,
     redis: Any = None,
     store: IntentStore | None = None,
+    region_redis: dict[str, Any] | None = None,
 ) -> App:
     reg = CollectorRegistry()
     watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
@@ -130,5 +131,6 @@ def build(
         loads=LoadAccumulator(loads),
         api_token=token,
         redis=redis,
+        region_redis=region_redis or {},
     )
     return App(create_app(ctx), store, intents, watcher, service, guard, lock, loads, reg)

@@ -119,8 +119,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             raise ValueError(f"{flag} must be positive, got {v}")
     if args.ttl <= args.interval:
         raise ValueError(f"--ttl ({args.ttl}) must exceed --interval ({args.interval})")
-    if args.warmup < 0 or args.drain < 0 or args.wake_warmup < 0:
-        raise ValueError("--warmup, --drain and --wake-warmup must not be negative")
+    if args.warmup < 0 or args.drain < 0 or args.wake_warmup < 0 or args.lost_hold < 0:
+        raise ValueError("--warmup, --drain, --wake-warmup and --lost-hold must not be negative")
     available = dict(parse_configured(v) for v in args.available or [])
     check_unique(servers)
     advertise = None
@@ -142,7 +142,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         servers=servers,
         gpu=args.gpu,
         reference_tps=args.reference_tps,
-        timing=Timing(interval_s=args.interval, ttl_s=args.ttl, poll_interval_s=args.poll_interval),
+        timing=Timing(
+            interval_s=args.interval,
+            ttl_s=args.ttl,
+            poll_interval_s=args.poll_interval,
+            lost_hold_s=args.lost_hold,
+        ),
         versions=_pairs(args.model_version, "--model-version"),
         advertise=advertise,
         config_path=config_path,
@@ -209,6 +214,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--interval", type=float, default=1.0, help="heartbeat publish period, s (%(default)s)"
     )
     p.add_argument("--ttl", type=float, default=3.0, help="record lifetime, s (%(default)s)")
+    p.add_argument(
+        "--lost-hold",
+        type=float,
+        default=300.0,
+        help="a server that stops answering is published with the models it served (kept "
+        "UNHEALTHY in Envoy, so the missing capacity spills to other regions) for this "
+        "long, s; 0: never (%(default)s)",
+    )
     p.add_argument(
         "--poll-interval",
         type=float,

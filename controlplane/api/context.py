@@ -52,6 +52,9 @@ class ApiContext:
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
     replication: IntentReplication | None = None
     """Replicated intent's probe (fleet.yaml ``intent.home``); None: intent is local."""
+    region_redis: dict[str, Any] = field(default_factory=dict)
+    """Other regions' registry clients (fleet.yaml ``regions``): a node's own keys (desired
+    models, GPU-fault clears) are written to its region's registry, where its agent reads."""
     ui: UiFeed = field(default_factory=UiFeed)
     """The dashboard's snapshot and timeline (``/ui``, ``/v1/events``)."""
 
@@ -71,6 +74,15 @@ class ApiContext:
         if self.redis is None:
             raise ApiError(503, "no_redis", "this server has no Redis client")
         return self.redis
+
+    def node_redis(self, node: str) -> Any:
+        """The Redis client of the registry ``node`` publishes to: its region's when the fleet
+        view places it in another region, else this server's own."""
+        regions = {o.record.region for o in self.watcher.view.values() if o.record.node == node}
+        for region in sorted(regions):
+            if region in self.region_redis:
+                return self.region_redis[region]
+        return self.require_redis()
 
     def node_records(self, node: str) -> list[ReplicaRecord]:
         """The records of ``node``'s replicas in the fleet view; 404 if it has none."""

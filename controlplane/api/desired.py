@@ -135,7 +135,7 @@ def router(ctx: ApiContext) -> APIRouter:
     async def list_desired(node: str) -> NodeModels:
         """The node's desired models, each with what the node shows of it now."""
         recs = ctx.node_records(node)
-        raw = await redis_op("read", ctx.require_redis().hgetall(schema.desired_key(node)))
+        raw = await redis_op("read", ctx.node_redis(node).hgetall(schema.desired_key(node)))
         out = []
         for field, value in sorted(raw.items()):
             model, text = _str(field), _str(value)
@@ -159,7 +159,7 @@ def router(ctx: ApiContext) -> APIRouter:
         except DesiredError as e:
             raise ApiError(422, "invalid_desired", str(e)) from None
         key = schema.desired_key(node)
-        r = ctx.require_redis()
+        r = ctx.node_redis(node)
         present = await redis_op("read", r.hexists(key, model))
         if not present and await redis_op("read", r.hlen(key)) >= MAX_DESIRED:
             raise ApiError(409, "too_many_models", f"{key} has {MAX_DESIRED} fields already")
@@ -169,7 +169,9 @@ def router(ctx: ApiContext) -> APIRouter:
     @writes.delete("/v1/nodes/{node}/models/{model:path}", response_model=Forgotten)
     async def delete_desired(node: str, model: str) -> Forgotten:
         """Stop managing the model on the node (nothing is unloaded: use state unloaded)."""
-        removed = await redis_op("write", ctx.require_redis().hdel(schema.desired_key(node), model))
+        removed = await redis_op(
+            "write", ctx.node_redis(node).hdel(schema.desired_key(node), model)
+        )
         return Forgotten(node=node, model=model, removed=bool(removed))
 
     api.include_router(writes)

@@ -45,7 +45,7 @@ def router(ctx: ApiContext) -> APIRouter:
     )
     async def clear_gpu_faults(node: str) -> FaultClear:
         recs = ctx.node_records(node)
-        client = ctx.require_redis()
+        client = ctx.node_redis(node)
         now = time.time()
         await redis_op("write the clear", client.set(fault_clear_key(node), repr(now)))
         faulty = sorted(r.replica_id for r in recs if any(g.faulty for g in r.gpus))

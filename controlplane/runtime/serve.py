@@ -38,6 +38,7 @@ from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
+from controlplane.runtime.fleet_gauges import FleetGauges
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
 from controlplane.runtime.intent_replication import IntentReplication, ReplicationMetrics
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
@@ -215,6 +216,11 @@ async def serve(s: ServeSettings) -> int:
         PlacementMetrics(registry),
         s.placement,
     )
+    FleetGauges(
+        registry,
+        lambda: watcher.view,
+        lambda: {g: st.plan for g, st in reconciler.groups.items()},
+    )
     api_ctx = ApiContext(
         watcher,
         reconciler,
@@ -228,6 +234,7 @@ async def serve(s: ServeSettings) -> int:
         api_token=s.api_token,
         redis=client,
         replication=replication,
+        region_redis=dict(remote_clients),
     )
     app = create_app(api_ctx)
     api = EmbeddedServer(
