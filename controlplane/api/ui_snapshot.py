@@ -129,6 +129,7 @@ def _replica(
             {"name": m.name, "version": m.version, "state": m.state.value} for m in rec.models
         ],
         "failures": [f"{f.op} {f.name}@{f.version}: {f.error}" for f in rec.failures],
+        "lost": [f"{name}@{version}" for name, version in rec.lost],
         "queue_waiting": rec.load.queue_waiting,
         "running": rec.load.running,
         "kv_cache": round(rec.load.kv_cache_usage, 4),

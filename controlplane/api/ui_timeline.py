@@ -151,6 +151,11 @@ def _replicas(before: Mapping[str, Any], after: Mapping[str, Any], add: _Add) ->
                 add("fault", "error", f"{rid}: GPU {gpu} faulty ({reason}): leaves EDS")
         for gpu in sorted(set(f_was) - set(f_now)):
             add("fault", "info", f"{rid}: GPU {gpu} fault cleared")
+        lost, was_lost = set(now[rid]["lost"]), set(was[rid]["lost"])
+        if lost - was_lost:
+            add("fault", "error", f"{rid}: server stopped answering ({', '.join(sorted(lost))})")
+        elif was_lost and not lost:
+            add("fault", "info", f"{rid}: server answers again")
         if now[rid]["fresh"] != was[rid]["fresh"]:
             if now[rid]["fresh"]:
                 add("replica", "info", f"replica {rid} heartbeat back")

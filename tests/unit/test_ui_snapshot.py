@@ -141,6 +141,8 @@ def test_timeline_names_drains_faults_replicas_regions_and_nacks() -> None:
         gpus=(GpuStats(0, faulty=True, fault_reason="xid 79"),),
     )
     del sick["gpu-3/vllm-c"]
+    gone = sick["gpu-1/vllm-a"]
+    sick["gpu-1/vllm-a"] = replace(gone, record=replace(gone.record, lost=(("llama", "v1"),)))
     nack = {"type": "CDS", "version": "abc", "node_id": "edge-1", "error_detail": "bad", "at": 49.0}
     s1 = snapshot(
         _inputs(
@@ -157,12 +159,14 @@ def test_timeline_names_drains_faults_replicas_regions_and_nacks() -> None:
     assert "gpu-2/vllm-b: GPU 0 faulty (xid 79): leaves EDS" in texts
     assert "replica gpu-3/vllm-c left (record expired or region lost)" in texts
     assert "region eu: live -> lost" in texts
+    assert "gpu-1/vllm-a: server stopped answering (llama@v1)" in texts
     assert any(t.startswith("NACK from edge-1") for t in texts)
     # and back
     back = [e["text"] for e in changes(s1, s0)]
     assert "undrain gpu-1: takes requests again" in back
     assert "gpu-2/vllm-b: GPU 0 fault cleared" in back
     assert "replica gpu-3/vllm-c joined" in back
+    assert "gpu-1/vllm-a: server answers again" in back
 
 
 def test_timeline_ring_is_bounded_and_newest_first() -> None:

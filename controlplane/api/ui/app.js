@@ -53,6 +53,7 @@ function replicaRow(r, groups) {
   if (!r.fresh) flags.push(h("span", { class: "tag bad" }, "stale"));
   if (r.draining) flags.push(h("span", { class: "tag drain" }, "draining"));
   if (r.sleeping) flags.push(h("span", { class: "tag idle" }, "sleeping"));
+  if (r.lost.length) flags.push(h("span", { class: "tag bad", title: "the server stopped answering; kept UNHEALTHY in EDS" }, `server lost: ${r.lost.join(", ")}`));
   const gpus = r.gpus.length
     ? r.gpus.map((g) => h("div", { class: "gpu" },
         bar(g.util, `${pct(g.util)}`),
