@@ -211,3 +211,23 @@ def test_demo_prints_the_dashboard_and_it_shows_the_demo_fleet(tmp_path: Path, p
                 demo.wait()
     assert demo.returncode == 0, out.read_text()[-2000:]
     assert time.monotonic() - t0 < 30
+
+
+def test_serve_stops_promptly_while_a_dashboard_stream_is_open(
+    procs: Procs, redis_srv: RedisServer
+) -> None:
+    f = Fleet(procs, redis_srv)
+    serve = f.start_serve()
+    with (
+        httpx.Client(timeout=10) as c,
+        c.stream("GET", f"{f.api}/v1/events") as stream,
+    ):
+        lines = stream.iter_lines()
+        assert any(line.startswith("data: {") for line in lines)
+        serve.kill(signal.SIGTERM)
+        t0 = time.monotonic()
+        assert serve.popen is not None
+        assert serve.popen.wait(10) == 0
+        stopped_s = time.monotonic() - t0
+        list(lines)  # the server ended the stream: nothing hangs
+    assert stopped_s < 3.0
