@@ -44,8 +44,10 @@ async def inputs(ctx: ApiContext) -> UiInputs:
     now = time.time()
     intent = ctx.require_intents().current()
     regions: dict[str, str] = {}
+    local = ""
     if isinstance(ctx.watcher, RegionalFleet):
         regions = {r: ctx.watcher.state(r) for r in sorted(ctx.watcher.watchers)}
+        local = ctx.watcher.local
     placement = None
     if ctx.redis is not None:
         try:
@@ -63,6 +65,7 @@ async def inputs(ctx: ApiContext) -> UiInputs:
         },
         xds=ctx.xds_status(),
         regions=regions,
+        local_region=local,
         loads=ctx.loads.view() if ctx.loads is not None else (),
         verdicts=dict(ctx.guard.verdicts) if ctx.guard is not None else {},
         placement=placement,

@@ -52,6 +52,8 @@ class UiInputs:
     """``AdsServer.status()``: ``streams`` and ``nacks`` per group."""
     regions: Mapping[str, str] = field(default_factory=dict)
     """Region -> ``live`` / ``demoted`` / ``lost`` (empty: one region, no registries)."""
+    local_region: str = ""
+    """This control plane's own region (listed first); empty: not known."""
     loads: Sequence[Mapping[str, Any]] = ()
     """``LoadAccumulator.view()``: the latest LRS report per Envoy and cluster."""
     verdicts: Mapping[str, Verdict] = field(default_factory=dict)
@@ -69,6 +71,7 @@ def snapshot(i: UiInputs) -> dict[str, Any]:
         "revision": i.intent.revision,
         "redis_connected": i.redis_connected,
         "writes_enabled": i.writes_enabled,
+        "local_region": i.local_region,
         "regions": _regions(i, shares),
         "groups": _groups(i),
         "models": _models(i),
@@ -105,7 +108,7 @@ def _regions(i: UiInputs, shares: dict[str, dict[str, float]]) -> list[dict[str,
                 for zone, nodes in sorted(zones.items())
             ],
         }
-        for region, zones in sorted(tree.items())
+        for region, zones in sorted(tree.items(), key=lambda kv: (kv[0] != i.local_region, kv[0]))
     ]
 
 

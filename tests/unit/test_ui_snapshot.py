@@ -92,6 +92,8 @@ def test_region_states_and_empty_regions_are_shown() -> None:
     states = {r["name"]: r["state"] for r in snap["regions"]}
     assert states == {"ap": "lost", "eu": "demoted", "us": "live"}
     assert next(r for r in snap["regions"] if r["name"] == "ap")["zones"] == []
+    local = snapshot(_inputs(regions={"us": "live", "eu": "live"}, local_region="us"))
+    assert [r["name"] for r in local["regions"]] == ["us", "eu"]
 
 
 def _texts(before: dict[str, Any], after: dict[str, Any]) -> list[str]:

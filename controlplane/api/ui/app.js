@@ -104,6 +104,7 @@ function renderFleet(s) {
     const count = reg.zones.reduce((a, z) => a + z.nodes.reduce((b, n) => b + n.replicas.length, 0), 0);
     return h("div", { class: "region", dataset: { region: reg.name } },
       h("h3", {}, `region ${reg.name} `, h("span", { class: `tag ${regionClass(reg.state)}` }, reg.state),
+        reg.name === s.local_region ? h("span", { class: "muted small" }, " this control plane's region ·") : null,
         h("span", { class: "muted small" }, ` ${count} replica${count === 1 ? "" : "s"}`)),
       rows.length
         ? h("table", { class: "fleet" },
