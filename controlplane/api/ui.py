@@ -70,6 +70,7 @@ async def inputs(ctx: ApiContext) -> UiInputs:
         verdicts=dict(ctx.guard.verdicts) if ctx.guard is not None else {},
         placement=placement,
         redis_connected=ctx.watcher.connected,
+        synced=ctx.watcher.synced_once and (ctx.intents is not None and ctx.intents.synced),
         writes_enabled=bool(ctx.api_token),
     )
 

@@ -60,6 +60,9 @@ class UiInputs:
     placement: Mapping[str, Any] | None = None
     """The last placement decision document (``GET /v1/placement``'s ``decision``)."""
     redis_connected: bool = True
+    synced: bool = True
+    """The fleet view and the intent have been read from Redis once (before that the
+    snapshot is empty, and the first full one is no news)."""
     writes_enabled: bool = False
 
 
@@ -70,6 +73,7 @@ def snapshot(i: UiInputs) -> dict[str, Any]:
         "at": round(i.now, 3),
         "revision": i.intent.revision,
         "redis_connected": i.redis_connected,
+        "synced": i.synced,
         "writes_enabled": i.writes_enabled,
         "local_region": i.local_region,
         "regions": _regions(i, shares),

@@ -25,8 +25,9 @@ MAX_EVENTS = 200
 
 
 def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[Event]:
-    """Events that explain how ``before`` became ``after`` (none for the first snapshot)."""
-    if before is None:
+    """Events that explain how ``before`` became ``after`` (none for the first snapshot,
+    nor for the first after the control plane has read Redis: a restart is no news)."""
+    if before is None or not before.get("synced", True):
         return []
     at = float(after["at"])
     out: list[Event] = []

@@ -130,6 +130,9 @@ def test_timeline_names_rollout_start_promote_and_rollback() -> None:
     assert ev["kind"] == "rollback" and ev["level"] == "error"
     assert ev["text"] == "llama: rolled back v2 -> v1 (auto): p99"
     assert changes(None, s0) == []
+    unsynced = snapshot(_inputs({}, base, synced=False))
+    assert changes(unsynced, s0) == []  # a control plane that just read Redis: no news
+    assert [e["kind"] for e in changes(snapshot(_inputs({}, base)), s0)] == ["replica"] * 2
     assert changes(s4, s4) == []
 
 

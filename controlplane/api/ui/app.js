@@ -241,6 +241,7 @@ function renderTimeline(s) {
 function render(s) {
   const n = s.regions.reduce((a, r) => a + r.zones.reduce((b, z) => b + z.nodes.reduce((c, n) => c + n.replicas.length, 0), 0), 0);
   $("summary").textContent = `${n} replicas · ${s.groups.length} Envoy groups · intent revision ${s.revision}` +
+    `${s.synced ? "" : " · fleet and intent not read from Redis yet"}` +
     ` · Redis ${s.redis_connected ? "connected" : "UNREACHABLE"} · writes ${s.writes_enabled ? "need a token" : "disabled on this server"}` +
     ` · ${clock(s.at)}`;
   renderFleet(s);
