@@ -17,7 +17,16 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from controlplane.api import affinity, desired, drains, errors, faults, placement, rollouts
+from controlplane.api import (
+    affinity,
+    desired,
+    drains,
+    errors,
+    faults,
+    placement,
+    rollouts,
+    ui,
+)
 from controlplane.api.context import ApiContext, TestHooks
 from controlplane.fleet.codec import encode_record
 
@@ -108,6 +117,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(affinity.router(ctx))
     app.include_router(placement.router(ctx))
     app.include_router(desired.router(ctx))
+    app.include_router(ui.router(ctx))
 
     if ctx.test_hooks is not None:
         hooks = ctx.test_hooks

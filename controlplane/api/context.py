@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 
 from controlplane.api.errors import ApiError
+from controlplane.api.ui_feed import UiFeed
 from controlplane.fleet.model import ReplicaRecord
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetSource
@@ -54,6 +55,8 @@ class ApiContext:
     region_redis: dict[str, Any] = field(default_factory=dict)
     """Other regions' registry clients (fleet.yaml ``regions``): a node's own keys (desired
     models, GPU-fault clears) are written to its region's registry, where its agent reads."""
+    ui: UiFeed = field(default_factory=UiFeed)
+    """The dashboard's snapshot and timeline (``/ui``, ``/v1/events``)."""
 
     # What an endpoint needs, or the error that says why it cannot have it.
 

@@ -310,6 +310,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         stop_server = asyncio.create_task(_stop_on(stop, http), name="demo-control-stop")
         tasks += [asyncio.create_task(http.serve(), name="demo-control"), stop_server]
     api_url = f"http://127.0.0.1:{api}"
+    print("\n".join(dashboard_lines(control.apis if control else {"": api_url})), flush=True)
     tasks.append(
         asyncio.create_task(
             _table(api_url, edges, replicas, served, cold, curl, control, stop), name="table"
@@ -497,7 +498,12 @@ async def _table(
                     homes.setdefault(user, set()).add(rid)
             errors = sum(1 for _, st in window if st != 200)
             total = max(1, sum(share.values()))
-            lines = ["\x1b[2J\x1b[H", "aixds demo: live fleet (Ctrl-C to stop)", ""]
+            lines = [
+                "\x1b[2J\x1b[H",
+                "aixds demo: live fleet (Ctrl-C to stop)",
+                *dashboard_lines(control.apis if control else {"": api}),
+                "",
+            ]
             head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'meas':>6}{'wait':>6}{'run':>5}"
             head += f"{'kv%':>6}{'hit%':>6}"
             head += "".join(f"{'w@' + e.region:>11}" for e in edges) + f"{'share(5s)':>11}"
@@ -585,6 +591,15 @@ async def _control_plane_view(c: httpx.AsyncClient, api: str) -> tuple[dict[str,
         elif line.startswith("aixds_intent_revision "):
             revision = str(int(float(line.rsplit(" ", 1)[1])))
     return out, revision
+
+
+def dashboard_lines(apis: dict[str, str]) -> list[str]:
+    """Where the web dashboard is, given region -> API URL (one region: the key ``""``): one
+    per region's control plane, each showing the fleet as its region sees it."""
+    return [
+        f"web dashboard{' (' + r + ')' if r else ''}: {url}/ui   (write token: {DEMO_TOKEN})"
+        for r, url in apis.items()
+    ]
 
 
 def _region_commands(control: Control) -> list[str]:

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from controlplane.activator.app import Activator, ActivatorMetrics, ActivatorSettings
 from controlplane.activator.demand import ActivatorDemand
 from controlplane.activator.readiness import Readiness
+from controlplane.api import ui
 from controlplane.api.app import ApiContext, TestHooks, create_app
 from controlplane.decide import EnvoyNode
 from controlplane.decide.cold import loadable_models
@@ -220,23 +221,22 @@ async def serve(s: ServeSettings) -> int:
         lambda: watcher.view,
         lambda: {g: st.plan for g, st in reconciler.groups.items()},
     )
-    app = create_app(
-        ApiContext(
-            watcher,
-            reconciler,
-            registry,
-            xds_status,
-            hooks,
-            intents=intents,
-            rollouts=service,
-            guard=guard,
-            loads=loads,
-            api_token=s.api_token,
-            redis=client,
-            replication=replication,
-            region_redis=dict(remote_clients),
-        )
+    api_ctx = ApiContext(
+        watcher,
+        reconciler,
+        registry,
+        xds_status,
+        hooks,
+        intents=intents,
+        rollouts=service,
+        guard=guard,
+        loads=loads,
+        api_token=s.api_token,
+        redis=client,
+        replication=replication,
+        region_redis=dict(remote_clients),
     )
+    app = create_app(api_ctx)
     api = EmbeddedServer(
         uvicorn.Config(
             app,
@@ -298,14 +298,18 @@ async def serve(s: ServeSettings) -> int:
     sup.spawn("serving-version", serving.run)
     sup.spawn("auto-rollback", guard.run)
     sup.spawn("placement", placement.run)
+    sup.spawn("ui-feed", lambda: ui.run_feed(api_ctx))
     sup.spawn("api", api.serve)
     if activator_api is not None and demand is not None:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s%s, instance %s",
+        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (dashboard http://%s:%d/ui; writes %s), "
+        "Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
+        s.api_host,
+        s.api_port,
         s.api_host,
         s.api_port,
         "enabled" if s.api_token else "disabled: no API token",
@@ -324,6 +328,7 @@ async def serve(s: ServeSettings) -> int:
         await stop.wait()
     finally:
         log.info("shutting down")
+        await api_ctx.ui.close()  # ends the dashboards' event streams
         api.should_exit = True
         if activator is not None and activator_api is not None:
             activator.closing = True  # held requests get a 503 instead of a reset
