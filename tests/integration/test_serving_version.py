@@ -20,12 +20,14 @@ from prometheus_client import CollectorRegistry
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.rollout import RolloutPolicy
 from controlplane.fleet import schema
+from controlplane.fleet.audit import RedisAuditLog
 from controlplane.fleet.intent_store import RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.model import ModelState, ObservedReplica
 from controlplane.fleet.registry import connect
 from controlplane.fleet.store import MemoryRegistry
 from controlplane.intent import Intent
+from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
@@ -83,7 +85,13 @@ async def control_plane(
     )
     reconciler = Reconciler(watcher, intents.current, SnapshotCache(), ReconcileMetrics(reg))
     service = RolloutService(
-        RedisIntentStore(client), intents, watcher, reconciler, RolloutPolicy(), RolloutMetrics(reg)
+        RedisIntentStore(client),
+        intents,
+        watcher,
+        reconciler,
+        RolloutPolicy(),
+        RolloutMetrics(reg),
+        audit=AuditTrail(RedisAuditLog(client), AuditMetrics(reg)),
     )
     lock = RedisLock(client, schema.SERVING_VERSION_LOCK_KEY, name, ttl_s=2.0)
     loop = ServingVersions(
