@@ -139,6 +139,14 @@ async def test_one_replica_records_once_and_a_restart_keeps_it(redis_srv: RedisS
         assert [cp.loop.leader for cp in cps].count(True) == 1
         holder = await a.client.get(schema.SERVING_VERSION_LOCK_KEY)
         assert holder == next(cp.name for cp in cps if cp.loop.leader)
+        (e,) = await RedisAuditLog(a.client).read(10)  # and the audit log says so
+        assert (e.who, e.action, e.target, e.revision) == (
+            "controlplane:serving-version",
+            "record",
+            "llama",
+            1,
+        )
+        assert e.new["rollouts"]["llama"]["stable"] == "v1"
         # green comes up beside blue, bigger and with a greater name: nothing changes
         green = fleet(*llama("v1", 2), *llama("v2", 3))
         for cp in cps:
