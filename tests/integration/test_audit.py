@@ -4,8 +4,7 @@ from the region's copy)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,7 +15,8 @@ from controlplane.fleet.audit import Actor, RedisAuditLog, controlplane, entry
 from controlplane.fleet.intent_replica import ReplicatedIntentStore
 from controlplane.fleet.intent_store import RedisIntentStore
 from controlplane.fleet.registry import connect
-from tests.integration.test_intent_replication import FAST_SYNC, caught_up, link_up
+from tests.integration.conftest import Pair
+from tests.integration.test_intent_replication import caught_up, link_up
 from tests.rollout_app import build
 from tests.support import RedisServer
 
@@ -102,25 +102,10 @@ async def test_a_broken_audit_stream_loses_no_change_and_is_counted(
         assert [(e["who"], e["target"], e["revision"]) for e in got] == [("api-token", "n2", 2)]
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    (tmp_path / "us").mkdir()
-    (tmp_path / "eu").mkdir()
-    home = RedisServer(tmp_path / "us", FAST_SYNC)
-    home.start()
-    replica = RedisServer(tmp_path / "eu", (*FAST_SYNC, "--replicaof", "127.0.0.1", str(home.port)))
-    try:
-        replica.start()
-        yield home, replica
-    finally:
-        replica.stop()
-        home.stop()
-
-
 async def test_a_replica_region_writes_its_changes_to_the_homes_audit_log(
-    pair: tuple[RedisServer, RedisServer],
+    pair: Pair,
 ) -> None:
-    home, local = connect(pair[0].url), connect(pair[1].url)
+    home, local = connect(pair.home.url), connect(pair.replica.url)
     try:
         await link_up(local)
         eu = build(
