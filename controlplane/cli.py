@@ -290,7 +290,11 @@ _fraction = _number(float, lambda x: 0 <= x <= 1, "in [0, 1]")
 
 
 def _status_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default="http://127.0.0.1:18080", help="control-plane API URL")
+    p.add_argument(
+        "--api",
+        default=os.environ.get("AIXDS_API", "http://127.0.0.1:18080"),
+        help="control-plane API URL (default: $AIXDS_API or %(default)s)",
+    )
     p.add_argument(
         "--token",
         default=None,
