@@ -5,8 +5,8 @@ Bearer tokens with scopes guard it (``auth``): reads (every ``GET /v1/...`` and
 GPU-fault clears need scope operate; rollouts, placement and affinity need scope admin.
 ``/healthz`` (and the OpenAPI docs) stay open for load balancers and probes. Every change
 is in the audit log (``GET /v1/audit``). The test-only switch exists only when the server
-runs with ``--test-hooks``. Every error is a JSON body with an ``error`` code (``errors``); 5xx only
-for "retry later" (503) and bugs.
+runs with ``--test-hooks``. Every error is a JSON body with an ``error`` code
+(``errors``); 5xx only for "retry later" (503) and bugs.
 """
 
 from __future__ import annotations
