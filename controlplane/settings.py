@@ -47,8 +47,18 @@ class ServeSettings:
     test_hooks: bool = False
     """Enable test-only API switches (never in production)."""
     api_token: str = ""
-    """Bearer token that API writes must carry (``--api-token`` or ``AIXDS_API_TOKEN``).
-    Empty: the API is read-only and refuses writes with 403 saying how to enable them."""
+    """An admin token, named ``api-token`` (``--api-token`` or ``AIXDS_API_TOKEN``). With no
+    token that may write at all, the API is read-only and refuses writes with 403 saying
+    how to enable them."""
+    tokens_file: Path | None = None
+    """Named tokens with scopes (``--tokens-file``; format in ``api.tokens``)."""
+    tokens_env: str = ""
+    """More named tokens, in the same format (the ``AIXDS_API_TOKENS`` variable)."""
+    require_read_token: bool = False
+    """Reads (``GET /v1/...``, ``/metrics``) need a token with scope read too; ``/healthz``
+    stays open."""
+    audit_max_len: int = 10_000
+    """Entries the audit log keeps (approximately: ``XADD MAXLEN ~``)."""
     min_ready: int = 1
     """Ready replicas a version needs before it may take traffic (switch, canary, promote)."""
     drain_settle_s: float = 1.0

@@ -12,9 +12,13 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from controlplane.api.auth import Access
 from controlplane.api.errors import ApiError
+from controlplane.api.tokens import TokenTable
 from controlplane.api.ui_feed import UiFeed
+from controlplane.fleet.audit import Actor
 from controlplane.fleet.model import ReplicaRecord
+from controlplane.runtime.audit import AuditTrail
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_replication import IntentReplication
@@ -46,8 +50,10 @@ class ApiContext:
     rollouts: RolloutService | None = None
     guard: AutoRollback | None = None
     loads: LoadAccumulator | None = None
-    api_token: str = ""
-    """Bearer token for writes; empty: writes are refused with 403."""
+    access: Access = field(default_factory=lambda: Access(TokenTable()))
+    """Tokens and their scopes; the default has none (read-only API)."""
+    audit: AuditTrail | None = None
+    """Where changes are recorded (``GET /v1/audit`` reads it); None: 503 there."""
     redis: Any = None
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
     replication: IntentReplication | None = None
@@ -70,6 +76,11 @@ class ApiContext:
             raise ApiError(503, "no_rollouts", "rollouts are not enabled on this server")
         return self.rollouts
 
+    def require_audit(self) -> AuditTrail:
+        if self.audit is None:
+            raise ApiError(503, "no_audit", "this server keeps no audit log")
+        return self.audit
+
     def require_redis(self) -> Any:
         if self.redis is None:
             raise ApiError(503, "no_redis", "this server has no Redis client")
@@ -83,6 +94,12 @@ class ApiContext:
             if region in self.region_redis:
                 return self.region_redis[region]
         return self.require_redis()
+
+    async def record(self, by: Actor, action: str, target: str, old: Any, new: Any) -> None:
+        """Append a change outside the intent (desired models, fault clears) to the audit
+        log; intent changes are recorded by ``RolloutService`` itself."""
+        if self.audit is not None:
+            await self.audit.record(by, action, target, old, new)
 
     def node_records(self, node: str) -> list[ReplicaRecord]:
         """The records of ``node``'s replicas in the fleet view; 404 if it has none."""

@@ -71,7 +71,7 @@ async def inputs(ctx: ApiContext) -> UiInputs:
         placement=placement,
         redis_connected=ctx.watcher.connected,
         synced=ctx.watcher.synced_once and (ctx.intents is not None and ctx.intents.synced),
-        writes_enabled=bool(ctx.api_token),
+        writes_enabled=ctx.access.writes_enabled,
     )
 
 
@@ -86,12 +86,10 @@ async def run_feed(ctx: ApiContext) -> None:
     await ctx.ui.run(lambda: build(ctx))
 
 
-def router(ctx: ApiContext) -> APIRouter:
+def pages() -> APIRouter:
+    """The page and its files: open to all (they hold no data; the data comes from
+    ``router``'s endpoints, which need a read token where the server requires one)."""
     api = APIRouter(tags=["dashboard"])
-    feed = ctx.ui
-
-    async def fresh() -> None:
-        await feed.refresh_if_older(lambda: build(ctx), feed.interval_s)
 
     @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     def page() -> HTMLResponse:
@@ -104,6 +102,17 @@ def router(ctx: ApiContext) -> APIRouter:
         return Response(
             _asset(name), media_type=STATIC[name], headers={"cache-control": "no-cache"}
         )
+
+    return api
+
+
+def router(ctx: ApiContext) -> APIRouter:
+    """The dashboard's data: the snapshot and the event stream (read scope)."""
+    api = APIRouter(tags=["dashboard"])
+    feed = ctx.ui
+
+    async def fresh() -> None:
+        await feed.refresh_if_older(lambda: build(ctx), feed.interval_s)
 
     @api.get("/v1/ui/snapshot")
     async def ui_snapshot() -> dict[str, Any]:

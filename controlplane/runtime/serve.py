@@ -26,16 +26,20 @@ from controlplane.activator.demand import ActivatorDemand
 from controlplane.activator.readiness import Readiness
 from controlplane.api import ui
 from controlplane.api.app import ApiContext, TestHooks, create_app
+from controlplane.api.auth import Access, AccessMetrics
+from controlplane.api.tokens import Scope, TokensError, TokenTable, load_tokens
 from controlplane.decide import EnvoyNode
 from controlplane.decide.cold import loadable_models
 from controlplane.decide.eligibility import is_fresh
 from controlplane.embedded_http import EmbeddedServer
 from controlplane.fleet import schema
+from controlplane.fleet.audit import RedisAuditLog
 from controlplane.fleet.intent_replica import ReplicatedIntentStore
 from controlplane.fleet.intent_store import IntentStore, RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
 from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
 from controlplane.runtime.fleet_gauges import FleetGauges
@@ -70,6 +74,19 @@ def envoy_node(info: NodeInfo) -> EnvoyNode:
     )
 
 
+def _access_summary(tokens: TokenTable, require_read: bool) -> str:
+    """``3 tokens (admin: alice; operate: ci; read: grafana), reads need a token``."""
+    if not len(tokens):
+        return "no API token: read-only"
+    by_scope = {
+        sc.label: ", ".join(t.name for t in tokens.tokens if t.scope == sc)
+        for sc in sorted(Scope, reverse=True)
+    }
+    names = "; ".join(f"{k}: {v}" for k, v in by_scope.items() if v)
+    reads = "reads need a token" if require_read else "reads open"
+    return f"{len(tokens)} token(s) ({names}), {reads}"
+
+
 def node_group(info: NodeInfo) -> str:
     """Envoys that get the same plan: same role, region and listen address."""
     n = envoy_node(info)
@@ -78,6 +95,12 @@ def node_group(info: NodeInfo) -> str:
 
 async def serve(s: ServeSettings) -> int:
     fleet_cfg = load_fleet_config(s.config)
+    tokens = load_tokens(api_token=s.api_token, file=s.tokens_file, env_text=s.tokens_env)
+    if s.require_read_token and not len(tokens):
+        raise TokensError(
+            "--require-read-token needs at least one token: --api-token, --tokens-file or "
+            "AIXDS_API_TOKENS"
+        )
     base_intent = replace(fleet_cfg.base_intent(), activators=s.activators())
     registry = CollectorRegistry()
     urls = fleet_cfg.registries(s.region, s.redis_url)
@@ -141,6 +164,16 @@ async def serve(s: ServeSettings) -> int:
         replication = IntentReplication(
             topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
         )
+    # The audit log is written where intent is written (the home) and read from this
+    # region's copy, which Redis replication keeps with the intent.
+    audit = AuditTrail(
+        RedisAuditLog(
+            client if topology is None else intent_clients[topology.home],
+            client if topology is None else intent_clients[topology.local],
+            max_len=s.audit_max_len,
+        ),
+        AuditMetrics(registry),
+    )
     intents = IntentWatcher(
         intent_store,
         base_intent,
@@ -181,6 +214,7 @@ async def serve(s: ServeSettings) -> int:
         reconciler,
         s.rollout_policy(),
         RolloutMetrics(registry),
+        audit=audit,
         converge=Convergence(ads, cache).wait,
         apply_timeout_s=s.apply_timeout_s,
     )
@@ -231,7 +265,8 @@ async def serve(s: ServeSettings) -> int:
         rollouts=service,
         guard=guard,
         loads=loads,
-        api_token=s.api_token,
+        access=Access(tokens, require_read=s.require_read_token, metrics=AccessMetrics(registry)),
+        audit=audit,
         redis=client,
         replication=replication,
         region_redis=dict(remote_clients),
@@ -304,7 +339,7 @@ async def serve(s: ServeSettings) -> int:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (dashboard http://%s:%d/ui; writes %s), "
+        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (dashboard http://%s:%d/ui; %s), "
         "Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
@@ -312,7 +347,7 @@ async def serve(s: ServeSettings) -> int:
         s.api_port,
         s.api_host,
         s.api_port,
-        "enabled" if s.api_token else "disabled: no API token",
+        _access_summary(tokens, s.require_read_token),
         redis_url,
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,

@@ -253,8 +253,14 @@ function render(s) {
 
 // -- live feed and token --------------------------------------------------------------------
 
+// EventSource cannot send headers: where reads need a token the feed carries it as the
+// access_token query parameter (RFC 6750 2.3), which the server accepts on reads only.
+let source = null;
 function connect() {
-  const src = new EventSource("/v1/events");
+  if (source) source.close();
+  const t = $("token").value.trim();
+  const src = new EventSource("/v1/events" + (t ? `?access_token=${encodeURIComponent(t)}` : ""));
+  source = src;
   src.addEventListener("open", () => { $("conn").textContent = "live"; $("conn").className = "pill ok"; });
   src.addEventListener("error", () => { $("conn").textContent = "reconnecting…"; $("conn").className = "pill bad"; });
   src.addEventListener("snapshot", (ev) => {
@@ -272,6 +278,7 @@ function tokenChanged() {
 
 $("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
 $("token").addEventListener("input", tokenChanged);
+$("token").addEventListener("change", connect);
 $("token-form").addEventListener("submit", (e) => e.preventDefault());
 tokenChanged();
 connect();
