@@ -9,8 +9,11 @@ plane). A closed-loop load (4 workers) runs through the edge the whole time. Eac
 finds the control plane holding the Envoy's ADS stream, kills it with SIGKILL, and times
 until another one holds the stream with every type ACKed (polling each control plane's
 ``GET /v1/xds`` every 10 ms), checks that the versions the Envoy ACKed there are those it
-had, then restarts the killed one on its ports and lets things settle. The last line is
-exactly ``control-plane failover: failed X/Y, reconnect median Z.ZZ s``.
+had, then restarts the killed one on its ports and lets things settle. At the end it
+compares the requests the load got answered with those the load reports (LRS) put in
+Redis: the load-report stream of a killed control plane reconnects only after Envoy's
+fixed 5 s. The last line is exactly
+``control-plane failover: failed X/Y, reconnect median Z.ZZ s``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
+from controlplane.fleet import schema
 from tests.e2e.control_planes import ControlPlanes, acked
 from tests.e2e.fleet import Fleet, Load
 from tests.support import Procs, RedisServer, wait_until
@@ -29,13 +35,27 @@ from tests.support import Procs, RedisServer, wait_until
 FAST = ("--ttft-ms", "1", "--tpot-ms", "2", "--max-running", "64")
 
 
+def reported(url: str) -> int:
+    """Successful requests the load reports put in Redis (every second's bucket)."""
+    client = redis.Redis.from_url(url)
+    try:
+        total = 0
+        for key in client.scan_iter(match=schema.LOAD_PREFIX + "*"):
+            for field, n in client.hgetall(key).items():
+                if field.startswith(b"s:"):
+                    total += int(n)
+        return total
+    finally:
+        client.close()
+
+
 def run(n: int, runs: int, logs: Path) -> tuple[list[float], int, int]:
     procs = Procs(logs)
-    redis = RedisServer(logs)
-    redis.start()
+    store = RedisServer(logs)
+    store.start()
     try:
-        fleet = Fleet(procs, redis)
-        cps = ControlPlanes(procs, redis, n)
+        fleet = Fleet(procs, store)
+        cps = ControlPlanes(procs, store, n)
         for _ in range(2):
             fleet.add_replica(server_args=FAST)
         edge = fleet.add_edge(xds=cps.xds)
@@ -66,10 +86,13 @@ def run(n: int, runs: int, logs: Path) -> tuple[list[float], int, int]:
                 cps.restart(cp)
                 time.sleep(2.0)
             load.wait_requests(50)
+        ok = load.status[200]
+        time.sleep(7.0)  # a load-report stream that moved reconnects after 5 s
+        print(f"load reports in Redis: {reported(store.url)} requests; answered 200: {ok}")
         return times, load.failed, load.total
     finally:
         procs.stop_all()
-        redis.stop()
+        store.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
