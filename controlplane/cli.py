@@ -28,7 +28,9 @@ EPILOG = {
     ),
     "envoy": (
         "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
-        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901"
+        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901\n\n"
+        "several control planes (on one Redis): Envoy uses one, moves to another if it fails:\n"
+        "  aixds envoy --xds cp-a:18000,cp-b:18000,cp-c:18000 --node-id edge-us-1 ..."
     ),
     "fake-llm": "example:\n  aixds fake-llm --listen 127.0.0.1:8001 --model llama --version v1",
     "demo": "example:\n  aixds demo            # Ctrl-C stops every process it started",

@@ -188,13 +188,14 @@ class Fleet:
         )
         return rep.agent
 
-    def add_edge(self, region: str = "us", zone: str = "us-a") -> Edge:
+    def add_edge(self, region: str = "us", zone: str = "us-a", xds: str = "") -> Edge:
+        """``xds``: the ``--xds`` value (default: this fleet's control plane)."""
         port, admin = free_port(), free_port()
         proc = self.procs.aixds(
             f"envoy-{region}-{port}",
             "envoy",
             "--xds",
-            f"127.0.0.1:{self.xds_port}",
+            xds or f"127.0.0.1:{self.xds_port}",
             "--node-id",
             f"edge-{region}-{port}",
             "--region",
