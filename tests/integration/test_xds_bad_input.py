@@ -165,11 +165,17 @@ async def test_unknown_and_empty_type_urls_get_no_answer_and_no_metric_series(
 
 @pytest.mark.parametrize(
     "field",
-    ["id", "region", "metadata"],
+    ["none", "empty-id", "id", "region", "metadata"],
 )
-async def test_a_huge_node_is_refused_with_invalid_argument(env: BadEnv, field: str) -> None:
+async def test_a_missing_or_huge_node_is_refused_with_invalid_argument(
+    env: BadEnv, field: str
+) -> None:
     req = first_request()
-    if field == "id":
+    if field == "none":
+        req.ClearField("node")
+    elif field == "empty-id":
+        req.node.id = ""
+    elif field == "id":
         req.node.id = "e" * 100_000
     elif field == "region":
         req.node.locality.region = "r" * 100_000
@@ -322,7 +328,6 @@ async def test_delta_xds_and_unknown_methods_answer_unimplemented(env: BadEnv) -
     ch = env.channel()
     for method in (f"/{ADS_SERVICE}/DeltaAggregatedResources", "/no.such.Service/Call"):
         call = ch.stream_stream(method, request_serializer=None, response_deserializer=None)()
-        await call.write(b"")
         assert await status_of(call) == grpc.StatusCode.UNIMPLEMENTED
     await env.healthy()
 
