@@ -117,6 +117,8 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RecordError(f"not JSON: {e}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise RecordError("not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise RecordError("record is not a JSON object")
     if doc.get("v") != SCHEMA_VERSION:

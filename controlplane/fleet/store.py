@@ -20,8 +20,13 @@ class RawEntry:
     """A stored record as read: its raw text and its remaining TTL in seconds."""
 
     replica_id: str
-    raw: str | None
+    raw: str | bytes | None
+    """The stored text (bytes from Redis: the codec checks that they are UTF-8); ``None``
+    when the key is gone."""
     ttl_s: float
+    problem: str = ""
+    """Why the stored value cannot be read at all (a key of the wrong Redis type, a key
+    name that is not UTF-8): the entry is then malformed whatever ``raw`` holds."""
 
 
 class RegistryWriter(Protocol):
@@ -46,6 +51,8 @@ class RegistryReader(Protocol):
 
 def decode_entry(entry: RawEntry) -> ReplicaRecord:
     """Decode and check that the record names the key it was stored under."""
+    if entry.problem:
+        raise RecordError(entry.problem)
     if entry.raw is None:
         raise RecordError("record field missing")
     rec = decode_record(entry.raw)

@@ -566,12 +566,31 @@ async def test_streams_of_a_group_share_serialized_bytes(env: Env) -> None:
     assert len(parsed[0].resources) == 1  # the second change touched one cluster
 
 
+BIG = [f"c{i}" for i in range(50)]
+
+
+def many(w: int) -> Snapshot:
+    """50 EDS clusters of 200 endpoints each, all of weight ``w``."""
+    return Snapshot.from_resources({ENDPOINT: [cla(n, [w] * 200) for n in BIG]})
+
+
+async def keeps_up(env: Env, good: AdsClient, resp: Any, weights: range) -> Any:
+    """Publish ``many(w)`` for each weight; ``good`` ACKs and gets each within 0.5 s.
+    Returns its last response."""
+    loop = asyncio.get_running_loop()
+    for w in weights:
+        s = many(w)
+        t0 = loop.time()
+        env.cache.set_snapshot(GROUP, s)
+        await good.ack(resp, BIG)
+        resp = await good.recv(within=1.0)
+        assert resp.version_info == s.version(ENDPOINT)
+        assert loop.time() - t0 < 0.5
+    return resp
+
+
 async def test_a_stream_that_never_acks_does_not_delay_another(env: Env) -> None:
-    big = [f"c{i}" for i in range(50)]
-
-    def many(w: int) -> Snapshot:
-        return Snapshot.from_resources({ENDPOINT: [cla(n, [w] * 200) for n in big]})
-
+    big = BIG
     env.cache.set_snapshot(GROUP, many(1))
     stuck = env.client("stuck")  # reads its first response and never ACKs
     await stuck.send(ENDPOINT, names=big)
@@ -581,16 +600,7 @@ async def test_a_stream_that_never_acks_does_not_delay_another(env: Env) -> None
     silent.reader.cancel()
     good = env.client("good")
     await good.send(ENDPOINT, names=big)
-    resp = await good.recv()
-    loop = asyncio.get_running_loop()
-    for w in range(2, 22):
-        s = many(w)
-        t0 = loop.time()
-        env.cache.set_snapshot(GROUP, s)
-        await good.ack(resp, big)
-        resp = await good.recv(within=1.0)
-        assert resp.version_info == s.version(ENDPOINT)
-        assert loop.time() - t0 < 0.5
+    resp = await keeps_up(env, good, await good.recv(), range(2, 22))
     # the stuck stream still holds only its first response (no queue of old versions)
     await stuck.quiet(0.1)
     assert env.stream("stuck")["types"]["eds"]["sent_version"] == first_stuck.version_info
