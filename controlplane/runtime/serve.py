@@ -34,7 +34,8 @@ from controlplane.fleet.intent_replica import ReplicatedIntentStore
 from controlplane.fleet.intent_store import IntentStore, RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
-from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.fleet.redis_url import connect, redact
+from controlplane.fleet.registry import RedisRegistry
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
@@ -134,7 +135,7 @@ async def serve(s: ServeSettings) -> int:
             intent_clients[topology.home],
             region=topology.local,
             home=topology.home,
-            home_url=topology.home_url,
+            home_url=redact(topology.home_url),
         )
         replication = IntentReplication(
             topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
@@ -302,7 +303,7 @@ async def serve(s: ServeSettings) -> int:
         s.api_host,
         s.api_port,
         "enabled" if s.api_token else "disabled: no API token",
-        redis_url,
+        redact(redis_url),
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
@@ -310,8 +311,8 @@ async def serve(s: ServeSettings) -> int:
         log.info(
             "intent: home %s (%s); this region reads its copy at %s",
             topology.home,
-            topology.home_url,
-            topology.local_url,
+            redact(topology.home_url),
+            redact(topology.local_url),
         )
     try:
         await stop.wait()

@@ -56,7 +56,8 @@ def test_old_form_stays_one_redis(tmp_path: Path) -> None:
             "regions:\n  us: {redis: 'redis://a:1/0', distance: {eu: 1}}\n  eu: {us: 1}\n",
             "mixes the per-region form",
         ),
-        ("regions:\n  us: {redis: 'http://a:1/0'}\n", "rediss:// or unix://"),
+        ("regions:\n  us: {redis: 'http://a:1/0'}\n", "regions.us.redis: unknown scheme 'http'"),
+        ("regions:\n  us: {redis: 'redis+sentinel://a:1/'}\n", "regions.us.redis: .*no service"),
         ("regions:\n  us: {distance: {eu: 1}}\n", "regions.us.redis must be"),
         ("regions:\n  us: {redis: 'redis://a/0', distance: {eu: -1}}\n", "distances >= 0"),
         ("regions:\n  us: {redis: 'redis://a/0', distance: {eu: 1.5}}\n", "distances >= 0"),
@@ -134,7 +135,7 @@ def test_without_intent_home_intent_stays_in_the_registry(tmp_path: Path) -> Non
         ),
         (
             REPLICATED.replace("redis://10.1.0.2:6379/0", "http://x"),
-            "regions.eu-west.intent_redis must be a redis://",
+            "regions.eu-west.intent_redis: unknown scheme .http.",
         ),
         (
             "intent: {home: us}\nregions:\n  us: {eu: 1}\n",
