@@ -50,12 +50,20 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _redis_url(value: str) -> str:
+    from controlplane.fleet.redis_url import argument  # redis-py: only when parsing --redis
+
+    return argument(value)
+
+
 def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         default="",
+        type=_redis_url,
         help="this region's Redis URL (default: fleet.yaml's for --region, else "
-        "redis://127.0.0.1:6379/0)",
+        "redis://127.0.0.1:6379/0); redis+sentinel://HOST:26379[,HOST:26379...]/SERVICE[/DB] "
+        "follows the primary that Redis Sentinel names",
     )
     p.add_argument(
         "--region",

@@ -11,6 +11,8 @@ import yaml
 
 from controlplane.decide.rollback import RollbackPolicy
 from controlplane.decide.rollout import RolloutPolicy
+from controlplane.fleet import redis_url
+from controlplane.fleet.redis_url import RedisUrlError
 from controlplane.intent import Intent
 from controlplane.runtime.placement_loop import PlacementSettings
 
@@ -262,9 +264,6 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     )
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def _regions(
     path: Path, doc: Any
 ) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, str]]:
@@ -313,8 +312,12 @@ def _regions(
 
 
 def _redis_url(path: Path, where: str, url: Any) -> str:
-    if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
-        raise ConfigError(f"{path}: {where} must be a redis://, rediss:// or unix:// URL")
+    if not isinstance(url, str):
+        raise ConfigError(f"{path}: {where} must be a Redis URL: {redis_url.FORMS}")
+    try:
+        redis_url.parse(url)
+    except RedisUrlError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from None
     return url
 
 

@@ -36,7 +36,7 @@ from controlplane.agent.servers.discovery import (
 from controlplane.agent.servers.docker_source import DockerSource, connect, node_address
 from controlplane.agent.servers.ondemand import parse_configured
 from controlplane.agent.servers.speed import REFERENCE_TPS
-from controlplane.fleet import registry
+from controlplane.fleet import redis_url, registry
 from controlplane.fleet.store import RegistryWriter
 
 __all__ = [
@@ -172,7 +172,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     if p.epilog is None:
         p.epilog = EXAMPLES
         p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--redis", required=True, metavar="URL", help="registry, redis://HOST:PORT/DB")
+    p.add_argument(
+        "--redis",
+        required=True,
+        metavar="URL",
+        type=redis_url.argument,
+        help="registry, redis://HOST:PORT/DB or, with Sentinel, "
+        "redis+sentinel://HOST:26379[,HOST:26379...]/SERVICE[/DB]",
+    )
     p.add_argument("--node", required=True, help="this GPU node's name (unique in the fleet)")
     p.add_argument("--region", required=True, help="region of this node")
     p.add_argument("--zone", required=True, help="zone of this node inside its region")
@@ -325,7 +332,7 @@ async def _main(cfg: AgentConfig, gpus: NodeGpus) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    client = registry.connect(cfg.redis_url)
+    client = redis_url.connect(cfg.redis_url)
     docker = None
     if cfg.docker:
         address = node_address()

@@ -16,31 +16,16 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.client import NEVER_DECODE
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from controlplane.fleet import schema
 from controlplane.fleet.codec import encode_record
 from controlplane.fleet.model import ReplicaRecord
+from controlplane.fleet.redis_url import connect
 from controlplane.fleet.store import RawEntry
 
-
-def connect(url: str) -> aioredis.Redis:
-    """A client with short timeouts: an unreachable Redis must fail fast, not hang."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        health_check_interval=0,
-        # One immediate retry on a fresh connection: after a Redis restart the pooled
-        # connections are dead, and the first command on each must not fail the caller.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-    )
+__all__ = ["RedisRegistry", "connect"]  # connect lives in redis_url; also importable here
 
 
 class RedisRegistry:

@@ -67,7 +67,7 @@ class MemoryRegistry:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._data: dict[str, tuple[str, float]] = {}
-        self._queues: list[asyncio.Queue[str]] = []
+        self._queues: list[asyncio.Queue[str | None]] = []
 
     def put_raw(self, replica_id: str, raw: str, ttl_s: float) -> None:
         self._data[replica_id] = (raw, self._clock() + ttl_s)
@@ -95,12 +95,20 @@ class MemoryRegistry:
     async def read(self, replica_ids: list[str]) -> list[RawEntry]:
         return [self._entry(r) for r in replica_ids]
 
+    def drop_events(self) -> None:
+        """What a lost pub/sub connection does: every ``events()`` stream raises."""
+        for q in self._queues:
+            q.put_nowait(None)
+
     async def events(self) -> AsyncIterator[str]:
-        q: asyncio.Queue[str] = asyncio.Queue()
+        q: asyncio.Queue[str | None] = asyncio.Queue()
         self._queues.append(q)
         try:
             while True:
-                yield await q.get()
+                rid = await q.get()
+                if rid is None:
+                    raise ConnectionError("event stream dropped")
+                yield rid
         finally:
             self._queues.remove(q)
 

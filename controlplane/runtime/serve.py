@@ -38,7 +38,8 @@ from controlplane.fleet.intent_replica import ReplicatedIntentStore
 from controlplane.fleet.intent_store import IntentStore, RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
-from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.fleet.redis_url import connect, redact
+from controlplane.fleet.registry import RedisRegistry
 from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
@@ -159,7 +160,7 @@ async def serve(s: ServeSettings) -> int:
             intent_clients[topology.home],
             region=topology.local,
             home=topology.home,
-            home_url=topology.home_url,
+            home_url=redact(topology.home_url),
         )
         replication = IntentReplication(
             topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
@@ -348,7 +349,7 @@ async def serve(s: ServeSettings) -> int:
         s.api_host,
         s.api_port,
         _access_summary(tokens, s.require_read_token),
-        redis_url,
+        redact(redis_url),
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
@@ -356,8 +357,8 @@ async def serve(s: ServeSettings) -> int:
         log.info(
             "intent: home %s (%s); this region reads its copy at %s",
             topology.home,
-            topology.home_url,
-            topology.local_url,
+            redact(topology.home_url),
+            redact(topology.local_url),
         )
     try:
         await stop.wait()

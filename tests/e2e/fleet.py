@@ -95,6 +95,13 @@ class Fleet:
     replicas: list[Replica] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     serve_proc: Proc | None = None
+    redis_url: str = ""
+    """What ``--redis`` the control plane and the agents get; empty: ``redis.url``
+    (a Sentinel URL, ``tests.redis_ha``, in the Sentinel tests)."""
+
+    @property
+    def registry_url(self) -> str:
+        return self.redis_url or self.redis.url
 
     @property
     def api(self) -> str:
@@ -108,7 +115,7 @@ class Fleet:
             f"serve-{len(self.procs.procs)}",
             "serve",
             "--redis",
-            self.redis.url,
+            self.registry_url,
             "--xds",
             f"127.0.0.1:{self.xds_port}",
             "--api",
@@ -169,7 +176,7 @@ class Fleet:
             f"agent-{rep.name}",
             "agent",
             "--redis",
-            self.redis.url,
+            self.registry_url,
             "--node",
             rep.node,
             "--region",
