@@ -80,8 +80,15 @@ class IntentStore(Protocol):
         ...
 
     def events(self) -> AsyncIterator[int]:
-        """Revisions as they are written; ends (raises) when the connection drops."""
+        """``SUBSCRIBED`` once subscribed, then revisions as they are written; ends (raises)
+        when the connection drops. A reader that reads the intent after ``SUBSCRIBED``
+        misses no write."""
         ...
+
+
+SUBSCRIBED = -1
+"""What ``IntentStore.events`` yields first, once a write would be announced (published
+revisions are never negative)."""
 
 
 def new_epoch() -> str:
@@ -147,6 +154,7 @@ class RedisIntentStore:
         pubsub = self._r.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(schema.INTENT_EVENTS_CHANNEL)
+            yield SUBSCRIBED  # a write from now on is announced
             while True:
                 msg = await pubsub.get_message(timeout=1.0)
                 if msg is None:
@@ -205,6 +213,8 @@ class MemoryIntentStore:
         q: asyncio.Queue[int] = asyncio.Queue()
         self._queues.append(q)
         try:
+            self._check()
+            yield SUBSCRIBED
             while True:
                 self._check()
                 yield await q.get()

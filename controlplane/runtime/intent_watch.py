@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from controlplane.fleet.intent_store import IntentStore, StoredIntent
+from controlplane.fleet.intent_store import SUBSCRIBED, IntentStore, StoredIntent
 from controlplane.intent import Intent, IntentError, intent_from_doc, with_base
 from controlplane.runtime.reconnect import reconnect_forever
 
@@ -149,14 +149,25 @@ class IntentWatcher:
     async def _session(self) -> None:
         events = self._store.events()
         wake = asyncio.Event()
+        subscribed = asyncio.Event()
 
         async def pump() -> None:
-            async for _ in events:
-                wake.set()
+            async for revision in events:
+                if revision == SUBSCRIBED:
+                    subscribed.set()
+                else:
+                    wake.set()
 
         pump_task = asyncio.create_task(pump(), name="intent-events")
         pump_task.add_done_callback(lambda _: wake.set())  # a dropped stream: reconnect now
         try:
+            # Read only once subscribed, so a write between the read and the subscription
+            # is not missed until the next resync.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(subscribed.wait(), self._resync_s)
+            if pump_task.done():
+                pump_task.result()
+                raise ConnectionError("intent event stream ended")
             await self.refresh()
             self.connected = True
             while True:
