@@ -70,6 +70,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coalesce-ms", type=float, default=2.0, help="change coalescing window")
     p.add_argument("--resync", type=float, default=5.0, help="full registry resync period, s")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    _tls_args(p)
     r = p.add_argument_group("rollouts")
     r.add_argument(
         "--api-token",
@@ -127,6 +128,23 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         help="roll back when the canary's error rate exceeds the stable's by more (0.05)",
     )
     _cold_start_args(p)
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    from controlplane.tls import add_pem_flags
+
+    add_pem_flags(
+        p.add_argument_group("transport security (README: Transport security)"),
+        ("--tls-cert", "this control plane's certificate: xDS/LRS and the API over TLS"),
+        ("--tls-key", "the key of --tls-cert"),
+        (
+            "--client-ca",
+            "mutual TLS on xDS/LRS: Envoys must present a certificate this CA signed "
+            "(plaintext Envoys and Envoys without one get no configuration)",
+        ),
+        ("--api-tls-cert", "another certificate for the API (default: --tls-cert)"),
+        ("--api-tls-key", "the key of --api-tls-cert"),
+    )
 
 
 def _cold_start_args(p: argparse.ArgumentParser) -> None:
@@ -231,6 +249,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         activator_advertise=args.activator_advertise,
         hold_s=args.hold,
         placement=placement_settings(args),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        api_tls_cert=args.api_tls_cert,
+        api_tls_key=args.api_tls_key,
     )
     try:
         return asyncio.run(serve(s))
@@ -259,13 +282,15 @@ _fraction = _number(float, lambda x: 0 <= x <= 1, "in [0, 1]")
 
 
 def _status_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api", default="http://127.0.0.1:18080", help="control-plane API URL")
+    from controlplane.api.rollout_cli import add_api_url
+
+    add_api_url(p)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from controlplane.status import print_status
 
-    return print_status(args.api)
+    return print_status(args.api, args.ca)
 
 
 def _delegate(

@@ -7,17 +7,32 @@ String values are substituted JSON-quoted, so YAML never reinterprets them (a re
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["edge", "sidecar"]
 ROLES: tuple[Role, ...] = ("edge", "sidecar")
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "envoy" / "edge.yaml"
 """The template in a source checkout (or an editable install)."""
+
+
+@dataclass(frozen=True, slots=True)
+class XdsTls:
+    """TLS from this Envoy to the control plane (the ADS and LRS streams)."""
+
+    ca: Path
+    """Verifies the control plane's certificate (absolute path: Envoy reads it)."""
+    cert: Path | None = None
+    key: Path | None = None
+    """This Envoy's client certificate and key, for mutual TLS (``serve --client-ca``)."""
+    server_name: str = ""
+    """The name the control plane's certificate must carry (subject alternative name, and
+    SNI when it is a DNS name); empty: the xDS host as given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +54,55 @@ class BootstrapParams:
     role: Role = "edge"
     node_cluster: str = ""
     """Envoy's ``node.cluster``; ``aixds-<role>`` when empty."""
+    xds_tls: XdsTls | None = None
+    """TLS to the control plane; None: plaintext."""
+
+
+TLS_PLACEHOLDER = "XDS_TLS"
+"""The template variable that becomes the xDS cluster's ``transport_socket`` line."""
+
+
+def xds_transport_socket(tls: XdsTls, xds_host: str) -> dict[str, Any]:
+    """The xDS cluster's ``transport_socket``: an ``UpstreamTlsContext`` that checks the
+    control plane's certificate against ``tls.ca`` and its name, and presents this Envoy's
+    certificate when it has one."""
+    if (tls.cert is None) != (tls.key is None):
+        raise ValueError("a client certificate needs its key (and the key its certificate)")
+    name = tls.server_name or xds_host
+    try:
+        ipaddress.ip_address(name)
+        san_type = "IP_ADDRESS"
+    except ValueError:
+        san_type = "DNS"
+    common: dict[str, Any] = {
+        # gRPC over TLS is HTTP/2 negotiated by ALPN: a gRPC server refuses a TLS client
+        # that offers no "h2".
+        "alpn_protocols": ["h2"],
+        "validation_context": {
+            "trusted_ca": {"filename": str(tls.ca)},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+        },
+    }
+    if tls.cert is not None and tls.key is not None:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": str(tls.cert)},
+                "private_key": {"filename": str(tls.key)},
+            }
+        ]
+    context: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": common,
+    }
+    if san_type == "DNS":
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _tls_line(p: BootstrapParams) -> str:
+    if p.xds_tls is None:
+        return "# plaintext to the control plane (aixds envoy --ca/--tls-cert/--tls-key: TLS)"
+    return "transport_socket: " + json.dumps(xds_transport_socket(p.xds_tls, p.xds_host))
 
 
 def render_bootstrap(p: BootstrapParams, template: str) -> str:
@@ -50,8 +114,14 @@ def render_bootstrap(p: BootstrapParams, template: str) -> str:
             raise ValueError(f"{name} port out of range: {port}")
     if not p.node_id or not p.region:
         raise ValueError("node_id and region must not be empty")
+    tmpl = string.Template(template)
+    if p.xds_tls is not None and TLS_PLACEHOLDER not in tmpl.get_identifiers():
+        raise ValueError(
+            f"the bootstrap template has no ${{{TLS_PLACEHOLDER}}} line in its xds_cluster: "
+            "TLS to the control plane was asked for and would be silently off"
+        )
     q = json.dumps
-    return string.Template(template).substitute(
+    return tmpl.substitute(
         NODE_ID=q(p.node_id),
         NODE_CLUSTER=q(p.node_cluster or f"aixds-{p.role}"),
         REGION=q(p.region),
@@ -63,4 +133,5 @@ def render_bootstrap(p: BootstrapParams, template: str) -> str:
         ADMIN_PORT=str(int(p.admin_port)),
         XDS_HOST=q(p.xds_host),
         XDS_PORT=str(int(p.xds_port)),
+        XDS_TLS=_tls_line(p),
     )

@@ -49,8 +49,10 @@ from controlplane.runtime.serving_version import ServingVersionMetrics, ServingV
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.runtime.testhooks import invalid_cluster_hook
 from controlplane.settings import ServeSettings, load_fleet_config
+from controlplane.tls import redact_url
 from controlplane.xds.ads import start_xds_server, stop_xds_server, tune_gc
 from controlplane.xds.cache import NodeInfo, SnapshotCache
+from controlplane.xds.credentials import server_credentials
 from controlplane.xds.lrs import LrsMetrics, LrsServer
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,14 @@ def node_group(info: NodeInfo) -> str:
     return f"{n.role}/{n.region}/{n.listen_address}:{n.listen_port}"
 
 
+def _api_ssl(s: ServeSettings) -> dict[str, Any]:
+    """uvicorn's TLS arguments for the API (none: plaintext)."""
+    files = s.api_tls()
+    return {} if files is None else {"ssl_certfile": str(files[0]), "ssl_keyfile": str(files[1])}
+
+
 async def serve(s: ServeSettings) -> int:
+    s.check_tls()
     fleet_cfg = load_fleet_config(s.config)
     base_intent = replace(fleet_cfg.base_intent(), activators=s.activators())
     registry = CollectorRegistry()
@@ -134,7 +143,7 @@ async def serve(s: ServeSettings) -> int:
             intent_clients[topology.home],
             region=topology.local,
             home=topology.home,
-            home_url=topology.home_url,
+            home_url=redact_url(topology.home_url),
         )
         replication = IntentReplication(
             topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
@@ -165,8 +174,16 @@ async def serve(s: ServeSettings) -> int:
     lrs = LrsServer(loads.add, LrsMetrics(registry), interval_s=s.lrs_interval_s)
 
     tune_gc()
+    credentials = None
+    if s.tls_cert is not None and s.tls_key is not None:
+        credentials = server_credentials(s.tls_cert, s.tls_key, s.client_ca)
     xds_server, ads = await start_xds_server(
-        cache, s.xds_host, s.xds_port, registry=registry, handlers=[lrs.generic_handler()]
+        cache,
+        s.xds_host,
+        s.xds_port,
+        registry=registry,
+        handlers=[lrs.generic_handler()],
+        credentials=credentials,
     )
 
     def xds_status() -> dict[str, Any]:
@@ -238,6 +255,7 @@ async def serve(s: ServeSettings) -> int:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            **_api_ssl(s),
         )
     )
 
@@ -296,13 +314,16 @@ async def serve(s: ServeSettings) -> int:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (writes %s), Redis %s%s, instance %s",
+        "aixds serve: xDS+LRS on %s:%d (%s), API on %s://%s:%d (writes %s), Redis %s%s, "
+        "instance %s",
         s.xds_host,
         s.xds_port,
+        s.xds_security(),
+        "http" if s.api_tls() is None else "https",
         s.api_host,
         s.api_port,
         "enabled" if s.api_token else "disabled: no API token",
-        redis_url,
+        redact_url(redis_url),
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
@@ -310,8 +331,8 @@ async def serve(s: ServeSettings) -> int:
         log.info(
             "intent: home %s (%s); this region reads its copy at %s",
             topology.home,
-            topology.home_url,
-            topology.local_url,
+            redact_url(topology.home_url),
+            redact_url(topology.local_url),
         )
     try:
         await stop.wait()

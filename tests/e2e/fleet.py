@@ -188,7 +188,8 @@ class Fleet:
         )
         return rep.agent
 
-    def add_edge(self, region: str = "us", zone: str = "us-a") -> Edge:
+    def add_edge(self, region: str = "us", zone: str = "us-a", *extra: str) -> Edge:
+        """Start an edge Envoy; ``extra`` flags go last (e.g. ``--ca``, ``--xds``)."""
         port, admin = free_port(), free_port()
         proc = self.procs.aixds(
             f"envoy-{region}-{port}",
@@ -205,6 +206,7 @@ class Fleet:
             f"127.0.0.1:{port}",
             "--admin",
             f"127.0.0.1:{admin}",
+            *extra,
         )
         edge = Edge(proc, port, admin, region)
         self.edges.append(edge)
