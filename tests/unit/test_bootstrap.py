@@ -34,10 +34,8 @@ def _render(**kw: Any) -> str:
     return render_bootstrap(_params(**kw), TEMPLATE_PATH.read_text())
 
 
-@pytest.mark.parametrize("role", ["edge", "sidecar"])
-def test_rendered_bootstrap_passes_envoy_validate(role: str, tmp_path: Path) -> None:
-    cfg = tmp_path / "bootstrap.yaml"
-    cfg.write_text(_render(role=role))
+def envoy_validate(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate`` on the bootstrap file ``cfg``; asserts that it passed."""
     out = subprocess.run(
         [str(runner.envoy_binary()), "--mode", "validate", "-c", str(cfg), "--use-dynamic-base-id"],
         capture_output=True,
@@ -45,6 +43,14 @@ def test_rendered_bootstrap_passes_envoy_validate(role: str, tmp_path: Path) -> 
         timeout=30,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("role", ["edge", "sidecar"])
+def test_rendered_bootstrap_passes_envoy_validate(role: str, tmp_path: Path) -> None:
+    cfg = tmp_path / "bootstrap.yaml"
+    cfg.write_text(_render(role=role))
+    out = envoy_validate(cfg)
     assert "deprecated" not in (out.stdout + out.stderr).lower()
 
 
