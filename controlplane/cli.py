@@ -22,15 +22,23 @@ EPILOG = {
         "example:\n  AIXDS_API_TOKEN=s3cret aixds serve --redis redis://127.0.0.1:6379/0"
         " --xds 127.0.0.1:18000 --api 127.0.0.1:18080\n\n"
         "API writes (rollouts) need a token: --api-token or AIXDS_API_TOKEN; without one\n"
-        "the API is read-only."
+        "the API is read-only.\n\n"
+        "mutual TLS for Envoys, TLS for the API (README: Transport security):\n"
+        "  aixds serve ... --tls-cert pki/controlplane.crt --tls-key pki/controlplane.key"
+        " --client-ca pki/ca.crt"
     ),
     "envoy": (
         "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
-        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901"
+        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901\n"
+        "  # to a control plane with mutual TLS: add\n"
+        "      --ca pki/ca.crt --tls-cert pki/envoy-edge-us-1.crt --tls-key pki/envoy-edge-us-1.key"
     ),
     "fake-llm": "example:\n  aixds fake-llm --listen 127.0.0.1:8001 --model llama --version v1",
     "demo": "example:\n  aixds demo            # Ctrl-C stops every process it started",
-    "status": "example:\n  aixds status --api http://127.0.0.1:18080",
+    "status": (
+        "example:\n  aixds status --api http://127.0.0.1:18080\n"
+        "  aixds status --api https://cp.internal:18080 --ca pki/ca.crt"
+    ),
 }
 
 TOKEN_ENV = "AIXDS_API_TOKEN"

@@ -1,11 +1,14 @@
 """The xDS port over mutual TLS, black-box with real grpc.aio clients: a client with a
 certificate the client CA signed gets its clusters; a plaintext client, a TLS client
-without a certificate and one with a certificate from another CA get nothing.
+without a certificate and one with a certificate from another CA get nothing. Once with
+generated certificates, once with those the README's openssl commands make.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import pytest_asyncio
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry
 
+from controlplane.tls import check_server_files
 from controlplane.xds.ads import ADS_METHOD, ADS_SERVICE, AdsServer, start_xds_server
 from controlplane.xds.ads import stop_xds_server as stop
 from controlplane.xds.cache import SnapshotCache
@@ -24,42 +28,68 @@ from controlplane.xds.credentials import server_credentials
 from controlplane.xds.resources import CLUSTER
 from controlplane.xds.snapshot import Snapshot
 from tests.support import free_port
-from tests.tls_certs import Issued, Pki
+from tests.tls_certs import Pki
 from tests.unit.test_snapshot import resources
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_pki(tmp: Path) -> Path:
+    """Run the README's certificate commands (Transport security) in ``tmp``; their dir."""
+    text = README.read_text()
+    block = text[text.index("<!-- pki:begin -->") : text.index("<!-- pki:end -->")]
+    script = block.split("```sh\n", 1)[1].rsplit("```", 1)[0]
+    out = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return tmp / "pki"
 
 
 @dataclass
 class Env:
     port: int
     ads: AdsServer
-    ca: Issued
-    client: Issued
-    rogue: Issued
-    """A client certificate from another CA."""
+    ca: Path
+    client: tuple[Path, Path]
+    rogue: tuple[Path, Path]
+    """A client certificate and key from another CA."""
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    pki = Pki(tmp_path / "pki")
-    ca, other = pki.ca("ca"), pki.ca("other-ca")
-    server = pki.issue(ca, "server")
+@pytest_asyncio.fixture(loop_scope="session", params=["generated", "readme"])
+async def env(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
+    """The control plane's certificates from ``tests.tls_certs`` or, for "readme", from the
+    README's openssl commands (so they are known to work with gRPC's mutual TLS)."""
+    pki = Pki(tmp_path / "gen")
+    rogue = pki.issue(pki.ca("other-ca"), "envoy-rogue", client=True)
+    if request.param == "readme":
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl not installed")
+        d = readme_pki(tmp_path)
+        ca, server = d / "ca.crt", (d / "controlplane.crt", d / "controlplane.key")
+        client = (d / "envoy-edge-us-1.crt", d / "envoy-edge-us-1.key")
+        check_server_files(d / "redis.crt", d / "redis.key")
+        check_server_files(d / "redis-client.crt", d / "redis-client.key")
+    else:
+        ca_cert = pki.ca("ca")
+        s, c = pki.issue(ca_cert, "server"), pki.issue(ca_cert, "envoy-1", client=True)
+        ca, server, client = ca_cert.cert, (s.cert, s.key), (c.cert, c.key)
     cache = SnapshotCache()
     cache.set_snapshot("edge/r1", Snapshot.from_resources(resources()))
     port = free_port()
-    creds = server_credentials(server.cert, server.key, ca.cert)
+    creds = server_credentials(server[0], server[1], ca)
     srv, ads = await start_xds_server(
         cache, "127.0.0.1", port, CollectorRegistry(), credentials=creds
     )
     try:
-        yield Env(
-            port,
-            ads,
-            ca,
-            pki.issue(ca, "envoy-1", client=True),
-            pki.issue(other, "envoy-rogue", client=True),
-        )
+        yield Env(port, ads, ca, client, (rogue.cert, rogue.key))
     finally:
         await stop(srv, 0.5, ads)
 
@@ -82,11 +112,11 @@ async def first_cds(channel: Any, node_id: str) -> Any:
         await channel.close()
 
 
-def tls_channel(env: Env, cert: Issued | None) -> Any:
+def tls_channel(env: Env, cert: tuple[Path, Path] | None) -> Any:
     creds = grpc.ssl_channel_credentials(
-        root_certificates=env.ca.cert.read_bytes(),
-        private_key=None if cert is None else cert.key.read_bytes(),
-        certificate_chain=None if cert is None else cert.cert.read_bytes(),
+        root_certificates=env.ca.read_bytes(),
+        private_key=None if cert is None else cert[1].read_bytes(),
+        certificate_chain=None if cert is None else cert[0].read_bytes(),
     )
     return grpc.aio.secure_channel(f"127.0.0.1:{env.port}", creds)
 
