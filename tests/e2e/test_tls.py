@@ -5,7 +5,8 @@ and serving xDS/LRS over mutual TLS and the API over TLS, an agent publishing as
 
 The Envoy with a client certificate gets its configuration, serves traffic and reports
 load; a plaintext Envoy, one speaking TLS without a certificate and one whose certificate
-another CA signed get nothing (``control_plane.connected_state`` 0, no clusters). The CLI
+another CA signed get nothing (``control_plane.connected_state`` 0, no clusters), and
+Envoys refuse a control plane that another CA signed or that has another name. The CLI
 reads the API given the CA and fails with a clear reason without it.
 """
 
@@ -150,10 +151,18 @@ def test_secure_fleet(procs: Procs, tls_redis: TlsRedis, certs: Certs) -> None:
         "us", "us-a", "--ca", ca, "--tls-cert", str(certs.rogue_envoy.cert), "--tls-key",
         str(certs.rogue_envoy.key),
     )  # fmt: skip
+    # Envoy checks the control plane too: its CA, and its name.
+    client = ("--tls-cert", str(certs.envoy.cert), "--tls-key", str(certs.envoy.key))
+    untrusted = fleet.add_edge("us", "us-a", "--ca", str(certs.other_ca.cert), *client)
+    wrong_name = fleet.add_edge(
+        "us", "us-a", "--ca", ca, *client, "--xds-server-name", "not-the-control-plane"
+    )
     # Each has tried (and retried) by now: Envoy retries a failed xDS connection within ~1 s.
     time.sleep(3.0)
-    for edge in (plain, no_cert, rogue):
+    for edge in (plain, no_cert, rogue, untrusted, wrong_name):
         refused(edge)
+    assert untrusted.stat("cluster.xds_cluster.ssl.fail_verify_error") >= 1
+    assert wrong_name.stat("cluster.xds_cluster.ssl.fail_verify_san") >= 1
     assert good.stat("cluster.xds_cluster.upstream_cx_connect_fail") == 0
     assert no_cert.stat("cluster.xds_cluster.upstream_cx_total") >= 1  # it did try
 
