@@ -28,7 +28,7 @@ from controlplane.xds.credentials import server_credentials
 from controlplane.xds.resources import CLUSTER
 from controlplane.xds.snapshot import Snapshot
 from tests.support import free_port
-from tests.tls_certs import Pki
+from tests.tls_certs import Issued, Pki
 from tests.unit.test_snapshot import resources
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -113,12 +113,16 @@ async def first_cds(channel: Any, node_id: str) -> Any:
 
 
 def tls_channel(env: Env, cert: tuple[Path, Path] | None) -> Any:
+    return channel_to(env.port, env.ca, cert)
+
+
+def channel_to(port: int, ca: Path, cert: tuple[Path, Path] | None) -> Any:
     creds = grpc.ssl_channel_credentials(
-        root_certificates=env.ca.read_bytes(),
+        root_certificates=ca.read_bytes(),
         private_key=None if cert is None else cert[1].read_bytes(),
         certificate_chain=None if cert is None else cert[0].read_bytes(),
     )
-    return grpc.aio.secure_channel(f"127.0.0.1:{env.port}", creds)
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
 
 
 async def test_client_with_certificate_gets_clusters(env: Env) -> None:
@@ -138,3 +142,44 @@ async def test_client_without_valid_certificate_gets_nothing(env: Env, who: str)
         await first_cds(channel, f"envoy-{who}")
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not [s for s in env.ads.status()["streams"] if s["node_id"] == f"envoy-{who}"]
+
+
+async def test_replaced_files_apply_to_new_connections(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    old_ca, new_ca = pki.ca("old-ca"), pki.ca("new-ca")
+    old_client = pki.issue(old_ca, "old-client", client=True)
+    new_client = pki.issue(new_ca, "new-client", client=True)
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key, client_ca = live / "server.crt", live / "server.key", live / "client-ca.crt"
+
+    def install(server: Issued, ca: Issued) -> None:
+        cert.write_bytes(server.cert.read_bytes())
+        key.write_bytes(server.key.read_bytes())
+        client_ca.write_bytes(ca.cert.read_bytes())
+
+    install(pki.issue(old_ca, "server-1"), old_ca)
+    cache = SnapshotCache()
+    cache.set_snapshot("edge/r1", Snapshot.from_resources(resources()))
+    port = free_port()
+    srv, ads = await start_xds_server(
+        cache,
+        "127.0.0.1",
+        port,
+        CollectorRegistry(),
+        credentials=server_credentials(cert, key, client_ca),
+    )
+    try:
+        old = (old_client.cert, old_client.key)
+        new = (new_client.cert, new_client.key)
+        assert (await first_cds(channel_to(port, old_ca.cert, old), "a")).resources
+        # Rotation to another CA, for the server's certificate and for clients: no restart.
+        install(pki.issue(new_ca, "server-2"), new_ca)
+        assert (await first_cds(channel_to(port, new_ca.cert, new), "b")).resources
+        with pytest.raises(grpc.aio.AioRpcError):
+            await first_cds(channel_to(port, old_ca.cert, old), "c")
+        # Half a rotation (a certificate without its key) is not taken: the last pair stays.
+        cert.write_bytes(pki.issue(new_ca, "server-3").cert.read_bytes())
+        assert (await first_cds(channel_to(port, new_ca.cert, new), "d")).resources
+    finally:
+        await stop(srv, 0.5, ads)
