@@ -11,7 +11,7 @@ UV     := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server clean
+.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server chromium clean
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
@@ -40,6 +40,20 @@ redis-server:
 	    exit 1; \
 	  fi; }
 
+# The browser tests (tests/e2e/test_ui.py) drive the system's Chromium with Playwright
+# (Playwright's own browser download is not used). AIXDS_CHROMIUM=/path picks another one.
+chromium:
+	@if [ -n "$$AIXDS_CHROMIUM" ]; then test -x "$$AIXDS_CHROMIUM" || { \
+	    echo "AIXDS_CHROMIUM=$$AIXDS_CHROMIUM is not an executable"; exit 1; }; \
+	elif ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium missing: installing it with apt-get (for the dashboard's browser tests)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "chromium is required by the dashboard's browser tests. Install it, e.g.: sudo apt-get install -y chromium (Debian/Ubuntu), or point AIXDS_CHROMIUM at a Chromium/Chrome binary"; \
+	    exit 1; \
+	  fi; fi
+
 demo: $(STAMP) redis-server
 	$(VENV)/bin/aixds demo
 
@@ -56,7 +70,7 @@ imports: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/golden
 
-test: $(STAMP) redis-server lint typecheck imports
+test: $(STAMP) redis-server chromium lint typecheck imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 golden: $(STAMP)
@@ -67,4 +81,4 @@ bench: $(STAMP) redis-server
 	$(PY) -m bench.fanout
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .artifacts

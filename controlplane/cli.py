@@ -21,16 +21,20 @@ EPILOG = {
     "serve": (
         "example:\n  AIXDS_API_TOKEN=s3cret aixds serve --redis redis://127.0.0.1:6379/0"
         " --xds 127.0.0.1:18000 --api 127.0.0.1:18080\n\n"
-        "API writes (rollouts) need a token: --api-token or AIXDS_API_TOKEN; without one\n"
-        "the API is read-only.\n\n"
+        "API writes need a token: --api-token or AIXDS_API_TOKEN (an admin token), or\n"
+        "named tokens with scopes (read, operate, admin) in --tokens-file or\n"
+        "AIXDS_API_TOKENS; without any the API is read-only. Every change is in the\n"
+        "audit log: aixds audit.\n\n"
         "mutual TLS for Envoys, TLS for the API (README: Transport security):\n"
         "  aixds serve ... --tls-cert pki/controlplane.crt --tls-key pki/controlplane.key"
         " --client-ca pki/ca.crt"
     ),
     "envoy": (
         "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
-        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901\n"
-        "  # to a control plane with mutual TLS: add\n"
+        " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901\n\n"
+        "several control planes (on one Redis): Envoy uses one, moves to another if it fails:\n"
+        "  aixds envoy --xds cp-a:18000,cp-b:18000,cp-c:18000 --node-id edge-us-1 ...\n\n"
+        "to a control plane with mutual TLS: add\n"
         "      --ca pki/ca.crt --tls-cert pki/envoy-edge-us-1.crt --tls-key pki/envoy-edge-us-1.key"
     ),
     "fake-llm": "example:\n  aixds fake-llm --listen 127.0.0.1:8001 --model llama --version v1",
@@ -43,6 +47,8 @@ EPILOG = {
 
 TOKEN_ENV = "AIXDS_API_TOKEN"
 """Environment variable holding the API token (``serve`` checks it, ``rollout`` sends it)."""
+TOKENS_ENV = "AIXDS_API_TOKENS"
+"""Environment variable holding named tokens with scopes (``--tokens-file``'s format)."""
 
 
 def host_port(value: str) -> tuple[str, int]:
@@ -52,12 +58,20 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _redis_url(value: str) -> str:
+    from controlplane.fleet.redis_url import argument  # redis-py: only when parsing --redis
+
+    return argument(value)
+
+
 def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         default="",
+        type=_redis_url,
         help="this region's Redis URL (default: fleet.yaml's for --region, else "
-        "redis://127.0.0.1:6379/0)",
+        "redis://127.0.0.1:6379/0); redis+sentinel://HOST:26379[,HOST:26379...]/SERVICE[/DB] "
+        "follows the primary that Redis Sentinel names",
     )
     p.add_argument(
         "--region",
@@ -79,12 +93,34 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resync", type=float, default=5.0, help="full registry resync period, s")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
     _tls_args(p)
-    r = p.add_argument_group("rollouts")
-    r.add_argument(
+    a = p.add_argument_group("access (tokens, scopes, audit log)")
+    a.add_argument(
         "--api-token",
         default=None,
-        help=f"bearer token for API writes (default: ${TOKEN_ENV}; none: read-only API)",
+        help=f"an admin token, named api-token (default: ${TOKEN_ENV}; no token at all: "
+        "read-only API)",
     )
+    a.add_argument(
+        "--tokens-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="YAML/JSON list of {name, token or sha256, scopes: [read|operate|admin]} "
+        f"(also: ${TOKENS_ENV}, same format)",
+    )
+    a.add_argument(
+        "--require-read-token",
+        action="store_true",
+        help="reads (GET /v1/..., /metrics) need a token with scope read too; /healthz stays open",
+    )
+    a.add_argument(
+        "--audit-keep",
+        type=_positive_int,
+        default=10_000,
+        metavar="N",
+        help="audit-log entries kept (about; 10000)",
+    )
+    r = p.add_argument_group("rollouts")
     r.add_argument(
         "--min-ready", type=_positive_int, default=1, help="ready replicas a target needs (1)"
     )
@@ -228,6 +264,7 @@ def _host_ports(value: str) -> tuple[tuple[str, int], ...]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from controlplane.api.tokens import TokensError
     from controlplane.runtime.serve import serve
     from controlplane.settings import ConfigError, ServeSettings
 
@@ -244,6 +281,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         resync_s=args.resync,
         test_hooks=args.test_hooks,
         api_token=args.api_token if args.api_token is not None else os.environ.get(TOKEN_ENV, ""),
+        tokens_file=args.tokens_file,
+        tokens_env=os.environ.get(TOKENS_ENV, ""),
+        require_read_token=args.require_read_token,
+        audit_max_len=args.audit_keep,
         min_ready=args.min_ready,
         drain_settle_s=args.drain_settle,
         drain_s=args.drain,
@@ -265,7 +306,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         return asyncio.run(serve(s))
-    except ConfigError as e:
+    except (ConfigError, TokensError) as e:
         print(f"aixds serve: {e}", file=sys.stderr)
         return 2
 
@@ -293,12 +334,18 @@ def _status_parser(p: argparse.ArgumentParser) -> None:
     from controlplane.api.rollout_cli import add_api_url
 
     add_api_url(p)
+    p.add_argument(
+        "--token",
+        default=None,
+        help=f"API token, for a server that requires one to read (default: ${TOKEN_ENV})",
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from controlplane.status import print_status
 
-    return print_status(args.api, args.ca)
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    return print_status(args.api, token, args.ca)
 
 
 def _delegate(
@@ -343,6 +390,14 @@ COMMANDS: dict[
     "models": (
         "load and unload models on a node (its desired-models key) through the config API",
         *_delegate("controlplane.api.models_cli"),
+    ),
+    "audit": (
+        "who changed what and when: the audit log of intent, drains, models and fault clears",
+        *_delegate("controlplane.api.audit_cli"),
+    ),
+    "token": (
+        "make a new API token with its tokens-file entry, or hash one",
+        *_delegate("controlplane.api.token_cli"),
     ),
 }
 

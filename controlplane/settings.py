@@ -11,6 +11,8 @@ import yaml
 
 from controlplane.decide.rollback import RollbackPolicy
 from controlplane.decide.rollout import RolloutPolicy
+from controlplane.fleet import redis_url
+from controlplane.fleet.redis_url import RedisUrlError
 from controlplane.intent import Intent
 from controlplane.runtime.placement_loop import PlacementSettings
 from controlplane.tls import TlsError, check_server_files
@@ -48,8 +50,18 @@ class ServeSettings:
     test_hooks: bool = False
     """Enable test-only API switches (never in production)."""
     api_token: str = ""
-    """Bearer token that API writes must carry (``--api-token`` or ``AIXDS_API_TOKEN``).
-    Empty: the API is read-only and refuses writes with 403 saying how to enable them."""
+    """An admin token, named ``api-token`` (``--api-token`` or ``AIXDS_API_TOKEN``). With no
+    token that may write at all, the API is read-only and refuses writes with 403 saying
+    how to enable them."""
+    tokens_file: Path | None = None
+    """Named tokens with scopes (``--tokens-file``; format in ``api.tokens``)."""
+    tokens_env: str = ""
+    """More named tokens, in the same format (the ``AIXDS_API_TOKENS`` variable)."""
+    require_read_token: bool = False
+    """Reads (``GET /v1/...``, ``/metrics``) need a token with scope read too; ``/healthz``
+    stays open."""
+    audit_max_len: int = 10_000
+    """Entries the audit log keeps (approximately: ``XADD MAXLEN ~``)."""
     min_ready: int = 1
     """Ready replicas a version needs before it may take traffic (switch, canary, promote)."""
     drain_settle_s: float = 1.0
@@ -299,9 +311,6 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     )
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 def _regions(
     path: Path, doc: Any
 ) -> tuple[dict[str, dict[str, int]], dict[str, str], dict[str, str]]:
@@ -350,8 +359,12 @@ def _regions(
 
 
 def _redis_url(path: Path, where: str, url: Any) -> str:
-    if not isinstance(url, str) or not url.startswith(REDIS_SCHEMES):
-        raise ConfigError(f"{path}: {where} must be a redis://, rediss:// or unix:// URL")
+    if not isinstance(url, str):
+        raise ConfigError(f"{path}: {where} must be a Redis URL: {redis_url.FORMS}")
+    try:
+        redis_url.parse(url)
+    except RedisUrlError as e:
+        raise ConfigError(f"{path}: {where}: {e}") from None
     return url
 
 

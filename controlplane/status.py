@@ -14,12 +14,24 @@ from controlplane.api.rollout_cli import format_rollout
 from controlplane.tls import client_verify, verify_hint
 
 
-def print_status(api: str, ca: str = "") -> int:
+def print_status(api: str, token: str = "", ca: str = "") -> int:
     """Print the control plane's state read from ``api`` (verified with ``ca`` if https)."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=api, timeout=3.0, verify=client_verify(ca)) as c:
+        with httpx.Client(
+            base_url=api, timeout=3.0, headers=headers, verify=client_verify(ca)
+        ) as c:
             health = c.get("/healthz").json()
-            groups = c.get("/v1/groups").json()["groups"]
+            r = c.get("/v1/groups")
+            if r.status_code in (401, 403):
+                detail = r.json().get("detail", r.text)
+                print(
+                    f"aixds status: {api} needs a token with scope read (--token or "
+                    f"AIXDS_API_TOKEN): {r.status_code} {detail}",
+                    file=sys.stderr,
+                )
+                return 1
+            groups = r.json()["groups"]
             xds = c.get("/v1/xds").json()
             fleet = c.get("/v1/fleet").json()["replicas"]
             rollouts = _rollout_lines(c)

@@ -1,6 +1,6 @@
 """Transport security shared by the commands: certificate files checked up front (stdlib
-``ssl``, so a bad file is reported by name before anything starts), the context the CLI
-verifies the API with, and URLs with their password hidden for logs.
+``ssl``, so a bad file is reported by name before anything starts), and the context the CLI
+verifies the API with.
 
 Importable from anywhere: it imports the standard library only.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 API_CA_ENV = "AIXDS_API_CA"
 """Environment variable naming the CA file that signed the API's certificate (the CLI's
@@ -81,16 +80,3 @@ def verify_hint(err: BaseException, url: str) -> str:
     if url.startswith("http://") and ("disconnected" in text or "reset" in text.lower()):
         return " (is the API served over TLS? then use https://)"
     return ""
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))

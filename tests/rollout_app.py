@@ -14,14 +14,18 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from controlplane.api.app import ApiContext, create_app
+from controlplane.api.auth import Access, AccessMetrics
+from controlplane.api.tokens import TokenTable, load_tokens
 from controlplane.decide.rollback import RollbackPolicy
 from controlplane.decide.rollout import RolloutPolicy
+from controlplane.fleet.audit import AuditLog, MemoryAuditLog
 from controlplane.fleet.intent_store import IntentStore, MemoryIntentStore
 from controlplane.fleet.leader import MemoryLock
 from controlplane.fleet.load_store import MemoryLoadStore
 from controlplane.fleet.model import ModelState, ObservedReplica
 from controlplane.fleet.store import MemoryRegistry
 from controlplane.intent import Intent
+from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
@@ -57,8 +61,8 @@ class MemoryRedis:
     async def hgetall(self, key: str) -> dict[str, str]:
         return dict(self.hashes.get(key, {}))
 
-    async def hexists(self, key: str, field: str) -> bool:
-        return field in self.hashes.get(key, {})
+    async def hget(self, key: str, field: str) -> str | None:
+        return self.hashes.get(key, {}).get(field)
 
     async def hlen(self, key: str) -> int:
         return len(self.hashes.get(key, {}))
@@ -92,6 +96,8 @@ class App:
     guard_lock: MemoryLock
     loads: MemoryLoadStore
     registry: CollectorRegistry
+    audit: Any
+    """The ``MemoryAuditLog`` unless ``build(audit=...)`` was given another."""
 
 
 def build(
@@ -99,7 +105,13 @@ def build(
     fleet: dict[str, ObservedReplica] | None = None,
     redis: Any = None,
     store: IntentStore | None = None,
+    *,
+    tokens: TokenTable | None = None,
+    require_read: bool = False,
+    audit: AuditLog | None = None,
+    region_redis: dict[str, Any] | None = None,
 ) -> App:
+    """The app; ``token`` is the admin token (``--api-token``), ``tokens`` more of them."""
     reg = CollectorRegistry()
     watcher = FleetWatcher(MemoryRegistry(time.time), FleetMetrics(reg), lambda: None)
     watcher.view = fleet if fleet is not None else default_fleet()
@@ -113,8 +125,16 @@ def build(
     intents.synced = True
     reconciler = Reconciler(watcher, intents.current, cache, ReconcileMetrics(reg))
     holder.append(reconciler)
+    audit = audit if audit is not None else MemoryAuditLog()
+    trail = AuditTrail(audit, AuditMetrics(reg))
     service = RolloutService(
-        store, intents, watcher, reconciler, RolloutPolicy(drain_s=5.0), RolloutMetrics(reg)
+        store,
+        intents,
+        watcher,
+        reconciler,
+        RolloutPolicy(drain_s=5.0),
+        RolloutMetrics(reg),
+        audit=trail,
     )
     loads = MemoryLoadStore()
     lock = MemoryLock("test-replica")
@@ -128,7 +148,13 @@ def build(
         rollouts=service,
         guard=guard,
         loads=LoadAccumulator(loads),
-        api_token=token,
+        access=Access(
+            TokenTable([*load_tokens(api_token=token).tokens, *(tokens or TokenTable()).tokens]),
+            require_read=require_read,
+            metrics=AccessMetrics(reg),
+        ),
+        audit=trail,
         redis=redis,
+        region_redis=region_redis or {},
     )
-    return App(create_app(ctx), store, intents, watcher, service, guard, lock, loads, reg)
+    return App(create_app(ctx), store, intents, watcher, service, guard, lock, loads, reg, audit)

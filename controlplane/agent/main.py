@@ -36,7 +36,7 @@ from controlplane.agent.servers.discovery import (
 from controlplane.agent.servers.docker_source import DockerSource, connect, node_address
 from controlplane.agent.servers.ondemand import parse_configured
 from controlplane.agent.servers.speed import REFERENCE_TPS
-from controlplane.fleet import registry
+from controlplane.fleet import redis_url, registry
 from controlplane.fleet.store import RegistryWriter
 
 __all__ = [
@@ -119,8 +119,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             raise ValueError(f"{flag} must be positive, got {v}")
     if args.ttl <= args.interval:
         raise ValueError(f"--ttl ({args.ttl}) must exceed --interval ({args.interval})")
-    if args.warmup < 0 or args.drain < 0 or args.wake_warmup < 0:
-        raise ValueError("--warmup, --drain and --wake-warmup must not be negative")
+    if args.warmup < 0 or args.drain < 0 or args.wake_warmup < 0 or args.lost_hold < 0:
+        raise ValueError("--warmup, --drain, --wake-warmup and --lost-hold must not be negative")
     available = dict(parse_configured(v) for v in args.available or [])
     check_unique(servers)
     advertise = None
@@ -142,7 +142,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         servers=servers,
         gpu=args.gpu,
         reference_tps=args.reference_tps,
-        timing=Timing(interval_s=args.interval, ttl_s=args.ttl, poll_interval_s=args.poll_interval),
+        timing=Timing(
+            interval_s=args.interval,
+            ttl_s=args.ttl,
+            poll_interval_s=args.poll_interval,
+            lost_hold_s=args.lost_hold,
+        ),
         versions=_pairs(args.model_version, "--model-version"),
         advertise=advertise,
         config_path=config_path,
@@ -167,7 +172,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     if p.epilog is None:
         p.epilog = EXAMPLES
         p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--redis", required=True, metavar="URL", help="registry, redis://HOST:PORT/DB")
+    p.add_argument(
+        "--redis",
+        required=True,
+        metavar="URL",
+        type=redis_url.argument,
+        help="registry, redis://HOST:PORT/DB or, with Sentinel, "
+        "redis+sentinel://HOST:26379[,HOST:26379...]/SERVICE[/DB]",
+    )
     p.add_argument("--node", required=True, help="this GPU node's name (unique in the fleet)")
     p.add_argument("--region", required=True, help="region of this node")
     p.add_argument("--zone", required=True, help="zone of this node inside its region")
@@ -209,6 +221,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--interval", type=float, default=1.0, help="heartbeat publish period, s (%(default)s)"
     )
     p.add_argument("--ttl", type=float, default=3.0, help="record lifetime, s (%(default)s)")
+    p.add_argument(
+        "--lost-hold",
+        type=float,
+        default=300.0,
+        help="a server that stops answering is published with the models it served (kept "
+        "UNHEALTHY in Envoy, so the missing capacity spills to other regions) for this "
+        "long, s; 0: never (%(default)s)",
+    )
     p.add_argument(
         "--poll-interval",
         type=float,
@@ -312,7 +332,7 @@ async def _main(cfg: AgentConfig, gpus: NodeGpus) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    client = registry.connect(cfg.redis_url)
+    client = redis_url.connect(cfg.redis_url)
     docker = None
     if cfg.docker:
         address = node_address()

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.agent.aio import raise_if_cancelled, wait_event
 from controlplane.agent.gpus.source import GpuSource
 from controlplane.agent.servers.adapter import UNREACHABLE, ModelServerAdapter, Probe
-from controlplane.fleet.model import GpuStats, LoadStats, ReplicaRecord, ServerKind
+from controlplane.fleet.model import GpuStats, LoadStats, ModelState, ReplicaRecord, ServerKind
 from controlplane.fleet.store import RegistryWriter
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class Timing:
     """Lifetime of a record in the registry if the agent stops refreshing it."""
     poll_interval_s: float = 0.25
     """Probe each model server this often."""
+    lost_hold_s: float = 300.0
+    """Publish a server that stopped answering with the models it served (``lost``) for
+    this long after its last answer; 0: never."""
     min_gap_s: float = 0.05
     """Least time between two publishes of one replica (at most 20/s)."""
     retry_max_s: float = 2.0
@@ -79,6 +83,7 @@ def build_record(
         failures=probe.failures,
         available=probe.available,
         sleeping=bool(probe.sleeping),
+        lost=probe.lost,
     )
 
 
@@ -113,6 +118,7 @@ def worth_publishing(
         or p0.failures != p1.failures
         or p0.available != p1.available
         or p0.sleeping != p1.sleeping
+        or p0.lost != p1.lost
     )
 
 
@@ -135,6 +141,30 @@ class RegistryHealth:
         if self.down:
             self.down = False
             log.info("registry reachable again")
+
+
+@dataclass(slots=True)
+class LostModels:
+    """What a server served at its last answer, to publish as ``lost`` while it does not
+    answer (``hold_s`` at most). An answer, even one with no models, forgets it."""
+
+    hold_s: float
+    serving: tuple[tuple[str, str], ...] = ()
+    at: float = -math.inf
+
+    def apply(self, probe: Probe, now: float) -> Probe:
+        if probe.reachable:
+            self.serving = tuple(
+                sorted({(m.name, m.version) for m in probe.models if m.state in _SERVING})
+            )
+            self.at = now
+            return probe
+        if self.serving and now - self.at < self.hold_s:
+            return replace(probe, lost=self.serving)
+        return probe
+
+
+_SERVING = (ModelState.READY, ModelState.WARMING)
 
 
 class ReplicaPublisher:
@@ -160,6 +190,7 @@ class ReplicaPublisher:
         self._health = health or RegistryHealth()
         self._clock = clock
         self._overlay = overlay
+        self._lost = LostModels(timing.lost_hold_s)
         self._raw: Probe | None = None
         self._latest: tuple[Probe, tuple[GpuStats, ...]] | None = None
         self._published: tuple[Probe, tuple[GpuStats, ...]] | None = None
@@ -199,6 +230,7 @@ class ReplicaPublisher:
                     if not overlay_failing:
                         log.exception("overlay of %s failed", self.target.replica_id)
                     overlay_failing = True
+            probe = self._lost.apply(probe, loop.time())
             self._latest = (probe, gpus)
             if worth_publishing(self._published, self._latest):
                 self._changed.set()

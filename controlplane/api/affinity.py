@@ -13,18 +13,18 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
 from controlplane.api.errors import error_responses
 from controlplane.api.schemas import EnvoysView, Revision
 from controlplane.decide.affinity import set_affinity
+from controlplane.fleet.audit import Actor
 from controlplane.intent import Intent
 from controlplane.runtime.rollout_ops import Applied
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
-    (401, "missing or wrong API token"),
-    (403, "the server has no API token: writes are disabled"),
+    (401, "missing or unknown API token"),
+    (403, "the token lacks scope admin, or no token may write (read-only API)"),
     (409, "revision conflict"),
     (422, "not a model name, or enabled is not true/false"),
     (503, "Redis unreachable or state not read yet: retry"),
@@ -65,7 +65,7 @@ class AffinityResult(AffinityView):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["affinity"])
     writes = APIRouter(
-        tags=["affinity"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+        tags=["affinity"], dependencies=[Depends(ctx.access.admin)], responses=_ERRORS
     )
 
     def view(it: Intent) -> AffinityView:
@@ -103,12 +103,17 @@ def router(ctx: ApiContext) -> APIRouter:
         return view(ctx.require_intents().current())
 
     @writes.put("/v1/affinity/{model:path}", response_model=AffinityResult)
-    async def put_affinity(model: str, body: AffinityBody) -> AffinityResult:
+    async def put_affinity(
+        model: str,
+        body: AffinityBody,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> AffinityResult:
         """Turn session affinity on or off for one model (wins over fleet.yaml)."""
         applied = await ctx.require_rollouts().change(
             "affinity",
             model,
             lambda it, _c, _now: set_affinity(it, model, body.enabled),
+            by=by,
             expected_revision=body.revision,
         )
         return result(applied)
@@ -119,12 +124,14 @@ def router(ctx: ApiContext) -> APIRouter:
         revision: int | None = Query(
             default=None, ge=0, description="refuse (409) unless the intent is at this revision"
         ),
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
     ) -> AffinityResult:
         """Forget the API's setting: fleet.yaml's (or the default) applies again."""
         applied = await ctx.require_rollouts().change(
             "affinity",
             model,
             lambda it, _c, _now: set_affinity(it, model, None),
+            by=by,
             expected_revision=revision,
         )
         return result(applied)

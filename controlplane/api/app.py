@@ -1,9 +1,12 @@
 """The FastAPI application of ``aixds serve --api``.
 
-Read endpoints are open. Writes (``rollouts``, ``drains``, ``desired``, ``faults``) need
-the bearer token; the test-only switch exists only when the server runs with
-``--test-hooks``. Every error is a JSON body with an ``error`` code (``errors``); 5xx only
-for "retry later" (503) and bugs.
+Bearer tokens with scopes guard it (``auth``): reads (every ``GET /v1/...`` and
+``/metrics``) are open unless the server requires a read token; drains, desired models and
+GPU-fault clears need scope operate; rollouts, placement and affinity need scope admin.
+``/healthz`` (and the OpenAPI docs) stay open for load balancers and probes. Every change
+is in the audit log (``GET /v1/audit``). The test-only switch exists only when the server
+runs with ``--test-hooks``. Every error is a JSON body with an ``error`` code
+(``errors``); 5xx only for "retry later" (503) and bugs.
 """
 
 from __future__ import annotations
@@ -12,16 +15,32 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from controlplane.api import affinity, desired, drains, errors, faults, placement, rollouts
+from controlplane.api import (
+    affinity,
+    audit,
+    desired,
+    drains,
+    errors,
+    faults,
+    placement,
+    rollouts,
+    ui,
+)
 from controlplane.api.context import ApiContext, TestHooks
 from controlplane.fleet.codec import encode_record
 
 __all__ = ["ApiContext", "TestHooks", "create_app"]
+
+
+_READ_AUTH_ERRORS = errors.error_responses(
+    (401, "missing or unknown API token (this server requires a token to read)"),
+    (403, "the token lacks the scope this needs"),
+)
 
 
 class InvalidXds(BaseModel):
@@ -47,14 +66,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
             "intent_synced": ctx.intents.synced if ctx.intents is not None else False,
             "intent_revision": ctx.intents.revision if ctx.intents is not None else 0,
             "published_revision": ctx.reconciler.applied_revision,
-            "writes_enabled": bool(ctx.api_token),
+            "writes_enabled": ctx.access.writes_enabled,
+            "reads_need_token": ctx.access.require_read,
         }
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    reads = APIRouter(
+        dependencies=[Depends(ctx.access.read)],
+        responses=_READ_AUTH_ERRORS if ctx.access.require_read else None,
+    )
+
+    @reads.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/fleet")
+    @reads.get("/v1/fleet")
     def fleet() -> dict[str, Any]:
         now = time.time()
         return {
@@ -67,7 +92,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
             ]
         }
 
-    @app.get("/v1/groups")
+    @reads.get("/v1/groups")
     def groups() -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, st in sorted(ctx.reconciler.groups.items()):
@@ -98,16 +123,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
             }
         return {"groups": out}
 
-    @app.get("/v1/xds")
+    @reads.get("/v1/xds")
     def xds() -> dict[str, Any]:
         return ctx.xds_status()
 
-    app.include_router(rollouts.router(ctx))
-    app.include_router(faults.router(ctx))
-    app.include_router(drains.router(ctx))
-    app.include_router(affinity.router(ctx))
-    app.include_router(placement.router(ctx))
-    app.include_router(desired.router(ctx))
+    for module in (rollouts, faults, drains, affinity, placement, desired, audit, ui):
+        reads.include_router(module.router(ctx))
+    app.include_router(ui.pages())
+    app.include_router(reads)
 
     if ctx.test_hooks is not None:
         hooks = ctx.test_hooks

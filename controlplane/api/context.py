@@ -7,13 +7,18 @@ endpoints that need them answer 503 then.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 
+from controlplane.api.auth import Access
 from controlplane.api.errors import ApiError
+from controlplane.api.tokens import TokenTable
+from controlplane.api.ui_feed import UiFeed
+from controlplane.fleet.audit import Actor
 from controlplane.fleet.model import ReplicaRecord
+from controlplane.runtime.audit import AuditTrail
 from controlplane.runtime.autorollback import AutoRollback
 from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_replication import IntentReplication
@@ -45,12 +50,19 @@ class ApiContext:
     rollouts: RolloutService | None = None
     guard: AutoRollback | None = None
     loads: LoadAccumulator | None = None
-    api_token: str = ""
-    """Bearer token for writes; empty: writes are refused with 403."""
+    access: Access = field(default_factory=lambda: Access(TokenTable()))
+    """Tokens and their scopes; the default has none (read-only API)."""
+    audit: AuditTrail | None = None
+    """Where changes are recorded (``GET /v1/audit`` reads it); None: 503 there."""
     redis: Any = None
     """The registry's Redis client (``redis.asyncio.Redis``), for operator writes."""
     replication: IntentReplication | None = None
     """Replicated intent's probe (fleet.yaml ``intent.home``); None: intent is local."""
+    region_redis: dict[str, Any] = field(default_factory=dict)
+    """Other regions' registry clients (fleet.yaml ``regions``): a node's own keys (desired
+    models, GPU-fault clears) are written to its region's registry, where its agent reads."""
+    ui: UiFeed = field(default_factory=UiFeed)
+    """The dashboard's snapshot and timeline (``/ui``, ``/v1/events``)."""
 
     # What an endpoint needs, or the error that says why it cannot have it.
 
@@ -64,10 +76,30 @@ class ApiContext:
             raise ApiError(503, "no_rollouts", "rollouts are not enabled on this server")
         return self.rollouts
 
+    def require_audit(self) -> AuditTrail:
+        if self.audit is None:
+            raise ApiError(503, "no_audit", "this server keeps no audit log")
+        return self.audit
+
     def require_redis(self) -> Any:
         if self.redis is None:
             raise ApiError(503, "no_redis", "this server has no Redis client")
         return self.redis
+
+    def node_redis(self, node: str) -> Any:
+        """The Redis client of the registry ``node`` publishes to: its region's when the fleet
+        view places it in another region, else this server's own."""
+        regions = {o.record.region for o in self.watcher.view.values() if o.record.node == node}
+        for region in sorted(regions):
+            if region in self.region_redis:
+                return self.region_redis[region]
+        return self.require_redis()
+
+    async def record(self, by: Actor, action: str, target: str, old: Any, new: Any) -> None:
+        """Append a change outside the intent (desired models, fault clears) to the audit
+        log; intent changes are recorded by ``RolloutService`` itself."""
+        if self.audit is not None:
+            await self.audit.record(by, action, target, old, new)
 
     def node_records(self, node: str) -> list[ReplicaRecord]:
         """The records of ``node``'s replicas in the fleet view; 404 if it has none."""

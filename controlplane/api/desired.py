@@ -3,21 +3,24 @@
 
 The API writes the node's desired-models hash (``aixds:v1:desired:<node>``, format in
 ``fleet.desired``); the node's agent reads it every second and loads or unloads (see the
-README). The answers add what the fleet view shows of each model on the node: where it is
+README). Each change is in the audit log (``models.load``, ``models.unload``,
+``models.forget`` on target ``<node>/models/<model>``, with the entry before and after).
+The answers add what the fleet view shows of each model on the node: where it is
 loaded and in which state, and failed loads the agent reports.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext, redis_op
 from controlplane.api.errors import ApiError, error_responses
 from controlplane.fleet import schema
+from controlplane.fleet.audit import Actor
 from controlplane.fleet.desired import (
     MAX_DESIRED,
     Desired,
@@ -29,8 +32,8 @@ from controlplane.fleet.model import ReplicaRecord
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
-    (401, "missing or wrong API token"),
-    (403, "the server has no API token: writes are disabled"),
+    (401, "missing or unknown API token"),
+    (403, "the token lacks scope operate, or no token may write (read-only API)"),
     (404, "no replica of that node, or no such server on it, is known"),
     (409, f"the node already has {MAX_DESIRED} desired models"),
     (422, "invalid body"),
@@ -95,7 +98,7 @@ class Forgotten(BaseModel):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["desired models"])
     writes = APIRouter(
-        tags=["desired models"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+        tags=["desired models"], dependencies=[Depends(ctx.access.operate)], responses=_ERRORS
     )
 
     def view(d: Desired, recs: list[ReplicaRecord], error: str = "") -> DesiredView:
@@ -135,7 +138,7 @@ def router(ctx: ApiContext) -> APIRouter:
     async def list_desired(node: str) -> NodeModels:
         """The node's desired models, each with what the node shows of it now."""
         recs = ctx.node_records(node)
-        raw = await redis_op("read", ctx.require_redis().hgetall(schema.desired_key(node)))
+        raw = await redis_op("read", ctx.node_redis(node).hgetall(schema.desired_key(node)))
         out = []
         for field, value in sorted(raw.items()):
             model, text = _str(field), _str(value)
@@ -146,7 +149,12 @@ def router(ctx: ApiContext) -> APIRouter:
         return NodeModels(node=node, models=out)
 
     @writes.put("/v1/nodes/{node}/models/{model:path}", response_model=DesiredView)
-    async def put_desired(node: str, model: str, body: DesiredBody) -> DesiredView:
+    async def put_desired(
+        node: str,
+        model: str,
+        body: DesiredBody,
+        by: Actor = Depends(ctx.access.operate),  # noqa: B008
+    ) -> DesiredView:
         """Load (``state`` loaded, the default) or unload a model on the node's server."""
         recs = ctx.node_records(node)
         if body.server and f"{node}/{body.server}" not in {r.replica_id for r in recs}:
@@ -159,18 +167,30 @@ def router(ctx: ApiContext) -> APIRouter:
         except DesiredError as e:
             raise ApiError(422, "invalid_desired", str(e)) from None
         key = schema.desired_key(node)
-        r = ctx.require_redis()
-        present = await redis_op("read", r.hexists(key, model))
-        if not present and await redis_op("read", r.hlen(key)) >= MAX_DESIRED:
+        r = ctx.node_redis(node)
+        old = await redis_op("read", r.hget(key, model))
+        if old is None and await redis_op("read", r.hlen(key)) >= MAX_DESIRED:
             raise ApiError(409, "too_many_models", f"{key} has {MAX_DESIRED} fields already")
-        await redis_op("write", r.hset(key, model, desired_json(d)))
+        new = desired_json(d)
+        await redis_op("write", r.hset(key, model, new))
+        if old is None or _str(old) != new:
+            action = "models.load" if d.loaded else "models.unload"
+            await ctx.record(by, action, _target(node, model), _doc(old), _doc(new))
         return view(d, recs)
 
     @writes.delete("/v1/nodes/{node}/models/{model:path}", response_model=Forgotten)
-    async def delete_desired(node: str, model: str) -> Forgotten:
+    async def delete_desired(
+        node: str,
+        model: str,
+        by: Actor = Depends(ctx.access.operate),  # noqa: B008
+    ) -> Forgotten:
         """Stop managing the model on the node (nothing is unloaded: use state unloaded)."""
-        removed = await redis_op("write", ctx.require_redis().hdel(schema.desired_key(node), model))
-        return Forgotten(node=node, model=model, removed=bool(removed))
+        key, r = schema.desired_key(node), ctx.node_redis(node)
+        old = await redis_op("read", r.hget(key, model))
+        removed = bool(await redis_op("write", r.hdel(key, model)))
+        if removed:
+            await ctx.record(by, "models.forget", _target(node, model), _doc(old), None)
+        return Forgotten(node=node, model=model, removed=removed)
 
     api.include_router(writes)
     return api
@@ -184,6 +204,21 @@ def _fields(body: DesiredBody) -> dict[str, Any]:
         "path": body.path,
         "keep_alive": body.keep_alive,
     }
+
+
+def _target(node: str, model: str) -> str:
+    """What the audit log names a desired-models entry by (the API path's tail)."""
+    return f"{node}/models/{model}"
+
+
+def _doc(raw: Any) -> Any:
+    """A stored entry as JSON for the audit log (text if it does not parse; None if none)."""
+    if raw is None:
+        return None
+    try:
+        return json.loads(_str(raw))
+    except ValueError:
+        return _str(raw)
 
 
 def _str(v: Any) -> str:

@@ -13,18 +13,18 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
 from controlplane.api.errors import error_responses
 from controlplane.api.schemas import EnvoysView, RevisionOnly
 from controlplane.decide.drains import drain, undrain
+from controlplane.fleet.audit import Actor
 from controlplane.intent import Intent
 from controlplane.runtime.rollout_ops import Applied
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
-    (401, "missing or wrong API token"),
-    (403, "the server has no API token: writes are disabled"),
+    (401, "missing or unknown API token"),
+    (403, "the token lacks scope operate, or no token may write (read-only API)"),
     (404, "no replica or node of that name is known"),
     (409, "revision conflict"),
     (422, "not a node name or replica id"),
@@ -55,7 +55,7 @@ class DrainResult(DrainsView):
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["drains"])
     writes = APIRouter(
-        tags=["drains"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+        tags=["drains"], dependencies=[Depends(ctx.access.operate)], responses=_ERRORS
     )
 
     def view(it: Intent) -> list[DrainView]:
@@ -85,7 +85,11 @@ def router(ctx: ApiContext) -> APIRouter:
         return DrainsView(revision=it.revision, drained=view(it))
 
     @writes.post("/v1/drains/{target:path}", response_model=DrainResult)
-    async def post_drain(target: str, body: RevisionOnly | None = None) -> DrainResult:
+    async def post_drain(
+        target: str,
+        body: RevisionOnly | None = None,
+        by: Actor = Depends(ctx.access.operate),  # noqa: B008
+    ) -> DrainResult:
         """Drain a replica (``node/name``) or a whole node: no new requests."""
         known = {o.record.replica_id for o in ctx.watcher.view.values()}
         known |= {o.record.node for o in ctx.watcher.view.values()}
@@ -93,6 +97,7 @@ def router(ctx: ApiContext) -> APIRouter:
             "drain",
             target,
             lambda it, _c, _now: drain(it, target, known),
+            by=by,
             expected_revision=body.revision if body else None,
         )
         return result(applied)
@@ -103,12 +108,14 @@ def router(ctx: ApiContext) -> APIRouter:
         revision: int | None = Query(
             default=None, ge=0, description="refuse (409) unless the intent is at this revision"
         ),
+        by: Actor = Depends(ctx.access.operate),  # noqa: B008
     ) -> DrainResult:
         """Undo a drain: the replica or node takes requests again."""
         applied = await ctx.require_rollouts().change(
             "undrain",
             target,
             lambda it, _c, _now: undrain(it, target),
+            by=by,
             expected_revision=revision,
         )
         return result(applied)

@@ -17,18 +17,18 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext, redis_op
 from controlplane.api.errors import ApiError, error_responses
 from controlplane.api.schemas import EnvoysView, Revision
 from controlplane.fleet import schema
+from controlplane.fleet.audit import Actor
 from controlplane.intent import Intent, ModelPlacement, set_placement
 from controlplane.runtime.rollout_ops import Applied
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
-    (401, "missing or wrong API token"),
-    (403, "the server has no API token: writes are disabled"),
+    (401, "missing or unknown API token"),
+    (403, "the token lacks scope admin, or no token may write (read-only API)"),
     (409, "revision conflict"),
     (422, "a count out of range, or a model that is its own fallback"),
     (503, "Redis unreachable or state not read yet: retry"),
@@ -88,7 +88,7 @@ def _view(model: str, p: ModelPlacement) -> ModelPlacementView:
 def router(ctx: ApiContext) -> APIRouter:
     api = APIRouter(tags=["placement"])
     writes = APIRouter(
-        tags=["placement"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+        tags=["placement"], dependencies=[Depends(ctx.access.admin)], responses=_ERRORS
     )
 
     async def view(it: Intent) -> PlacementView:
@@ -116,7 +116,11 @@ def router(ctx: ApiContext) -> APIRouter:
         return await view(ctx.require_intents().current())
 
     @writes.put("/v1/placement/{model:path}", response_model=PlacementResult)
-    async def put_placement(model: str, body: PlacementBody) -> PlacementResult:
+    async def put_placement(
+        model: str,
+        body: PlacementBody,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> PlacementResult:
         """Set one model's placement (replaces the previous one of that model)."""
         for region, n in body.min_resident.items():
             if not 0 <= n <= 100_000:
@@ -135,6 +139,7 @@ def router(ctx: ApiContext) -> APIRouter:
             "placement",
             model,
             lambda it, _c, _now: set_placement(it, model, p),
+            by=by,
             expected_revision=body.revision,
         )
         return await result(applied)
@@ -145,12 +150,14 @@ def router(ctx: ApiContext) -> APIRouter:
         revision: int | None = Query(
             default=None, ge=0, description="refuse (409) unless the intent is at this revision"
         ),
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
     ) -> PlacementResult:
         """Forget the model's placement: no pins, no bounds, no fallback."""
         applied = await ctx.require_rollouts().change(
             "placement",
             model,
             lambda it, _c, _now: set_placement(it, model, None),
+            by=by,
             expected_revision=revision,
         )
         return await result(applied)

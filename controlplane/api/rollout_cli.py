@@ -72,7 +72,7 @@ def add_api_options(common: argparse.ArgumentParser, *, revision: bool = True) -
     common.add_argument(
         "--token",
         default=None,
-        help="API token for writes (default: $AIXDS_API_TOKEN)",
+        help="API token (default: $AIXDS_API_TOKEN); sent with every request",
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON answer")
     if not revision:
@@ -217,7 +217,7 @@ def show(
 
 def call_api(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     token = args.token if args.token is not None else os.environ.get("AIXDS_API_TOKEN", "")
-    headers = {"authorization": f"Bearer {token}"} if token and method != "GET" else {}
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
         with api_client(args, 10.0) as c:
             r = c.request(method, path, json=body, headers=headers)

@@ -1,13 +1,14 @@
 """Models, versions and rollouts: the read views and the write endpoints of the config API.
 
-Reads (open):
+Reads (open, or scope read with `aixds serve --require-read-token`):
   ``GET /v1/models``, ``GET /v1/models/{model}``: versions, replicas, traffic, rollout.
   ``GET /v1/rollouts``, ``GET /v1/rollouts/{model}``: rollout state, canary health,
   last rollback and its reason, and ``fallback``: the version serving instead of a
   stable version that has no serving replica (fail open).
   ``GET /v1/intent``: the stored intent document.
   ``GET /v1/load``: the latest load report per Envoy and cluster (this replica).
-Writes (``Authorization: Bearer <token>``), each answered once this replica's Envoys run it:
+Writes (``Authorization: Bearer <token>`` of a token with scope admin), each answered once
+this replica's Envoys run it:
   ``POST /v1/rollouts/{model}``            start: blue-green switch or canary
   ``POST /v1/rollouts/{model}/percent``    set the canary's share
   ``POST /v1/rollouts/{model}/promote``    the canary becomes stable
@@ -24,7 +25,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from controlplane.api.auth import writer
 from controlplane.api.context import ApiContext
 from controlplane.api.errors import ApiError, error_responses
 from controlplane.api.schemas import (
@@ -55,6 +55,7 @@ from controlplane.decide.rollout import (
     start,
     version_counts,
 )
+from controlplane.fleet.audit import Actor
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
 from controlplane.ir import cluster_name
@@ -68,8 +69,8 @@ VERSION_HEADER = "x-model-version"
 
 _ERRORS = error_responses(
     (400, "the body could not be parsed"),
-    (401, "missing or wrong API token"),
-    (403, "the server has no API token: writes are disabled"),
+    (401, "missing or unknown API token"),
+    (403, "the token lacks scope admin, or no token may write (read-only API)"),
     (404, "unknown model or version"),
     (409, "revision conflict, or the change does not fit the rollout state / fleet"),
     (422, "invalid body"),
@@ -330,14 +331,20 @@ def _add_state_reads(api: APIRouter, ctx: ApiContext) -> None:
 
 
 async def _act(
-    ctx: ApiContext, action: str, model: str, revision: int | None, change: PolicyChange
+    ctx: ApiContext,
+    by: Actor,
+    action: str,
+    model: str,
+    revision: int | None,
+    change: PolicyChange,
 ) -> dict[str, Any]:
-    """Apply one pure change under ``action``'s name; the answer every write gives."""
+    """Apply one pure change under ``action``'s name, as ``by``; the answer every write gives."""
     svc = ctx.require_rollouts()
     applied = await svc.change(
         action,
         model,
         lambda it, c, now: change(it, c, now, svc.policy),
+        by=by,
         expected_revision=revision,
     )
     return _result(ctx, applied, model)
@@ -360,47 +367,67 @@ def _result(ctx: ApiContext, applied: Applied, model: str) -> dict[str, Any]:
 
 
 def _writes(ctx: ApiContext) -> APIRouter:
-    """The write endpoints, each behind the API token. The more specific paths come first:
+    """The write endpoints, each behind an admin token. The more specific paths come first:
     ``/v1/rollouts/{model:path}`` would match them too."""
     writes = APIRouter(
-        tags=["rollouts"], dependencies=[Depends(writer(ctx.api_token))], responses=_ERRORS
+        tags=["rollouts"], dependencies=[Depends(ctx.access.admin)], responses=_ERRORS
     )
 
     @writes.post("/v1/rollouts/{model:path}/percent", response_model=ChangeResult)
-    async def post_percent(model: str, body: SetPercent) -> dict[str, Any]:
+    async def post_percent(
+        model: str,
+        body: SetPercent,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> dict[str, Any]:
         """Set the share of the canary in progress (0..100)."""
         return await _act(
-            ctx, "set", model, body.revision,
+            ctx, by, "set", model, body.revision,
             lambda it, c, now, pol: set_percent(it, model, body.percent, c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/promote", response_model=ChangeResult)
-    async def post_promote(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
+    async def post_promote(
+        model: str,
+        body: RevisionOnly | None = None,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> dict[str, Any]:
         """The canary becomes stable; the old stable drains (DRAINING, then removed)."""
         return await _act(
-            ctx, "promote", model, body.revision if body else None,
+            ctx, by, "promote", model, body.revision if body else None,
             lambda it, c, now, pol: promote(it, model, c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/rollback", response_model=ChangeResult)
-    async def post_rollback(model: str, body: RollbackBody | None = None) -> dict[str, Any]:
+    async def post_rollback(
+        model: str,
+        body: RollbackBody | None = None,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> dict[str, Any]:
         """Back to stable (canary in progress) or to the previous version; reason recorded."""
         reason = (body.reason if body else "") or "manual rollback"
         return await _act(
-            ctx, "rollback", model, body.revision if body else None,
+            ctx, by, "rollback", model, body.revision if body else None,
             lambda it, c, now, pol: rollback(it, model, reason, "manual", c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}/abort", response_model=ChangeResult)
-    async def post_abort(model: str, body: RevisionOnly | None = None) -> dict[str, Any]:
+    async def post_abort(
+        model: str,
+        body: RevisionOnly | None = None,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> dict[str, Any]:
         """Stop the canary in progress; no rollback is recorded."""
         return await _act(
-            ctx, "abort", model, body.revision if body else None,
+            ctx, by, "abort", model, body.revision if body else None,
             lambda it, c, now, pol: abort(it, model, c, pol, now),
         )  # fmt: skip
 
     @writes.post("/v1/rollouts/{model:path}", response_model=ChangeResult)
-    async def post_start(model: str, body: StartRollout) -> dict[str, Any]:
+    async def post_start(
+        model: str,
+        body: StartRollout,
+        by: Actor = Depends(ctx.access.admin),  # noqa: B008
+    ) -> dict[str, Any]:
         """Start a rollout: a blue-green switch to ``to``, or a canary with ``canary_percent``.
 
         Refused unless ``to`` has ``min_ready`` ready replicas. A switch drains the old
@@ -408,7 +435,7 @@ def _writes(ctx: ApiContext) -> APIRouter:
         default rule).
         """
         return await _act(
-            ctx, "start", model, body.revision,
+            ctx, by, "start", model, body.revision,
             lambda it, c, now, pol: start(it, model, body.to, body.canary_percent, c, pol, now),
         )  # fmt: skip
 

@@ -4,6 +4,8 @@
 - model version loading, or GPU faulty -> absent
 - model version unloading, replica draining (agent or operator) -> DRAINING
 - warming -> HEALTHY with a reduced weight; ready -> HEALTHY
+- server stopped answering while its agent runs (the record's ``lost``) -> UNHEALTHY: no
+  request, but counted in Envoy's priority health (lost capacity spills to other regions)
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def candidate(
     if not is_fresh(obs, now) or gpu_faulty(rec):
         return None
     info = rec.model(model, version)
+    if info is None and (model, version) in rec.lost and not drained(rec, intent):
+        # its server stopped answering while its agent runs: an UNHEALTHY endpoint takes
+        # no request but counts in Envoy's priority health, so the lost capacity spills
+        # to the next priority (region) instead of piling on the survivors
+        return Candidate(record=rec, health=Health.UNHEALTHY, warming=False)
     if info is None or info.state in (ModelState.LOADING, ModelState.SLEEPING):
         return None
     draining = rec.draining or drained(rec, intent) or info.state is ModelState.UNLOADING

@@ -128,10 +128,16 @@ class RegionPorts:
     xds: int
     api: int
     activator: int
+    intent: int
+    """The region's intent Redis (several regions only)."""
 
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis}/0"
+
+    @property
+    def intent_url(self) -> str:
+        return f"redis://127.0.0.1:{self.intent}/0"
 
 
 COLD_START_FLAGS = (
@@ -158,7 +164,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     multi = len(regions) > 1
     n_replicas = args.replicas if args.replicas is not None else (2 if len(regions) > 2 else 3)
     rate = args.rate if args.rate is not None else (80.0 if len(regions) < 3 else 40.0)
-    ports = {r: RegionPorts(free_port(), free_port(), free_port(), free_port()) for r in regions}
+    ports = {r: RegionPorts(*(free_port() for _ in range(5))) for r in regions}
     print(
         "starting "
         + ("a Redis and a control plane per region, " if multi else "Redis, control plane, ")
@@ -168,14 +174,24 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     )
     config = log_dir / "fleet.yaml"
     config.write_text(
-        fleet_yaml(regions, {r: p.redis_url for r, p in ports.items()} if multi else None)
+        fleet_yaml(
+            regions,
+            {r: p.redis_url for r, p in ports.items()} if multi else None,
+            {r: p.intent_url for r, p in ports.items()} if multi else None,
+        )
     )
     demo_regions: list[DemoRegion] = []
+    home = ports[regions[0]].intent
     for region in regions:
         p = ports[region]
-        demo_regions.append(
-            DemoRegion(region, group.redis(p.redis, f"redis-{region}" if multi else "redis"))
-        )
+        dr = DemoRegion(region, group.redis(p.redis, f"redis-{region}" if multi else "redis"))
+        if multi:  # the intent's home first: the others are its replicas
+            dr.intent_redis = group.redis(
+                p.intent,
+                f"redis-intent-{region}",
+                replica_of=None if p.intent == home else home,
+            )
+        demo_regions.append(dr)
         group.aixds(
             f"serve-{region}" if multi else "serve",
             "serve",
@@ -294,6 +310,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         stop_server = asyncio.create_task(_stop_on(stop, http), name="demo-control-stop")
         tasks += [asyncio.create_task(http.serve(), name="demo-control"), stop_server]
     api_url = f"http://127.0.0.1:{api}"
+    print("\n".join(dashboard_lines(control.apis if control else {"": api_url})), flush=True)
     tasks.append(
         asyncio.create_task(
             _table(api_url, edges, replicas, served, cold, curl, control, stop), name="table"
@@ -481,7 +498,12 @@ async def _table(
                     homes.setdefault(user, set()).add(rid)
             errors = sum(1 for _, st in window if st != 200)
             total = max(1, sum(share.values()))
-            lines = ["\x1b[2J\x1b[H", "aixds demo: live fleet (Ctrl-C to stop)", ""]
+            lines = [
+                "\x1b[2J\x1b[H",
+                "aixds demo: live fleet (Ctrl-C to stop)",
+                *dashboard_lines(control.apis if control else {"": api}),
+                "",
+            ]
             head = f"{'replica':<28}{'region/zone':<20}{'speed':>6}{'meas':>6}{'wait':>6}{'run':>5}"
             head += f"{'kv%':>6}{'hit%':>6}"
             head += "".join(f"{'w@' + e.region:>11}" for e in edges) + f"{'share(5s)':>11}"
@@ -535,43 +557,59 @@ async def _region_lines(
     errors; per region: up or lost, and how its control plane sees the other registries."""
     region_of = {r.replica_id: r.region for r in replicas}
     states = control.regions.states()
-    lines = ["regions (each with its own Redis and control plane):"]
+    home = next(iter(control.apis))
+    lines = [f"regions (each with its own Redis and control plane; intent home {home}):"]
     for edge_region in control.apis:
         mine = [(rid, st) for _, rid, st, _, e in recent if e == edge_region]
         ok = Counter(region_of.get(rid, "?") for rid, st in mine if st == 200)
         total = max(1, sum(ok.values()))
         where = ", ".join(f"{r} {100 * n / total:.0f}%" for r, n in sorted(ok.items())) or "-"
         errors = sum(1 for _, st in mine if st != 200)
-        seen = await _registry_states(c, control.apis[edge_region])
+        seen, revision = await _control_plane_view(c, control.apis[edge_region])
         view = " ".join(f"{r}:{v}" for r, v in sorted(seen.items())) or "?"
         lines.append(
             f"  {edge_region:<9} {states[edge_region].upper():<5} edge served from: {where};"
-            f" errors {errors}; its control plane sees registries {view}"
+            f" errors {errors}; its control plane sees registries {view}, intent rev {revision}"
         )
     return lines
 
 
-async def _registry_states(c: httpx.AsyncClient, api: str) -> dict[str, str]:
-    """``aixds_region_state`` from a control plane's /metrics: region -> live/demoted/lost."""
+async def _control_plane_view(c: httpx.AsyncClient, api: str) -> tuple[dict[str, str], str]:
+    """From a control plane's /metrics: ``aixds_region_state`` (region -> live/demoted/lost)
+    and the intent revision it applies (``aixds_intent_revision``; "?" if unreadable)."""
     names = {0: "live", 1: "demoted", 2: "lost"}
     try:
         text = (await c.get(f"{api}/metrics")).text
     except httpx.HTTPError:
-        return {}
+        return {}, "?"
     out: dict[str, str] = {}
+    revision = "?"
     for line in text.splitlines():
         if line.startswith('aixds_region_state{region="'):
             region = line.split('"')[1]
             out[region] = names.get(int(float(line.rsplit(" ", 1)[1])), "?")
-    return out
+        elif line.startswith("aixds_intent_revision "):
+            revision = str(int(float(line.rsplit(" ", 1)[1])))
+    return out, revision
+
+
+def dashboard_lines(apis: dict[str, str]) -> list[str]:
+    """Where the web dashboard is, given region -> API URL (one region: the key ``""``): one
+    per region's control plane, each showing the fleet as its region sees it."""
+    return [
+        f"web dashboard{' (' + r + ')' if r else ''}: {url}/ui   (write token: {DEMO_TOKEN})"
+        for r, url in apis.items()
+    ]
 
 
 def _region_commands(control: Control) -> list[str]:
     base = f"http://127.0.0.1:{control.port}/regions"
     name = next(iter(control.apis))
+    apis = ", ".join(f"{r} {url}" for r, url in control.apis.items())
     return [
         f"  curl -X POST {base}/{name}/lose      # kill -9 its Redis, model servers and agents",
         f"  curl -X POST {base}/{name}/restore   # start them again",
+        f"  control-plane APIs (intent writes go to the home, {name}): {apis}",
     ]
 
 

@@ -95,29 +95,23 @@ class ProcessGroup:
     def aixds(self, name: str, *args: str) -> Child:
         return self.start(name, [sys.executable, "-m", "controlplane", *args])
 
-    def redis(self, port: int, name: str = "redis") -> Child:
+    def redis(self, port: int, name: str = "redis", *, replica_of: int | None = None) -> Child:
+        """A redis-server on ``port`` keeping nothing on disk, in its own directory (a
+        replica's full sync writes an RDB file there); ``replica_of``: a replica of the
+        Redis on that port."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError(
                 "redis-server not found: install it (apt-get install -y redis-server) "
                 "or run `make demo`, which does"
             )
-        child = self.start(
-            name,
-            [
-                exe,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.log_dir),
-            ],
-        )
+        workdir = self.log_dir / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        argv = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(workdir)]
+        if replica_of is not None:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+        child = self.start(name, argv)
         wait_port(port)
         return child
 

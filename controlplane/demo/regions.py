@@ -3,10 +3,13 @@
 With one region the demo runs one Redis and one control plane. With several, each region
 stands on its own: its own Redis (the region's registry, which only its agents write), its
 own ``aixds serve --region R`` (reading every region's registry) and its own edge Envoy,
-as in production. ``RegionControl`` kills a region's model servers, agents and Redis at
-once (``lose``: what a region outage looks like from the others; its control plane and
-edge stay up, so the edge's clients see failover) and starts them again (``restore``);
-``control_app`` puts that behind two HTTP calls that the demo prints.
+as in production; the intent (rollouts, drains, pins, affinity) is one for all, replicated
+by Redis from the first region (its home) to an intent Redis in each other region, so a
+drain or rollout through any region's API applies everywhere. ``RegionControl`` kills a
+region's model servers, agents and Redis at once (``lose``: what a region outage looks
+like from the others; its control plane and edge stay up, so the edge's clients see
+failover) and starts them again (``restore``); ``control_app`` puts that behind two HTTP
+calls that the demo prints.
 """
 
 from __future__ import annotations
@@ -32,16 +35,26 @@ def distance(a: str, b: str) -> int:
     return DISTANCES[frozenset((a, b))]
 
 
-def fleet_yaml(regions: list[str], redis_url: dict[str, str] | None) -> str:
+def fleet_yaml(
+    regions: list[str],
+    redis_url: dict[str, str] | None,
+    intent_url: dict[str, str] | None = None,
+) -> str:
     """fleet.yaml for the demo: with ``redis_url`` (region -> URL) a registry per region,
-    else the older form (distances only, one Redis for all)."""
-    lines = ["regions:"]
+    else the older form (distances only, one Redis for all); with ``intent_url`` too, the
+    intent is replicated: the first region is its home (its intent Redis the primary, the
+    others replicas of it)."""
+    lines = [f"intent: {{home: {regions[0]}}}"] if intent_url and redis_url else []
+    lines.append("regions:")
     for r in regions:
         dist = ", ".join(f"{o}: {distance(r, o)}" for o in regions if o != r)
         if redis_url is None:
             lines.append(f"  {r}: {{{dist}}}")
-        else:
-            lines += [f"  {r}:", f"    redis: {redis_url[r]}", f"    distance: {{{dist}}}"]
+            continue
+        lines += [f"  {r}:", f"    redis: {redis_url[r]}"]
+        if intent_url:
+            lines.append(f"    intent_redis: {intent_url[r]}")
+        lines.append(f"    distance: {{{dist}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -56,7 +69,12 @@ class DemoRegion:
     redis: Child | None = None
     nodes: list[Child] = field(default_factory=list)
     """Model servers and their agents."""
+    intent_redis: Child | None = None
+    """The region's copy of the intent (the home's: the primary; others: replicas)."""
     state: State = "up"
+
+    def stores(self) -> list[Child]:
+        return [c for c in (self.redis, self.intent_redis) if c is not None]
 
 
 class RegionControl:
@@ -72,11 +90,12 @@ class RegionControl:
         return self.regions[name]
 
     def lose(self, name: str) -> DemoRegion:
-        """kill -9 the region's Redis, model servers and agents, all at once."""
+        """kill -9 the region's Redis (registry and intent copy), model servers and agents,
+        all at once."""
         region = self._get(name)
         if region.state == "lost":
             return region
-        doomed = [*region.nodes, *([region.redis] if region.redis else [])]
+        doomed = [*region.nodes, *region.stores()]
         for child in doomed:  # every signal first, so they die together
             child.signal(signal.SIGKILL)
         for child in doomed:
@@ -85,10 +104,14 @@ class RegionControl:
         return region
 
     def restore(self, name: str) -> DemoRegion:
-        """Start the region's Redis first (agents re-publish into it), then its nodes."""
+        """Start the region's Redis first (agents re-publish into it; a restarted intent
+        Redis is empty until it syncs from the home, or, at the home, until the control
+        planes write back the intent they hold), then its nodes."""
         region = self._get(name)
         if region.state == "up":
             return region
+        if region.intent_redis is not None:
+            region.intent_redis = self._group.restart(region.intent_redis)
         if region.redis is not None:
             region.redis = self._group.restart(region.redis)
         region.nodes = [self._group.restart(c) for c in region.nodes]

@@ -105,6 +105,8 @@ def encode_record(rec: ReplicaRecord) -> str:
         ]
     if rec.sleeping:
         doc["sleeping"] = True
+    if rec.lost:  # optional: older readers ignore the key
+        doc["lost"] = [{"name": n, "version": v} for n, v in rec.lost]
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
 
 
@@ -115,6 +117,8 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise RecordError(f"not JSON: {e}") from None
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        raise RecordError("not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise RecordError("record is not a JSON object")
     if doc.get("v") != SCHEMA_VERSION:
@@ -123,6 +127,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
     gpus_raw = _list(doc, "gpus", MAX_GPUS, required=False)
     failures_raw = _list(doc, "failures", MAX_MODELS, required=False)
     available_raw = _list(doc, "available", MAX_MODELS, required=False)
+    lost_raw = _list(doc, "lost", MAX_MODELS, required=False)
     load = _obj(doc, "load", required=False)
     try:
         kind = ServerKind(_str(doc, "server_kind"))
@@ -151,6 +156,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         failures=tuple(_failure(f) for f in failures_raw),
         available=tuple(_available(a) for a in available_raw),
         sleeping=_bool(doc, "sleeping", default=False),
+        lost=tuple(_lost(m) for m in lost_raw),
     )
 
 
@@ -162,6 +168,12 @@ def _ip(d: dict[str, Any], key: str) -> str:
     except ValueError:
         raise RecordError(f"field {key!r}={v!r} is not an IP address") from None
     return v
+
+
+def _lost(m: Any) -> tuple[str, str]:
+    if not isinstance(m, dict):
+        raise RecordError("lost[] entry is not an object")
+    return _str(m, "name"), _str(m, "version")
 
 
 def _model(m: Any) -> ModelInfo:

@@ -152,6 +152,12 @@ class ReplicaRecord:
     """Models this replica can load on demand (loaded ones may be listed too)."""
     sleeping: bool = False
     """The server sleeps (its models are published ``sleeping``)."""
+    lost: tuple[tuple[str, str], ...] = ()
+    """``(name, version)`` the server served until it stopped answering, while its agent
+    still runs (bounded by the agent's ``--lost-hold``): the control plane keeps the replica
+    in those versions' clusters as UNHEALTHY, so Envoy's priority health counts the missing
+    capacity and spills the lost share to the next region instead of piling it on the
+    survivors."""
 
     def model(self, name: str, version: str) -> ModelInfo | None:
         for m in self.models:

@@ -2,6 +2,12 @@
 
 A record is a hash field written with HSET + PEXPIRE in one MULTI, then its replica id is
 PUBLISHed on the events channel. Reads use SCAN + a pipeline of HGET/PTTL.
+
+Anyone with access to Redis can write anything under our keys, so reads never trust the
+bytes: key names, records and event messages are read undecoded, and a key that is not
+UTF-8, a record that is not UTF-8 (left to the codec) or a key of the wrong Redis type
+becomes one malformed entry, never an error that fails the whole read (which the watcher
+would take for a lost connection, freezing the fleet view).
 """
 
 from __future__ import annotations
@@ -9,29 +15,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio.client import PubSub
+from redis.client import NEVER_DECODE
+from redis.exceptions import ResponseError
 
 from controlplane.fleet import schema
 from controlplane.fleet.codec import encode_record
 from controlplane.fleet.model import ReplicaRecord
+from controlplane.fleet.redis_url import connect
 from controlplane.fleet.store import RawEntry
 
-
-def connect(url: str) -> aioredis.Redis:
-    """A client with short timeouts: an unreachable Redis must fail fast, not hang."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_connect_timeout=1.0,
-        socket_timeout=2.0,
-        health_check_interval=0,
-        # One immediate retry on a fresh connection: after a Redis restart the pooled
-        # connections are dead, and the first command on each must not fail the caller.
-        retry=Retry(NoBackoff(), 1),
-        retry_on_error=[RedisConnectionError],
-    )
+__all__ = ["RedisRegistry", "connect"]  # connect lives in redis_url; also importable here
 
 
 class RedisRegistry:
@@ -59,12 +53,25 @@ class RedisRegistry:
             await p.execute()
 
     async def read_all(self) -> list[RawEntry]:
-        ids = [
-            schema.replica_id_from_key(k)
-            async for k in self._r.scan_iter(match=schema.REPLICA_PREFIX + "*", count=1000)
-        ]
+        ids: list[str] = []
+        bad: list[RawEntry] = []
+        cursor: int = 0
+        while True:
+            cursor, keys = await self._r.execute_command(  # type: ignore[no-untyped-call]
+                "SCAN", cursor, "MATCH", schema.REPLICA_PREFIX + "*", "COUNT", 1000,
+                **{NEVER_DECODE: True},
+            )  # fmt: skip
+            k: bytes
+            for k in keys:
+                try:
+                    ids.append(schema.replica_id_from_key(k.decode("utf-8")))
+                except UnicodeDecodeError:
+                    name = k.decode("utf-8", "backslashreplace")
+                    bad.append(RawEntry(name, b"", 0.0, problem="key name is not UTF-8"))
+            if cursor == 0:
+                break
         entries = await self.read(ids)
-        return [e for e in entries if e.raw is not None]
+        return [e for e in entries if e.raw is not None] + bad
 
     async def read(self, replica_ids: list[str]) -> list[RawEntry]:
         if not replica_ids:
@@ -72,21 +79,34 @@ class RedisRegistry:
         async with self._r.pipeline(transaction=False) as p:
             for rid in replica_ids:
                 key = schema.replica_key(rid)
-                p.hget(key, schema.RECORD_FIELD)
+                p.execute_command("HGET", key, schema.RECORD_FIELD, **{NEVER_DECODE: True})
                 p.pttl(key)
-            res = await p.execute()
+            res = await p.execute(raise_on_error=False)
         out: list[RawEntry] = []
         for i, rid in enumerate(replica_ids):
             raw, pttl = res[2 * i], res[2 * i + 1]
-            if raw is None or not isinstance(pttl, int) or pttl == -2:
+            if not isinstance(pttl, int) or pttl == -2:
                 out.append(RawEntry(rid, None, 0.0))
+                continue
+            # -1 = no TTL (written by hand): treat as fresh for one resync period.
+            ttl_s = pttl / 1000.0 if pttl >= 0 else 3600.0
+            if isinstance(raw, ResponseError):  # e.g. WRONGTYPE: a string where a hash goes
+                out.append(RawEntry(rid, b"", ttl_s, problem=f"unreadable key: {raw}"))
+            elif isinstance(raw, bytes):
+                out.append(RawEntry(rid, raw, ttl_s))
             else:
-                # -1 = no TTL (written by hand): treat as fresh for one resync period.
-                out.append(RawEntry(rid, raw, pttl / 1000.0 if pttl >= 0 else 3600.0))
+                out.append(RawEntry(rid, None, 0.0))
         return out
 
     async def events(self) -> AsyncIterator[str]:
-        pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+        # Its own connection, undecoded: a message that is not UTF-8 is skipped here
+        # instead of failing the read (which would end the stream like a lost connection).
+        pool = self._r.connection_pool
+        raw_pool = type(pool)(
+            connection_class=pool.connection_class,
+            **{**pool.connection_kwargs, "decode_responses": False},
+        )
+        pubsub = PubSub(raw_pool, ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(schema.EVENTS_CHANNEL)
             while True:
@@ -97,7 +117,13 @@ class RedisRegistry:
                 if msg is None:
                     continue
                 data = msg.get("data")
-                if isinstance(data, str):
-                    yield data
+                if isinstance(data, bytes):
+                    try:
+                        yield data.decode("utf-8")
+                    except UnicodeDecodeError:
+                        continue  # no replica has that id; the resync reads every key
         finally:
-            await pubsub.aclose()
+            try:
+                await pubsub.aclose()
+            finally:
+                await raw_pool.aclose()

@@ -8,6 +8,10 @@ Intent (written by the API, never expiring):
                                      field ``epoch`` = id of this history of revisions.
   ``aixds:v1:intent-events``         pub/sub channel; message = the new revision.
   ``aixds:v1:desired:<node>``        hash of desired model placement for one node.
+  ``aixds:v1:audit``                 stream, one entry per change of intent, desired models
+                                     or GPU-fault clears: who, action, target, old, new
+                                     (``fleet.audit``); capped (``MAXLEN ~``). It lives where
+                                     the intent is written (the intent home's Redis).
 Control-plane coordination (written by ``aixds serve``, expiring):
   ``aixds:v1:load:<epoch-second>``   hash; fields ``s:<cluster>`` / ``e:<cluster>`` = successful /
                                      failed requests Envoys reported (LRS) in that second.
@@ -38,6 +42,7 @@ WAITING_PREFIX = PREFIX + "waiting:"
 ARRIVALS_PREFIX = PREFIX + "arrivals:"
 DEMAND_KEY = PREFIX + "demand"
 PLACEMENT_KEY = PREFIX + "placement"
+AUDIT_KEY = PREFIX + "audit"
 RECORD_FIELD = "record"
 
 

@@ -20,8 +20,13 @@ class RawEntry:
     """A stored record as read: its raw text and its remaining TTL in seconds."""
 
     replica_id: str
-    raw: str | None
+    raw: str | bytes | None
+    """The stored text (bytes from Redis: the codec checks that they are UTF-8); ``None``
+    when the key is gone."""
     ttl_s: float
+    problem: str = ""
+    """Why the stored value cannot be read at all (a key of the wrong Redis type, a key
+    name that is not UTF-8): the entry is then malformed whatever ``raw`` holds."""
 
 
 class RegistryWriter(Protocol):
@@ -46,6 +51,8 @@ class RegistryReader(Protocol):
 
 def decode_entry(entry: RawEntry) -> ReplicaRecord:
     """Decode and check that the record names the key it was stored under."""
+    if entry.problem:
+        raise RecordError(entry.problem)
     if entry.raw is None:
         raise RecordError("record field missing")
     rec = decode_record(entry.raw)
@@ -60,7 +67,7 @@ class MemoryRegistry:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._data: dict[str, tuple[str, float]] = {}
-        self._queues: list[asyncio.Queue[str]] = []
+        self._queues: list[asyncio.Queue[str | None]] = []
 
     def put_raw(self, replica_id: str, raw: str, ttl_s: float) -> None:
         self._data[replica_id] = (raw, self._clock() + ttl_s)
@@ -88,12 +95,20 @@ class MemoryRegistry:
     async def read(self, replica_ids: list[str]) -> list[RawEntry]:
         return [self._entry(r) for r in replica_ids]
 
+    def drop_events(self) -> None:
+        """What a lost pub/sub connection does: every ``events()`` stream raises."""
+        for q in self._queues:
+            q.put_nowait(None)
+
     async def events(self) -> AsyncIterator[str]:
-        q: asyncio.Queue[str] = asyncio.Queue()
+        q: asyncio.Queue[str | None] = asyncio.Queue()
         self._queues.append(q)
         try:
             while True:
-                yield await q.get()
+                rid = await q.get()
+                if rid is None:
+                    raise ConnectionError("event stream dropped")
+                yield rid
         finally:
             self._queues.remove(q)
 

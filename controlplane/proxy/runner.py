@@ -65,9 +65,24 @@ def host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def host_ports(value: str) -> tuple[tuple[str, int], ...]:
+    """``HOST:PORT[,HOST:PORT...]`` -> one (host, port) per control plane, none twice."""
+    out = tuple(host_port(v.strip()) for v in value.split(","))
+    if len(set(out)) != len(out):
+        raise argparse.ArgumentTypeError(f"a control plane is named twice in {value!r}")
+    return out
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of ``aixds envoy``."""
-    p.add_argument("--xds", type=host_port, required=True, help="control plane ADS HOST:PORT")
+    p.add_argument(
+        "--xds",
+        type=host_ports,
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="control plane ADS address; several (comma-separated): Envoy uses one and "
+        "moves to another when it fails",
+    )
     p.add_argument("--node-id", required=True, help="unique id of this Envoy")
     p.add_argument("--region", required=True, help="locality region (priority 0 for it)")
     p.add_argument("--zone", default="", help="locality zone")
@@ -130,8 +145,7 @@ def params_from_args(args: argparse.Namespace) -> BootstrapParams:
         zone=args.zone,
         role=args.role,
         node_cluster=args.node_cluster,
-        xds_host=args.xds[0],
-        xds_port=args.xds[1],
+        xds=args.xds,
         listen_address=args.listen[0],
         listen_port=args.listen[1],
         admin_address=args.admin[0],

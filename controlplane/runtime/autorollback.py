@@ -26,6 +26,7 @@ from controlplane.decide.rollout import (
     RolloutPolicy,
     rollback,
 )
+from controlplane.fleet.audit import controlplane
 from controlplane.fleet.intent_store import RevisionConflict
 from controlplane.fleet.leader import Lock
 from controlplane.fleet.load_store import LoadStore
@@ -35,6 +36,9 @@ from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.rollout_ops import RolloutService, Unavailable
 
 log = logging.getLogger(__name__)
+
+AUTO_ROLLBACK = controlplane("auto-rollback")
+"""Who an automatic rollback is by, in the audit log."""
 
 
 class GuardMetrics:
@@ -150,7 +154,7 @@ class AutoRollback:
 
         try:
             applied = await self._service.change(
-                "rollback", model, change, expected_revision=intent.revision
+                "rollback", model, change, by=AUTO_ROLLBACK, expected_revision=intent.revision
             )
         except RevisionConflict:
             log.info("automatic rollback of %s deferred: intent changed meanwhile", model)

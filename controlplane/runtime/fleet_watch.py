@@ -162,6 +162,9 @@ class FleetWatcher:
                 wake.set()
 
         pump_task = asyncio.create_task(pump(), name="fleet-events")
+        # A dropped event stream (its connection lost, e.g. the primary killed before a
+        # Sentinel failover) ends the session now, not at the next resync.
+        pump_task.add_done_callback(lambda _: wake.set())
         try:
             await self._resync(first=True)
             next_resync = asyncio.get_running_loop().time() + self._resync_interval_s

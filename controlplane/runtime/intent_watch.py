@@ -155,6 +155,7 @@ class IntentWatcher:
                 wake.set()
 
         pump_task = asyncio.create_task(pump(), name="intent-events")
+        pump_task.add_done_callback(lambda _: wake.set())  # a dropped stream: reconnect now
         try:
             await self.refresh()
             self.connected = True

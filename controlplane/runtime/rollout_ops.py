@@ -8,9 +8,14 @@ rollback call:
 2. if the caller named the revision it saw and it is not the stored one: conflict;
 3. apply the pure change from ``decide.rollout`` to it and the current fleet view;
 4. write it with compare-and-set on the revision read (a concurrent writer: conflict);
-5. adopt it locally, reconcile and publish at once, then wait (bounded) until the Envoys
-   connected to this replica have ACKed the new snapshot. Other replicas follow through
-   the intent-events channel.
+5. adopt it locally, reconcile and publish at once;
+6. append who changed what (only the parts that changed, old and new) to the audit log
+   (``runtime.audit``: a failure there is counted and logged, the change stands);
+7. wait (bounded) until the Envoys connected to this replica have ACKed the new
+   snapshot. Other replicas follow through the intent-events channel.
+
+Every write of the intent goes through here, so every one is in the audit log: the
+caller names who makes it (a token's name, or ``controlplane:<what>``).
 
 With replicated intent, a home that cannot be reached (or is no longer writable) makes
 the change ``Unavailable`` with the store's reason (``intent_home_unreachable``): the
@@ -29,8 +34,10 @@ from prometheus_client import CollectorRegistry, Counter
 from redis.exceptions import RedisError
 
 from controlplane.decide.rollout import Counts, RolloutPolicy, VersionCount, version_counts
+from controlplane.fleet.audit import Actor, changes
 from controlplane.fleet.intent_store import IntentStore, IntentUnwritable, RevisionConflict
 from controlplane.intent import Intent, IntentError, Rollout, intent_to_doc
+from controlplane.runtime.audit import AuditTrail
 from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.runtime.intent_watch import IntentWatcher, decode_stored
 from controlplane.runtime.reconcile import Reconciler
@@ -95,6 +102,7 @@ class RolloutService:
         policy: RolloutPolicy,
         metrics: RolloutMetrics,
         *,
+        audit: AuditTrail,
         converge: Converge | None = None,
         apply_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.time,
@@ -105,6 +113,7 @@ class RolloutService:
         self._reconciler = reconciler
         self.policy = policy
         self.metrics = metrics
+        self.audit = audit
         self._converge = converge
         self._apply_timeout_s = apply_timeout_s
         self._clock = clock
@@ -119,16 +128,17 @@ class RolloutService:
         model: str,
         change: Change,
         *,
+        by: Actor,
         expected_revision: int | None = None,
         wait_envoys: bool = True,
     ) -> Applied:
-        """Apply ``change`` to ``model``'s rollout (see the module docstring).
+        """Apply ``change`` to ``model``'s rollout (see the module docstring), as ``by``.
 
         ``wait_envoys`` False: answer without waiting for the Envoys' ACKs (a change that
         moves no traffic). Raises ``RevisionConflict``, ``RolloutError`` or ``Unavailable``.
         """
         try:
-            applied = await self._change(action, model, change, expected_revision, wait_envoys)
+            applied = await self._change(action, model, change, by, expected_revision, wait_envoys)
         except RevisionConflict:
             self.metrics.changes.labels(action, "conflict").inc()
             raise
@@ -142,7 +152,13 @@ class RolloutService:
         return applied
 
     async def _change(
-        self, action: str, model: str, change: Change, expected: int | None, wait: bool
+        self,
+        action: str,
+        model: str,
+        change: Change,
+        by: Actor,
+        expected: int | None,
+        wait: bool,
     ) -> Applied:
         if not self._fleet.synced_once or not self._intents.synced:
             raise Unavailable(
@@ -173,9 +189,10 @@ class RolloutService:
         now = self._clock()
         counts = version_counts(self._fleet.view, current, now)
         new = change(current, counts, now)
-        if intent_to_doc(new) == intent_to_doc(current):
+        old_doc, new_doc = intent_to_doc(current), intent_to_doc(new)
+        if new_doc == old_doc:
             return Applied(model, action, current, False, 0, 0)
-        doc = json.dumps(intent_to_doc(new), separators=(",", ":"), sort_keys=True)
+        doc = json.dumps(new_doc, separators=(",", ":"), sort_keys=True)
         try:
             written = await self._store.write(stored.revision, doc)
         except IntentUnwritable as e:
@@ -185,6 +202,8 @@ class RolloutService:
         self._intents.adopt(written)
         result = self._intents.current()
         self._reconciler.reconcile_once()  # publish now; the loop would, a moment later
+        before, after = changes(old_doc, new_doc)
+        await self.audit.record(by, action, model, before, after, revision=written.revision)
         cur, total = 0, 0
         if self._converge is not None and wait:
             cur, total = await self._converge(self._apply_timeout_s)
@@ -192,8 +211,9 @@ class RolloutService:
         if action == "rollback" and r is not None and r.last_rollback is not None:
             self.metrics.rollbacks.labels(model, r.last_rollback.trigger).inc()
         log.info(
-            "%s %s: intent revision %d%s; %d/%d Envoys current",
-            action, model, written.revision, "" if r is None else f" ({_describe(r)})", cur, total,
+            "%s %s by %s: intent revision %d%s; %d/%d Envoys current",
+            action, model, by.name, written.revision,
+            "" if r is None else f" ({_describe(r)})", cur, total,
         )  # fmt: skip
         return Applied(model, action, result, True, cur, total)
 

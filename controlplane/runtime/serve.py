@@ -24,19 +24,26 @@ from prometheus_client import CollectorRegistry
 from controlplane.activator.app import Activator, ActivatorMetrics, ActivatorSettings
 from controlplane.activator.demand import ActivatorDemand
 from controlplane.activator.readiness import Readiness
+from controlplane.api import ui
 from controlplane.api.app import ApiContext, TestHooks, create_app
+from controlplane.api.auth import Access, AccessMetrics
+from controlplane.api.tokens import Scope, TokensError, TokenTable, load_tokens
 from controlplane.decide import EnvoyNode
 from controlplane.decide.cold import loadable_models
 from controlplane.decide.eligibility import is_fresh
 from controlplane.embedded_http import EmbeddedServer
 from controlplane.fleet import schema
+from controlplane.fleet.audit import RedisAuditLog
 from controlplane.fleet.intent_replica import ReplicatedIntentStore
 from controlplane.fleet.intent_store import IntentStore, RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
-from controlplane.fleet.registry import RedisRegistry, connect
+from controlplane.fleet.redis_url import connect, redact
+from controlplane.fleet.registry import RedisRegistry
+from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.autorollback import AutoRollback, GuardMetrics
 from controlplane.runtime.converge import Convergence
+from controlplane.runtime.fleet_gauges import FleetGauges
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetSource, FleetWatcher
 from controlplane.runtime.intent_replication import IntentReplication, ReplicationMetrics
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
@@ -49,7 +56,6 @@ from controlplane.runtime.serving_version import ServingVersionMetrics, ServingV
 from controlplane.runtime.supervisor import Supervisor
 from controlplane.runtime.testhooks import invalid_cluster_hook
 from controlplane.settings import ServeSettings, load_fleet_config
-from controlplane.tls import redact_url
 from controlplane.xds.ads import start_xds_server, stop_xds_server, tune_gc
 from controlplane.xds.cache import NodeInfo, SnapshotCache
 from controlplane.xds.credentials import server_credentials
@@ -70,6 +76,19 @@ def envoy_node(info: NodeInfo) -> EnvoyNode:
     )
 
 
+def _access_summary(tokens: TokenTable, require_read: bool) -> str:
+    """``3 tokens (admin: alice; operate: ci; read: grafana), reads need a token``."""
+    if not len(tokens):
+        return "no API token: read-only"
+    by_scope = {
+        sc.label: ", ".join(t.name for t in tokens.tokens if t.scope == sc)
+        for sc in sorted(Scope, reverse=True)
+    }
+    names = "; ".join(f"{k}: {v}" for k, v in by_scope.items() if v)
+    reads = "reads need a token" if require_read else "reads open"
+    return f"{len(tokens)} token(s) ({names}), {reads}"
+
+
 def node_group(info: NodeInfo) -> str:
     """Envoys that get the same plan: same role, region and listen address."""
     n = envoy_node(info)
@@ -85,6 +104,12 @@ def _api_ssl(s: ServeSettings) -> dict[str, Any]:
 async def serve(s: ServeSettings) -> int:
     s.check_tls()
     fleet_cfg = load_fleet_config(s.config)
+    tokens = load_tokens(api_token=s.api_token, file=s.tokens_file, env_text=s.tokens_env)
+    if s.require_read_token and not len(tokens):
+        raise TokensError(
+            "--require-read-token needs at least one token: --api-token, --tokens-file or "
+            "AIXDS_API_TOKENS"
+        )
     base_intent = replace(fleet_cfg.base_intent(), activators=s.activators())
     registry = CollectorRegistry()
     urls = fleet_cfg.registries(s.region, s.redis_url)
@@ -143,11 +168,21 @@ async def serve(s: ServeSettings) -> int:
             intent_clients[topology.home],
             region=topology.local,
             home=topology.home,
-            home_url=redact_url(topology.home_url),
+            home_url=redact(topology.home_url),
         )
         replication = IntentReplication(
             topology.home, topology.local, intent_clients, ReplicationMetrics(registry)
         )
+    # The audit log is written where intent is written (the home) and read from this
+    # region's copy, which Redis replication keeps with the intent.
+    audit = AuditTrail(
+        RedisAuditLog(
+            client if topology is None else intent_clients[topology.home],
+            client if topology is None else intent_clients[topology.local],
+            max_len=s.audit_max_len,
+        ),
+        AuditMetrics(registry),
+    )
     intents = IntentWatcher(
         intent_store,
         base_intent,
@@ -196,6 +231,7 @@ async def serve(s: ServeSettings) -> int:
         reconciler,
         s.rollout_policy(),
         RolloutMetrics(registry),
+        audit=audit,
         converge=Convergence(ads, cache).wait,
         apply_timeout_s=s.apply_timeout_s,
     )
@@ -231,22 +267,28 @@ async def serve(s: ServeSettings) -> int:
         PlacementMetrics(registry),
         s.placement,
     )
-    app = create_app(
-        ApiContext(
-            watcher,
-            reconciler,
-            registry,
-            xds_status,
-            hooks,
-            intents=intents,
-            rollouts=service,
-            guard=guard,
-            loads=loads,
-            api_token=s.api_token,
-            redis=client,
-            replication=replication,
-        )
+    FleetGauges(
+        registry,
+        lambda: watcher.view,
+        lambda: {g: st.plan for g, st in reconciler.groups.items()},
     )
+    api_ctx = ApiContext(
+        watcher,
+        reconciler,
+        registry,
+        xds_status,
+        hooks,
+        intents=intents,
+        rollouts=service,
+        guard=guard,
+        loads=loads,
+        access=Access(tokens, require_read=s.require_read_token, metrics=AccessMetrics(registry)),
+        audit=audit,
+        redis=client,
+        replication=replication,
+        region_redis=dict(remote_clients),
+    )
+    app = create_app(api_ctx)
     api = EmbeddedServer(
         uvicorn.Config(
             app,
@@ -309,21 +351,26 @@ async def serve(s: ServeSettings) -> int:
     sup.spawn("serving-version", serving.run)
     sup.spawn("auto-rollback", guard.run)
     sup.spawn("placement", placement.run)
+    sup.spawn("ui-feed", lambda: ui.run_feed(api_ctx))
     sup.spawn("api", api.serve)
     if activator_api is not None and demand is not None:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
+    scheme = "http" if s.api_tls() is None else "https"
     log.info(
-        "aixds serve: xDS+LRS on %s:%d (%s), API on %s://%s:%d (writes %s), Redis %s%s, "
-        "instance %s",
+        "aixds serve: xDS+LRS on %s:%d (%s), API on %s://%s:%d (dashboard %s://%s:%d/ui; %s), "
+        "Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
         s.xds_security(),
-        "http" if s.api_tls() is None else "https",
+        scheme,
         s.api_host,
         s.api_port,
-        "enabled" if s.api_token else "disabled: no API token",
-        redact_url(redis_url),
+        scheme,
+        s.api_host,
+        s.api_port,
+        _access_summary(tokens, s.require_read_token),
+        redact(redis_url),
         f" (+ registries of {', '.join(sorted(remote_clients))})" if remote_clients else "",
         instance,
     )
@@ -331,13 +378,14 @@ async def serve(s: ServeSettings) -> int:
         log.info(
             "intent: home %s (%s); this region reads its copy at %s",
             topology.home,
-            redact_url(topology.home_url),
-            redact_url(topology.local_url),
+            redact(topology.home_url),
+            redact(topology.local_url),
         )
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        await api_ctx.ui.close()  # ends the dashboards' event streams
         api.should_exit = True
         if activator is not None and activator_api is not None:
             activator.closing = True  # held requests get a 503 instead of a reset

@@ -33,6 +33,7 @@ from controlplane.decide.rollout import (
     unrecorded,
     version_counts,
 )
+from controlplane.fleet.audit import controlplane
 from controlplane.fleet.intent_store import RevisionConflict
 from controlplane.fleet.leader import Lock
 from controlplane.intent import Intent
@@ -42,6 +43,9 @@ from controlplane.runtime.intent_watch import IntentWatcher
 from controlplane.runtime.rollout_ops import RolloutService, Unavailable
 
 log = logging.getLogger(__name__)
+
+RECORDER = controlplane("serving-version")
+"""Who a recorded serving version is by, in the audit log."""
 
 
 class ServingVersionMetrics:
@@ -146,6 +150,7 @@ class ServingVersions:
                 "record",
                 ",".join(new),
                 record_serving_versions,
+                by=RECORDER,
                 expected_revision=judged.revision,
                 wait_envoys=False,
             )

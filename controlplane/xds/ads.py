@@ -49,6 +49,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controlplane.xds.cache import NackRecord, NodeInfo, SnapshotCache, Watch
+from controlplane.xds.requests import BadRequest, lenient, read_first
 from controlplane.xds.resources import (
     CLUSTER,
     ENDPOINT,
@@ -64,6 +65,7 @@ __all__ = [
     "ADS_METHOD",
     "ADS_SERVICE",
     "CONVERGENCE_BUCKETS",
+    "MAX_REQUEST_BYTES",
     "AckHook",
     "AdsMetrics",
     "AdsServer",
@@ -83,6 +85,11 @@ CONVERGENCE_BUCKETS: tuple[float, ...] = (
     0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
 )  # fmt: skip
 """Seconds, 1 ms .. 10 s."""
+
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""Largest request message accepted (``grpc.max_receive_message_length``); a larger one
+ends its stream with RESOURCE_EXHAUSTED. Envoy's requests are small (its node, a few KB
+to tens of KB, and its subscribed names: 100,000 EDS names are about 1.5 MB)."""
 
 _NACK_LOG_TAIL = 400
 """Characters of ``error_detail`` logged: Envoy puts the reason at the end."""
@@ -154,6 +161,7 @@ def server_options(
         # Streams are many and messages small: BDP probe pings (sent as data arrives) cost
         # ~20% of the server's CPU at 1,000 streams (bench.fanout) and buy nothing here.
         ("grpc.http2.bdp_probe", 0),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
     ]
 
 
@@ -266,8 +274,10 @@ class _Stream:
     def on_request(self, req: Any) -> None:
         """Apply one DiscoveryRequest; wakes the sender if there is something to send."""
         type_url: str = req.type_url
-        if not type_url:
-            log.debug("%s: request without type_url ignored", self.node.node_id)
+        if type_url not in SHORT_NAMES:
+            # Not served here (or no type at all): never answered, and no per-type state
+            # or metric series, however many distinct URLs a client invents.
+            log.debug("%s: request for type %r ignored", self.node.node_id, type_url[:200])
             return
         st = self.state(type_url)
         nonce: str = req.response_nonce
@@ -451,7 +461,7 @@ class AdsServer:
         """A grpc generic handler whose responses are the bytes the servicer yields."""
         method = grpc.stream_stream_rpc_method_handler(
             self.StreamAggregatedResources,
-            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            request_deserializer=lenient(discovery_pb2.DiscoveryRequest.FromString),
             response_serializer=None,  # identity: the servicer writes serialized bytes
         )
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {ADS_METHOD: method})
@@ -488,13 +498,9 @@ class AdsServer:
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details("xDS server shutting down")
             return
-        first = await context.read()
-        if first is grpc.aio.EOF:
+        first = await read_first(context, "DiscoveryRequest")
+        if first is None:
             return
-        if not first.HasField("node") or not first.node.id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first DiscoveryRequest must carry node.id"
-            )
         node = NodeInfo.from_node(first.node)
         group = self.cache.group_of(node)
         stream = _Stream(self, node, group, context.peer())
@@ -512,7 +518,11 @@ class AdsServer:
             stream.tasks = tasks
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if not task.cancelled() and (exc := task.exception()) is not None:
+                if not task.cancelled() and isinstance(exc := task.exception(), BadRequest):
+                    log.warning("ADS stream %d (%s) refused: %s", n, node.node_id, exc.reason)
+                    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                    context.set_details(exc.reason)
+                elif not task.cancelled() and (exc := task.exception()) is not None:
                     log.error(
                         "ADS stream %d (%s) failed in %s: %r",
                         n, node.node_id, task.get_name(), exc, exc_info=exc,
@@ -554,6 +564,8 @@ class AdsServer:
         read = context.read
         eof = grpc.aio.EOF
         while (req := await read()) is not eof:
+            if isinstance(req, BadRequest):
+                raise req
             stream.on_request(req)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from controlplane.xds.snapshot import Snapshot
 
 __all__ = [
+    "MAX_NODE_FIELD_CHARS",
+    "MAX_NODE_METADATA_BYTES",
     "GroupOf",
     "NackRecord",
     "NewGroupHook",
@@ -29,6 +31,7 @@ __all__ = [
     "SnapshotCache",
     "Watch",
     "default_group_of",
+    "node_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,36 @@ def _value_to_py(v: Any) -> Any:
 def _struct_to_dict(s: Any) -> dict[str, Any]:
     """A ``google.protobuf.Struct`` as plain JSON data."""
     return {k: _value_to_py(v) for k, v in s.fields.items()}
+
+
+MAX_NODE_METADATA_BYTES = 64 * 1024
+"""Largest ``node.metadata`` accepted (serialized); aixds's bootstrap sends a few fields."""
+
+MAX_NODE_FIELD_CHARS = 1024
+"""Longest ``node.id``, ``node.cluster``, locality region / zone and metadata ``role``:
+they name streams, groups and metric labels."""
+
+
+def node_problem(node: Any) -> str | None:
+    """Why an ``envoy.config.core.v3.Node`` cannot identify a stream, or ``None``."""
+    if not node.id:
+        return "node.id is empty"
+    fields = {
+        "node.id": node.id,
+        "node.cluster": node.cluster,
+        "node.locality.region": node.locality.region,
+        "node.locality.zone": node.locality.zone,
+    }
+    for name, value in fields.items():
+        if len(value) > MAX_NODE_FIELD_CHARS:
+            return f"{name} is {len(value)} characters, over {MAX_NODE_FIELD_CHARS}"
+    size = node.metadata.ByteSize()
+    if size > MAX_NODE_METADATA_BYTES:
+        return f"node.metadata is {size} bytes, over {MAX_NODE_METADATA_BYTES}"
+    role = node.metadata.fields.get("role")
+    if role is not None and len(role.string_value) > MAX_NODE_FIELD_CHARS:
+        return f"node metadata role is over {MAX_NODE_FIELD_CHARS} characters"
+    return None
 
 
 GroupOf = Callable[[NodeInfo], str]

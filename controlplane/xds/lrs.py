@@ -8,6 +8,11 @@ endpoint) the requests that succeeded, failed, were issued and are in progress s
 previous report. Each report becomes a plain ``LoadReport`` handed to ``sink`` (which must
 not block); this module keeps no history.
 
+Reports are not trusted: a first message without a usable node ends the stream with
+INVALID_ARGUMENT; a cluster entry with a count over ``MAX_REPORTED_COUNT`` is dropped
+(and counted); cluster names become metric labels only up to ``MAX_CLUSTER_LABELS``,
+then ``_other``.
+
 Served on the same grpc server (and port) as ADS: the bootstrap points both at the same
 cluster. ``close()`` ends the streams before the server stops, like ``AdsServer.close``.
 """
@@ -20,16 +25,20 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
 from envoy.service.load_stats.v3 import lrs_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from controlplane.xds.requests import BadRequest, lenient, read_first
+
 __all__ = [
     "LRS_METHOD",
     "LRS_SERVICE",
+    "MAX_CLUSTER_LABELS",
+    "MAX_REPORTED_COUNT",
     "ClusterLoad",
     "EndpointLoad",
     "LoadReport",
@@ -42,6 +51,15 @@ log = logging.getLogger(__name__)
 
 LRS_SERVICE = "envoy.service.load_stats.v3.LoadReportingService"
 LRS_METHOD = "StreamLoadStats"
+
+MAX_REPORTED_COUNT = 2**40
+"""A cluster entry reporting more requests than this (in one interval of about a second)
+is garbage and dropped: the counts are uint64, and 2**64-1 added up would overflow the
+Redis counters the rollback judge reads."""
+
+MAX_CLUSTER_LABELS = 1000
+"""Distinct ``cluster`` label values of ``aixds_lrs_requests``; later clusters are counted
+under ``_other`` so that invented names cannot grow the metrics without bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +151,33 @@ class LrsMetrics:
             ["cluster", "outcome"],
             registry=registry,
         )
+        self.dropped = Counter(
+            "aixds_lrs_dropped_cluster_stats",
+            f"Cluster entries of load reports dropped as implausible (a count over "
+            f"{MAX_REPORTED_COUNT})",
+            registry=registry,
+        )
+        self._labels: set[str] = set()
+
+    def cluster_label(self, cluster: str) -> str:
+        """``cluster``, or ``_other`` once ``MAX_CLUSTER_LABELS`` others are in use."""
+        if cluster in self._labels:
+            return cluster
+        if len(self._labels) >= MAX_CLUSTER_LABELS:
+            return "_other"
+        self._labels.add(cluster)
+        return cluster
+
+
+def _plausible(c: ClusterLoad) -> bool:
+    counts = (c.success, c.error, c.issued, c.in_progress, c.dropped)
+    return all(n <= MAX_REPORTED_COUNT for n in counts) and all(
+        e.success <= MAX_REPORTED_COUNT
+        and e.error <= MAX_REPORTED_COUNT
+        and e.issued <= MAX_REPORTED_COUNT
+        and e.in_progress <= MAX_REPORTED_COUNT
+        for e in c.endpoints
+    )
 
 
 class LrsServer:
@@ -159,7 +204,7 @@ class LrsServer:
     def generic_handler(self) -> Any:
         method = grpc.stream_stream_rpc_method_handler(
             self.StreamLoadStats,
-            request_deserializer=lrs_pb2.LoadStatsRequest.FromString,
+            request_deserializer=lenient(lrs_pb2.LoadStatsRequest.FromString),
             response_serializer=lrs_pb2.LoadStatsResponse.SerializeToString,
         )
         return grpc.method_handlers_generic_handler(LRS_SERVICE, {LRS_METHOD: method})
@@ -174,11 +219,11 @@ class LrsServer:
             context.set_code(grpc.StatusCode.UNAVAILABLE)
             context.set_details("control plane shutting down")
             return
-        first = await context.read()
-        if first is grpc.aio.EOF:
+        first = await read_first(context, "LoadStatsRequest")
+        if first is None:
             return
         n = next(self._ids)
-        node_id = first.node.id if first.HasField("node") else ""
+        node_id: str = first.node.id
         info: dict[str, Any] = {
             "node_id": node_id,
             "peer": context.peer(),
@@ -194,7 +239,11 @@ class LrsServer:
         self._tasks.add(task)
         try:
             await asyncio.wait([task])  # returns when it ends, also if close() cancelled it
-            if not task.cancelled() and (exc := task.exception()) is not None:
+            if not task.cancelled() and isinstance(exc := task.exception(), BadRequest):
+                log.warning("LRS stream %d from %s refused: %s", n, node_id, exc.reason)
+                context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                context.set_details(exc.reason)
+            elif not task.cancelled() and (exc := task.exception()) is not None:
                 log.warning("LRS stream %d from %s failed: %r", n, node_id, exc)
         finally:
             self._tasks.discard(task)
@@ -210,19 +259,26 @@ class LrsServer:
         await context.write(self._response())
         self._accept(node_id, first, info)
         while (req := await context.read()) is not grpc.aio.EOF:
+            if isinstance(req, BadRequest):
+                raise req
             self._accept(node_id, req, info)
 
     def _accept(self, node_id: str, req: Any, info: dict[str, Any]) -> None:
         if not req.cluster_stats:
             return
         report = parse_report(node_id, req, self._clock())
+        clusters = tuple(c for c in report.clusters if _plausible(c))
+        if len(clusters) < len(report.clusters):
+            self._m.dropped.inc(len(report.clusters) - len(clusters))
+            report = replace(report, clusters=clusters)
         info["reports"] += 1
         self._m.reports.inc()
-        for c in report.clusters:
+        for c in clusters:
+            label = self._m.cluster_label(c.cluster)
             if c.success:
-                self._m.requests.labels(c.cluster, "success").inc(c.success)
+                self._m.requests.labels(label, "success").inc(c.success)
             if c.error:
-                self._m.requests.labels(c.cluster, "error").inc(c.error)
+                self._m.requests.labels(label, "error").inc(c.error)
         try:
             self._sink(report)
         except Exception:

@@ -95,6 +95,13 @@ class Fleet:
     replicas: list[Replica] = field(default_factory=list)
     edges: list[Edge] = field(default_factory=list)
     serve_proc: Proc | None = None
+    redis_url: str = ""
+    """What ``--redis`` the control plane and the agents get; empty: ``redis.url``
+    (a Sentinel URL, ``tests.redis_ha``, in the Sentinel tests)."""
+
+    @property
+    def registry_url(self) -> str:
+        return self.redis_url or self.redis.url
 
     @property
     def api(self) -> str:
@@ -108,7 +115,7 @@ class Fleet:
             f"serve-{len(self.procs.procs)}",
             "serve",
             "--redis",
-            self.redis.url,
+            self.registry_url,
             "--xds",
             f"127.0.0.1:{self.xds_port}",
             "--api",
@@ -169,7 +176,7 @@ class Fleet:
             f"agent-{rep.name}",
             "agent",
             "--redis",
-            self.redis.url,
+            self.registry_url,
             "--node",
             rep.node,
             "--region",
@@ -188,14 +195,17 @@ class Fleet:
         )
         return rep.agent
 
-    def add_edge(self, region: str = "us", zone: str = "us-a", *extra: str) -> Edge:
-        """Start an edge Envoy; ``extra`` flags go last (e.g. ``--ca``, ``--xds``)."""
+    def add_edge(
+        self, region: str = "us", zone: str = "us-a", xds: str = "", extra: tuple[str, ...] = ()
+    ) -> Edge:
+        """``xds``: the ``--xds`` value (default: this fleet's control plane); ``extra`` flags
+        go last (e.g. ``--ca``)."""
         port, admin = free_port(), free_port()
         proc = self.procs.aixds(
             f"envoy-{region}-{port}",
             "envoy",
             "--xds",
-            f"127.0.0.1:{self.xds_port}",
+            xds or f"127.0.0.1:{self.xds_port}",
             "--node-id",
             f"edge-{region}-{port}",
             "--region",

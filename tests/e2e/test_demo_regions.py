@@ -58,10 +58,23 @@ def served_from(line: str) -> dict[str, int]:
     return {r: int(p.rstrip("%")) for r, p in (x.split() for x in m.group(1).split(", "))}
 
 
+AUTH = {"authorization": "Bearer demo"}
+
+
+def _api_line(screen: str) -> str:
+    return next((ln for ln in screen.splitlines() if "control-plane APIs" in ln), "")
+
+
+def _drained(api: str) -> list[str]:
+    r = httpx.get(f"{api}/v1/drains", timeout=5)
+    r.raise_for_status()
+    return [d["target"] for d in r.json()["drained"]]
+
+
 def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "controlplane", "demo", "--regions", "3", "--replicas", "1",
-         "--rate", "8", "--duration", "75", "--listen-port", "0", "--log-dir", str(tmp_path)],
+         "--rate", "8", "--duration", "100", "--listen-port", "0", "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=(tmp_path / "demo.stderr").open("w"), text=True,
     )  # fmt: skip
     screens = Screens(proc)
@@ -77,6 +90,19 @@ def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
         last = screens.last()
         assert last.count("/vllm-") == 3
         assert "us-east:live" in last and "ap-south:live" in last
+        apis = dict(re.findall(r"(\S+) (http://127\.0\.0\.1:\d+)", _api_line(last)))
+        assert set(apis) == {"us-east", "eu-west", "ap-south"}, last
+
+        # intent is one for all: a drain through eu-west's API (written at the home,
+        # us-east) reaches every region's control plane by Redis replication
+        r = httpx.post(f"{apis['eu-west']}/v1/drains/ap-south-gpu1", headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: all(_drained(u) == ["ap-south-gpu1"] for u in apis.values()), 15,
+                   what="the drain in every region")  # fmt: skip
+        r = httpx.delete(f"{apis['ap-south']}/v1/drains/ap-south-gpu1", headers=AUTH, timeout=10)
+        assert r.status_code == 200, r.text
+        wait_until(lambda: all(_drained(u) == [] for u in apis.values()), 15,
+                   what="the undo in every region")  # fmt: skip
 
         r = httpx.post(f"{base}/us-east/lose", timeout=10)
         assert r.status_code == 200 and r.json()["us-east"] == "lost", r.text
@@ -92,12 +118,29 @@ def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
         wait_until(lambda: "us-east:lost" in screens.region_line("eu-west"), 20,
                    what="eu-west's control plane to see us-east lost")  # fmt: skip
         assert "LOST" in screens.region_line("us-east")
+        # the home is gone: a write elsewhere is refused (no split brain), reads still work
+        r = httpx.post(f"{apis['eu-west']}/v1/drains/ap-south-gpu1", headers=AUTH, timeout=10)
+        assert r.status_code == 503 and r.json()["error"] == "intent_home_unreachable", r.text
+        assert _drained(apis["eu-west"]) == []
 
         r = httpx.post(f"{base}/us-east/restore", timeout=10)
         assert r.status_code == 200 and r.json()["us-east"] == "up", r.text
         wait_until(lambda: served_from(screens.region_line("us-east")).get("us-east") == 100, 40,
                    what="us-east's edge served from us-east again")  # fmt: skip
         assert "us-east:live" in screens.region_line("ap-south")
+        # the home is back (its intent written back by the control planes): writes work
+        wait_until(
+            lambda: (
+                httpx.post(
+                    f"{apis['eu-west']}/v1/drains/ap-south-gpu1", headers=AUTH, timeout=10
+                ).status_code
+                == 200
+            ),
+            20,
+            what="intent writes through eu-west again",
+        )
+        wait_until(lambda: _drained(apis["us-east"]) == ["ap-south-gpu1"], 15,
+                   what="the drain at the restored home")  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(60)

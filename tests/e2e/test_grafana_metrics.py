@@ -40,9 +40,16 @@ def test_every_dashboard_name_is_in_a_real_scrape(
         httpx.get(f"http://127.0.0.1:{edge.admin}/stats/prometheus", timeout=5).text
     )
     assert ENVOY_STATS - envoy == set()
+    served = httpx.get(f"{fleet.api}/metrics", timeout=5).text
+    # per-endpoint and per-replica gauges carry samples for the live replica, not just a TYPE
+    for name in ("aixds_endpoint_weight", "aixds_replica_queue_waiting"):
+        assert any(
+            line.startswith(name + "{") and f'replica="{rep.replica_id}"' in line
+            for line in served.splitlines()
+        ), name
     scraped = (
         envoy
-        | exposition_names(httpx.get(f"{fleet.api}/metrics", timeout=5).text)
+        | exposition_names(served)
         | exposition_names(httpx.get(f"{rep.url}/metrics", timeout=5).text)
     )
     assert used_names(load_dashboard()) - scraped == set()

@@ -158,3 +158,53 @@ def test_canary_sessions_keep_version_and_affinity_across_region_loss(
         assert not moved
     finally:
         regions.stop()
+
+
+def test_half_a_region_lost_spills_its_share_to_the_nearest_and_returns(
+    regions: Regions,
+) -> None:
+    """One of a's two model servers dies (its agent lives and publishes it ``lost``): the
+    control plane keeps it UNHEALTHY in a's priority, Envoy's priority health (50 % healthy
+    x overprovisioning 1.4 = 70 %) keeps about 70 % in a and spills about 30 % to b,
+    instead of piling all of a's traffic on its one survivor. Back when it restarts."""
+    regions.start()
+    regions.start_serve()
+    for r in ("a", "b"):
+        regions.add_replicas(r, 2, server_args=FAST)
+    edge = regions.add_edge("a")
+    regions["a"].wait_routable(edge, "llama", 4)
+    region_of = regions.region_of()
+    dead = regions["a"].replicas[0]
+
+    def share_since(load: Load, mark: dict[str, int]) -> dict[str, int]:
+        now = dict(load.replicas)
+        return {r: n - mark.get(r, 0) for r, n in now.items() if n > mark.get(r, 0)}
+
+    with Load(edge.url, "llama", concurrency=4, max_tokens=8) as load:
+        load.wait_requests(100)
+        assert {region_of[r] for r in load.replicas} == {"a"}, load.replicas
+        regions.kill("a", [dead])
+        t_kill = time.time()
+        wait_until(lambda: time.time() - t_kill > 2.0, 5, what="2 s after the kill")
+        mark = dict(load.replicas)
+        load.wait_requests(400)
+        half = share_since(load, mark)
+        regions.restore("a", [dead])
+        t_back = time.time()
+
+        def back_in_a() -> bool:
+            m = dict(load.replicas)
+            load.wait_requests(60)
+            got = share_since(load, m)
+            return {region_of[r] for r in got} == {"a"} and dead.replica_id in got
+
+        wait_until(back_in_a, 30, what="a's traffic back in a, on both replicas")
+        print(f"back in a {time.time() - t_back:.1f} s after the restart")
+    total = sum(half.values())
+    in_b = sum(n for r, n in half.items() if region_of[r] == "b")
+    print(f"half of a lost: {half}, {in_b / total:.0%} spilled to b")
+    assert dead.replica_id not in half, half
+    assert 0.15 <= in_b / total <= 0.45, half
+    assert load.failed <= 4, load.failures[:10]  # those in flight at the kill
+    for t, what in load.failures:
+        assert abs(t - t_kill) < 1.0 and "complete message body" in what, load.failures

@@ -135,27 +135,27 @@ def test_secure_fleet(procs: Procs, tls_redis: TlsRedis, certs: Certs) -> None:
         node="gpu-1", agent_args=("--redis", tls_redis.url("agent-gpu-1", "CHANGE-ME-gpu-1"))
     )
     ca = str(certs.ca.cert)
-    good = fleet.add_edge(
-        "us", "us-a", "--ca", ca, "--tls-cert", str(certs.envoy.cert), "--tls-key",
-        str(certs.envoy.key),
-    )  # fmt: skip
+    client = ("--tls-cert", str(certs.envoy.cert), "--tls-key", str(certs.envoy.key))
+    good = fleet.add_edge(extra=("--ca", ca, *client))
     fleet.wait_routable(good, "llama", 1, timeout=30)
     assert good.stat("control_plane.connected_state") == 1
     assert good.stat("cluster.xds_cluster.ssl.handshake") >= 1
     r = chat(good.url, "llama")
     assert r.status_code == 200 and r.headers["x-replica"] == fleet.replicas[0].replica_id
 
-    plain = fleet.add_edge("us", "us-a")
-    no_cert = fleet.add_edge("us", "us-a", "--ca", ca)
-    rogue = fleet.add_edge(
-        "us", "us-a", "--ca", ca, "--tls-cert", str(certs.rogue_envoy.cert), "--tls-key",
+    plain = fleet.add_edge()
+    no_cert = fleet.add_edge(extra=("--ca", ca))
+    rogue_client = (
+        "--tls-cert",
+        str(certs.rogue_envoy.cert),
+        "--tls-key",
         str(certs.rogue_envoy.key),
-    )  # fmt: skip
+    )
+    rogue = fleet.add_edge(extra=("--ca", ca, *rogue_client))
     # Envoy checks the control plane too: its CA, and its name.
-    client = ("--tls-cert", str(certs.envoy.cert), "--tls-key", str(certs.envoy.key))
-    untrusted = fleet.add_edge("us", "us-a", "--ca", str(certs.other_ca.cert), *client)
+    untrusted = fleet.add_edge(extra=("--ca", str(certs.other_ca.cert), *client))
     wrong_name = fleet.add_edge(
-        "us", "us-a", "--ca", ca, *client, "--xds-server-name", "not-the-control-plane"
+        extra=("--ca", ca, *client, "--xds-server-name", "not-the-control-plane")
     )
     # Each has tried (and retried) by now: Envoy retries a failed xDS connection within ~1 s.
     time.sleep(3.0)

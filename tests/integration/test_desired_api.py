@@ -133,3 +133,38 @@ def test_redis_down_is_a_503(api: TestClient, redis_srv: RedisServer) -> None:
     assert r.status_code == 503 and r.json()["error"] == "redis_unreachable", r.text
     r = api.get("/v1/nodes/gpu-a/models")
     assert r.status_code == 503, r.text
+
+
+def test_a_node_of_another_region_gets_its_keys_in_that_regions_registry(
+    redis_srv: RedisServer,
+) -> None:
+    """With a registry per region, a node's agent reads its desired models (and GPU-fault
+    clears) from its own region's Redis: the API writes them there, not to its own."""
+    eu_url = redis_srv.url.rsplit("/", 1)[0] + "/1"
+    fleet = {
+        "gpu-us/vllm-8000": replica("gpu-us/vllm-8000", expires_at=1e12),
+        "gpu-eu/vllm-8000": replica("gpu-eu/vllm-8000", region="eu", expires_at=1e12),
+    }
+    local = aioredis.Redis.from_url(redis_srv.url)
+    eu = aioredis.Redis.from_url(eu_url)
+    app = build(fleet=fleet, redis=local, region_redis={"eu": eu}).app
+    eu_sync = redis.Redis.from_url(eu_url, decode_responses=True)
+    try:
+        with TestClient(app, raise_server_exceptions=False) as api:
+            for node in ("gpu-us", "gpu-eu"):
+                r = api.put(f"/v1/nodes/{node}/models/llama", json={}, headers=AUTH)
+                assert r.status_code == 200, r.text
+            assert set(stored(redis_srv, "gpu-us")) == {"llama"}
+            assert stored(redis_srv, "gpu-eu") == {}
+            assert set(eu_sync.hgetall(schema.desired_key("gpu-eu"))) == {"llama"}
+            listed = api.get("/v1/nodes/gpu-eu/models").json()["models"]
+            assert [m["model"] for m in listed] == ["llama"]
+            r = api.post("/v1/nodes/gpu-eu/gpu-faults/clear", headers=AUTH)
+            assert r.status_code == 200, r.text
+            assert eu_sync.exists(schema.fault_clear_key("gpu-eu"))
+            r = api.delete("/v1/nodes/gpu-eu/models/llama", headers=AUTH)
+            assert r.json()["removed"] is True
+            assert eu_sync.hgetall(schema.desired_key("gpu-eu")) == {}
+    finally:
+        eu_sync.flushdb()
+        eu_sync.close()

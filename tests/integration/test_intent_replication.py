@@ -12,9 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -28,38 +26,15 @@ from controlplane.fleet.registry import connect
 from controlplane.intent import Intent
 from controlplane.runtime.intent_replication import IntentReplication, ReplicationMetrics
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
+from tests.integration.conftest import Pair
 from tests.integration.test_intent_store import DOC_V2, DOC_V3, wait_for
 from tests.rollout_app import build
-from tests.support import RedisServer
 
 pytestmark = pytest.mark.integration
 
 log = logging.getLogger(__name__)
 
-FAST_SYNC = ("--repl-diskless-sync-delay", "0")
-"""Redis waits 5 s before a full sync by default; tests do not."""
 AUTH = {"authorization": "Bearer tok"}
-
-
-@dataclass
-class Pair:
-    home: RedisServer
-    replica: RedisServer
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    (tmp_path / "us").mkdir()
-    (tmp_path / "eu").mkdir()
-    home = RedisServer(tmp_path / "us", FAST_SYNC)
-    home.start()
-    replica = RedisServer(tmp_path / "eu", (*FAST_SYNC, "--replicaof", "127.0.0.1", str(home.port)))
-    try:
-        replica.start()
-        yield Pair(home, replica)
-    finally:
-        replica.stop()
-        home.stop()
 
 
 async def link_up(client: aioredis.Redis, up: bool = True, within: float = 10.0) -> None:

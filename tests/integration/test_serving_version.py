@@ -20,12 +20,14 @@ from prometheus_client import CollectorRegistry
 from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.rollout import RolloutPolicy
 from controlplane.fleet import schema
+from controlplane.fleet.audit import RedisAuditLog
 from controlplane.fleet.intent_store import RedisIntentStore
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.model import ModelState, ObservedReplica
 from controlplane.fleet.registry import connect
 from controlplane.fleet.store import MemoryRegistry
 from controlplane.intent import Intent
+from controlplane.runtime.audit import AuditMetrics, AuditTrail
 from controlplane.runtime.fleet_watch import FleetMetrics, FleetWatcher
 from controlplane.runtime.intent_watch import IntentMetrics, IntentWatcher
 from controlplane.runtime.reconcile import ReconcileMetrics, Reconciler
@@ -83,7 +85,13 @@ async def control_plane(
     )
     reconciler = Reconciler(watcher, intents.current, SnapshotCache(), ReconcileMetrics(reg))
     service = RolloutService(
-        RedisIntentStore(client), intents, watcher, reconciler, RolloutPolicy(), RolloutMetrics(reg)
+        RedisIntentStore(client),
+        intents,
+        watcher,
+        reconciler,
+        RolloutPolicy(),
+        RolloutMetrics(reg),
+        audit=AuditTrail(RedisAuditLog(client), AuditMetrics(reg)),
     )
     lock = RedisLock(client, schema.SERVING_VERSION_LOCK_KEY, name, ttl_s=2.0)
     loop = ServingVersions(
@@ -131,6 +139,14 @@ async def test_one_replica_records_once_and_a_restart_keeps_it(redis_srv: RedisS
         assert [cp.loop.leader for cp in cps].count(True) == 1
         holder = await a.client.get(schema.SERVING_VERSION_LOCK_KEY)
         assert holder == next(cp.name for cp in cps if cp.loop.leader)
+        (e,) = await RedisAuditLog(a.client).read(10)  # and the audit log says so
+        assert (e.who, e.action, e.target, e.revision) == (
+            "controlplane:serving-version",
+            "record",
+            "llama",
+            1,
+        )
+        assert e.new["rollouts"]["llama"]["stable"] == "v1"
         # green comes up beside blue, bigger and with a greater name: nothing changes
         green = fleet(*llama("v1", 2), *llama("v2", 3))
         for cp in cps:

@@ -12,7 +12,9 @@ from bench.coldstart import (
     FORECAST,
     PLACEMENT,
     Aixds,
+    Row,
     fleet_nodes,
+    last_line,
     main,
     percentile,
     reactive,
@@ -117,3 +119,19 @@ def test_sleep_then_wake_through_real_place() -> None:
     )  # fmt: skip
     assert st.waits == [10.25, 3.5]
     assert st.loads == 1 and st.wakes == 1
+
+
+def test_last_line_ratios_are_the_issues() -> None:
+    """X: aixds waited; Y: aixds TTFT p99 / warm's; Z: aixds resident model-s / reactive's."""
+
+    def row(policy: str, waited: float, p99: float, resident: float) -> Row:
+        return Row(policy, 100, waited, 0.3, p99, 0.0, 0.0, resident, 0, 0, 0)
+
+    rows = {
+        "warm": row("warm", 0.0, 0.3, 9000.0),
+        "reactive": row("reactive", 20.0, 30.0, 2000.0),
+        "aixds": row("aixds", 1.5, 0.45, 2200.0),
+    }
+    assert last_line(rows) == (
+        "cold start: waited 1.5%, TTFT p99 vs warm 1.50x, resident vs reactive 1.10x"
+    )

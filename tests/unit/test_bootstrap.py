@@ -20,8 +20,7 @@ def _params(**kw: Any) -> BootstrapParams:
         node_id="edge-eu-1",
         region="eu-west",
         zone="eu-west-a",
-        xds_host="127.0.0.1",
-        xds_port=18000,
+        xds=(("127.0.0.1", 18000),),
         listen_address="0.0.0.0",
         listen_port=10000,
         admin_address="127.0.0.1",
@@ -32,6 +31,9 @@ def _params(**kw: Any) -> BootstrapParams:
 
 def _render(**kw: Any) -> str:
     return render_bootstrap(_params(**kw), TEMPLATE_PATH.read_text())
+
+
+THREE = (("10.0.0.1", 18000), ("cp-b.local", 18001), ("::1", 18002))
 
 
 def envoy_validate(cfg: Path) -> subprocess.CompletedProcess[str]:
@@ -46,10 +48,10 @@ def envoy_validate(cfg: Path) -> subprocess.CompletedProcess[str]:
     return out
 
 
-@pytest.mark.parametrize("role", ["edge", "sidecar"])
-def test_rendered_bootstrap_passes_envoy_validate(role: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kw", [{"role": "edge"}, {"role": "sidecar"}, {"xds": THREE}])
+def test_rendered_bootstrap_passes_envoy_validate(kw: dict[str, Any], tmp_path: Path) -> None:
     cfg = tmp_path / "bootstrap.yaml"
-    cfg.write_text(_render(role=role))
+    cfg.write_text(_render(**kw))
     out = envoy_validate(cfg)
     assert "deprecated" not in (out.stdout + out.stderr).lower()
 
@@ -85,9 +87,23 @@ def test_xds_cluster_speaks_http2_and_ads_is_v3() -> None:
         assert "ads" in dyn[key]
 
 
+def test_several_control_planes_are_the_xds_clusters_endpoints() -> None:
+    doc = yaml.safe_load(_render(xds=THREE))
+    (xds,) = doc["static_resources"]["clusters"]
+    (group,) = xds["load_assignment"]["endpoints"]
+    got = [e["endpoint"]["address"]["socket_address"] for e in group["lb_endpoints"]]
+    assert got == [{"address": h, "port_value": p} for h, p in THREE]
+    # round robin: after a failed try the next one goes to another control plane
+    assert xds["lb_policy"] == "ROUND_ROBIN"
+    # ADS and load reports both use that cluster
+    dyn = doc["dynamic_resources"]["ads_config"]["grpc_services"]
+    lrs = doc["cluster_manager"]["load_stats_config"]["grpc_services"]
+    assert dyn == lrs == [{"envoy_grpc": {"cluster_name": "xds_cluster"}}]
+
+
 def test_values_stay_strings_and_cannot_inject_yaml() -> None:
     tricky = 'a"b: {c}\n- d'
-    doc = yaml.safe_load(_render(region="no", zone="1", node_id=tricky, xds_host="::1"))
+    doc = yaml.safe_load(_render(region="no", zone="1", node_id=tricky, xds=(("::1", 1),)))
     assert doc["node"]["locality"] == {"region": "no", "zone": "1"}
     assert doc["node"]["id"] == tricky
     code = [line for line in _render().splitlines() if not line.lstrip().startswith("#")]
@@ -95,7 +111,17 @@ def test_values_stay_strings_and_cannot_inject_yaml() -> None:
 
 
 @pytest.mark.parametrize(
-    "kw", [{"role": "gateway"}, {"admin_port": 70000}, {"node_id": ""}, {"region": ""}]
+    "kw",
+    [
+        {"role": "gateway"},
+        {"admin_port": 70000},
+        {"node_id": ""},
+        {"region": ""},
+        {"xds": ()},
+        {"xds": (("a", 1), ("a", 1))},
+        {"xds": (("a", 1), ("", 2))},
+        {"xds": (("a", 1), ("b", 65536))},
+    ],
 )
 def test_bad_params_are_rejected(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -126,9 +152,20 @@ def test_cli_arguments_become_params() -> None:
     argv = runner.envoy_argv(Path("/tmp/b.yaml"), args.envoy_log_level, args.concurrency)
     assert argv[1:] == ["-c", "/tmp/b.yaml", "--use-dynamic-base-id", "--log-level", "info",
                         "--concurrency", "2"]  # fmt: skip
-    with pytest.raises(SystemExit):
-        _parse("--xds", "nohostport", "--node-id", "n", "--region", "r", "--listen", "a:1",
-               "--admin", "a:2")  # fmt: skip
+    for bad in ("nohostport", "a:1,", "a:1,a:1", "a:1,b"):
+        with pytest.raises(SystemExit):
+            _parse("--xds", bad, "--node-id", "n", "--region", "r", "--listen", "a:1",
+                   "--admin", "a:2")  # fmt: skip
+
+
+def test_cli_takes_several_control_planes() -> None:
+    args = _parse(
+        "--xds", "cp-a:18000, cp-b:18000,[::1]:18001", "--node-id", "n1", "--region", "us",
+        "--listen", "127.0.0.1:10000", "--admin", "127.0.0.1:9901",
+    )  # fmt: skip
+    p = runner.params_from_args(args)
+    assert p.xds == (("cp-a", 18000), ("cp-b", 18000), ("::1", 18001))
+    assert (p.xds_host, p.xds_port) == ("cp-a", 18000)
 
 
 def test_print_bootstrap(capsys: pytest.CaptureFixture[str]) -> None:

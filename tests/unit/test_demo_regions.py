@@ -37,6 +37,20 @@ def test_fleet_yaml_gives_each_region_its_registry_and_symmetric_distances(
     assert d["us-east"]["eu-west"] == d["eu-west"]["us-east"] < d["us-east"]["ap-south"]
 
 
+def test_fleet_yaml_replicates_intent_from_the_first_region(tmp_path: Path) -> None:
+    regions = list(REGION_NAMES)
+    urls = {r: f"redis://127.0.0.1:{6380 + i}/0" for i, r in enumerate(regions)}
+    intent = {r: f"redis://127.0.0.1:{6390 + i}/0" for i, r in enumerate(regions)}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(fleet_yaml(regions, urls, intent))
+    cfg = load_fleet_config(path)
+    topo = cfg.intent_topology("ap-south")
+    assert topo is not None
+    assert (topo.home, topo.local, topo.home_url) == ("us-east", "ap-south", intent["us-east"])
+    assert topo.urls == intent
+    assert cfg.registries("ap-south", "")["us-east"] == urls["us-east"]
+
+
 def test_fleet_yaml_without_urls_is_the_older_form(tmp_path: Path) -> None:
     path = tmp_path / "fleet.yaml"
     path.write_text(fleet_yaml(["us-east", "eu-west"], None))
@@ -57,9 +71,10 @@ def group(tmp_path: Path) -> Iterator[ProcessGroup]:
 
 def test_lose_kills_only_that_region_and_restore_restarts_it(group: ProcessGroup) -> None:
     us = DemoRegion("us-east", _sleeper(group, "redis-us"), [_sleeper(group, "llm-us")])
+    us.intent_redis = _sleeper(group, "redis-intent-us")
     eu = DemoRegion("eu-west", _sleeper(group, "redis-eu"), [_sleeper(group, "llm-eu")])
     ctl = RegionControl(group, [us, eu])
-    old = [us.redis, *us.nodes]
+    old = [us.redis, *us.nodes, us.intent_redis]
     app = TestClient(control_app(ctl))
 
     r = app.post("/regions/us-east/lose")
@@ -71,6 +86,8 @@ def test_lose_kills_only_that_region_and_restore_restarts_it(group: ProcessGroup
     r = app.post("/regions/us-east/restore")
     assert r.status_code == 200 and r.json()["us-east"] == "up"
     assert us.redis is not None and us.redis.alive() and us.nodes[0].alive()
+    assert us.intent_redis is not None and us.intent_redis.alive()
+    assert us.intent_redis.popen.pid != old[-1].popen.pid  # type: ignore[union-attr]
     assert us.redis.popen.pid != old[0].popen.pid  # type: ignore[union-attr]
     assert us.redis.argv == old[0].argv  # type: ignore[union-attr]
     # the group stops the new processes, not the dead ones

@@ -41,6 +41,15 @@ def test_per_region_form(tmp_path: Path) -> None:
         cfg.registries("us-east", "redis://127.0.0.1:6379/0")
 
 
+def test_sentinel_url_as_a_region_registry(tmp_path: Path) -> None:
+    ha = "redis+sentinel://10.0.0.5:26379,10.0.0.6:26379,10.0.0.7/us-east/0"
+    cfg = load(tmp_path, NEW.replace("redis://10.0.0.1:6379/0", ha))
+    assert cfg.registries("us-east", ha) == {"us-east": ha, "eu-west": "rediss://10.1.0.1:6380/0"}
+    bad = NEW.replace("redis://10.0.0.1:6379/0", ha + "/x")
+    with pytest.raises(ConfigError, match=r"regions.us-east.redis: .*/SERVICE or /SERVICE/DB"):
+        load(tmp_path, bad)
+
+
 def test_old_form_stays_one_redis(tmp_path: Path) -> None:
     cfg = load(tmp_path, "regions:\n  us: {eu: 80}\n  eu: {us: 80}\n")
     assert cfg.region_distance == {"us": {"eu": 80}, "eu": {"us": 80}}
@@ -56,7 +65,8 @@ def test_old_form_stays_one_redis(tmp_path: Path) -> None:
             "regions:\n  us: {redis: 'redis://a:1/0', distance: {eu: 1}}\n  eu: {us: 1}\n",
             "mixes the per-region form",
         ),
-        ("regions:\n  us: {redis: 'http://a:1/0'}\n", "rediss:// or unix://"),
+        ("regions:\n  us: {redis: 'http://a:1/0'}\n", "regions.us.redis: unknown scheme 'http'"),
+        ("regions:\n  us: {redis: 'redis+sentinel://a:1/'}\n", "regions.us.redis: .*no service"),
         ("regions:\n  us: {distance: {eu: 1}}\n", "regions.us.redis must be"),
         ("regions:\n  us: {redis: 'redis://a/0', distance: {eu: -1}}\n", "distances >= 0"),
         ("regions:\n  us: {redis: 'redis://a/0', distance: {eu: 1.5}}\n", "distances >= 0"),
@@ -134,7 +144,7 @@ def test_without_intent_home_intent_stays_in_the_registry(tmp_path: Path) -> Non
         ),
         (
             REPLICATED.replace("redis://10.1.0.2:6379/0", "http://x"),
-            "regions.eu-west.intent_redis must be a redis://",
+            "regions.eu-west.intent_redis: unknown scheme .http.",
         ),
         (
             "intent: {home: us}\nregions:\n  us: {eu: 1}\n",

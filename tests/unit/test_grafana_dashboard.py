@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from controlplane.activator.app import ActivatorMetrics
 from controlplane.runtime.autorollback import GuardMetrics
+from controlplane.runtime.fleet_gauges import FleetGauges
 from controlplane.runtime.fleet_watch import FleetMetrics
 from controlplane.runtime.intent_watch import IntentMetrics
 from controlplane.runtime.placement_loop import PlacementMetrics
@@ -64,6 +65,7 @@ def aixds_names() -> set[str]:
         ActivatorMetrics,
     ):
         metrics(registry)
+    FleetGauges(registry, dict, dict)
     return exposition_names(generate_latest(registry).decode())
 
 
@@ -169,6 +171,11 @@ def test_dashboard_covers_the_issue_topics(dash: dict[str, Any]) -> None:
         "envoy_cluster_upstream_rq_time_bucket",
         "vllm:num_requests_waiting",
         "vllm:kv_cache_usage_perc",
+        "aixds_endpoint_weight",
+        "aixds_endpoint_health",
+        "aixds_gpu_utilization_ratio",
+        "aixds_gpu_faulty",
+        "aixds_gpu_throttled",
     ):
         assert needed in names, needed
     assert names >= ENVOY_STATS, "ENVOY_STATS lists a stat the dashboard no longer uses"

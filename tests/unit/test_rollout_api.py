@@ -211,6 +211,15 @@ async def test_guard_rolls_back_a_failing_canary_and_says_why() -> None:
         metrics = (await c.get("/metrics")).text
         assert 'aixds_rollbacks_total{model="llama",trigger="auto"} 1.0' in metrics
         assert "aixds_rollback_leader 1.0" in metrics
+        # the audit log says who did what: the operator started, the control plane rolled back
+        log = (await c.get("/v1/audit")).json()["entries"]
+        assert [(e["who"], e["action"], e["target"]) for e in log] == [
+            ("api-token", "start", "llama"),
+            ("controlplane:auto-rollback", "rollback", "llama"),
+        ]
+        assert log[1]["old"]["rollouts"]["llama"]["canary"] == "v2"
+        assert log[1]["new"]["rollouts"]["llama"]["canary"] == ""
+        assert log[1]["revision"] == log[0]["revision"] + 1
 
 
 async def test_guard_judges_but_does_not_act_without_the_lock() -> None:

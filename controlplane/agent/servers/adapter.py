@@ -46,6 +46,9 @@ class Probe:
     """Models the server can load on demand (``ondemand``; measured load times: executor)."""
     sleeping: bool | None = None
     """The server sleeps (its models are then ``sleeping``); ``None``: it cannot say."""
+    lost: tuple[tuple[str, str], ...] = ()
+    """Unreachable now, it served these ``(name, version)`` (the publisher's ``LostModels``
+    adds them; adapters leave it empty)."""
 
 
 UNREACHABLE = Probe(reachable=False)
