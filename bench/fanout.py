@@ -9,6 +9,8 @@ weights and measures from ``set_snapshot`` to the last stream's ACK of the new v
     python -m bench.fanout --clients 1000 --rounds 50
     python -m bench.fanout --quick              # 5 rounds
     python -m bench.fanout --profile prof.out   # cProfile of the server during the rounds
+    python -m bench.fanout --tls pki            # mutual TLS, with the certificates that the
+                                                # README's openssl commands make in pki/
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,6 +45,7 @@ from controlplane.xds.ads import (
     tune_gc,
 )
 from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.credentials import server_credentials
 from controlplane.xds.resources import CLUSTER, ENDPOINT
 from controlplane.xds.snapshot import Snapshot
 
@@ -89,11 +93,11 @@ def build_snapshot(round_no: int) -> Snapshot:
 # -- simulated Envoys (the client process) ---------------------------------------------------
 
 
-def _client_process(port: int, k: int, conn: Connection) -> None:
+def _client_process(port: int, k: int, conn: Connection, tls: str | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     # EOFError: the pipe closed because the benchmark died without saying "stop"
     with contextlib.suppress(KeyboardInterrupt, EOFError):
-        asyncio.run(_clients(port, k, conn))
+        asyncio.run(_clients(port, k, conn, tls))
 
 
 def _ld(number: int, data: bytes) -> bytes:
@@ -103,7 +107,21 @@ def _ld(number: int, data: bytes) -> bytes:
     return bytes((number << 3 | 2,)) + size + data
 
 
-async def _clients(port: int, k: int, conn: Connection) -> None:
+def _channel(port: int, tls: str | None) -> Any:
+    """One connection to the server: plaintext, or mutual TLS with the README's ``pki/``."""
+    options = [("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)]
+    if tls is None:
+        return grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+    d = Path(tls)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(d / "ca.crt").read_bytes(),
+        private_key=(d / "envoy-edge-us-1.key").read_bytes(),
+        certificate_chain=(d / "envoy-edge-us-1.crt").read_bytes(),
+    )
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options)
+
+
+async def _clients(port: int, k: int, conn: Connection, tls: str | None = None) -> None:
     gc.set_threshold(20_000, 50, 50)  # the simulated Envoys should leave the CPU to the server
     path = f"/{ADS_SERVICE}/{ADS_METHOD}"
     names = cluster_names()
@@ -132,10 +150,7 @@ async def _clients(port: int, k: int, conn: Connection) -> None:
                 await call.write(eds_tail)
 
     for i in range(k):
-        ch = grpc.aio.insecure_channel(
-            f"127.0.0.1:{port}",
-            options=[("grpc.use_local_subchannel_pool", 1), ("grpc.http2.bdp_probe", 0)],
-        )
+        ch = _channel(port, tls)
         channels.append(ch)
         tasks.append(asyncio.create_task(envoy(i, ch), name=f"bench-envoy-{i}"))
         if i % 50 == 49:
@@ -217,18 +232,26 @@ class AckCounter:
                 self.done.set()
 
 
-async def run_one(k: int, rounds: int, profile: cProfile.Profile | None) -> Result:
+async def run_one(
+    k: int, rounds: int, profile: cProfile.Profile | None, tls: str | None = None
+) -> Result:
     port = free_port()
     tune_gc()  # as the runtime does at startup
     cache = SnapshotCache()
     acks = AckCounter()
-    server, ads = await start_xds_server(cache, "127.0.0.1", port, CollectorRegistry(), on_ack=acks)
+    creds = None
+    if tls is not None:
+        d = Path(tls)
+        creds = server_credentials(d / "controlplane.crt", d / "controlplane.key", d / "ca.crt")
+    server, ads = await start_xds_server(
+        cache, "127.0.0.1", port, CollectorRegistry(), on_ack=acks, credentials=creds
+    )
     snap = build_snapshot(0)
     acks.expect(snap.version(ENDPOINT) or "", k)
     cache.set_snapshot(GROUP, snap)
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_client_process, args=(port, k, child), name="bench-clients")
+    proc = ctx.Process(target=_client_process, args=(port, k, child, tls), name="bench-clients")
     t0 = time.perf_counter()
     proc.start()
     try:
@@ -293,12 +316,13 @@ async def main_async(args: argparse.Namespace) -> int:
     profile = cProfile.Profile() if args.profile else None
     results = []
     for k in counts:
-        results.append(await run_one(k, rounds, profile))
+        results.append(await run_one(k, rounds, profile, args.tls))
         print(
             f"K={k}: p50 {results[-1].pct(50):.1f} ms, p99 {results[-1].pct(99):.1f} ms",
             file=sys.stderr,
         )
     print_table(results)
+    print("xDS over mutual TLS" if args.tls else "xDS in plaintext")
     print(f"load average (1 min) before the run: {load:.2f}")
     if profile is not None:
         profile.dump_stats(args.profile)
@@ -314,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="5 rounds")
     p.add_argument("--profile", metavar="FILE", help="write a cProfile of the rounds to FILE")
+    p.add_argument(
+        "--tls",
+        metavar="PKI_DIR",
+        help="mutual TLS with the certificates the README's openssl commands make in PKI_DIR",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     return asyncio.run(main_async(args))

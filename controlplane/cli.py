@@ -24,17 +24,25 @@ EPILOG = {
         "API writes need a token: --api-token or AIXDS_API_TOKEN (an admin token), or\n"
         "named tokens with scopes (read, operate, admin) in --tokens-file or\n"
         "AIXDS_API_TOKENS; without any the API is read-only. Every change is in the\n"
-        "audit log: aixds audit."
+        "audit log: aixds audit.\n\n"
+        "mutual TLS for Envoys, TLS for the API (README: Transport security):\n"
+        "  aixds serve ... --tls-cert pki/controlplane.crt --tls-key pki/controlplane.key"
+        " --client-ca pki/ca.crt"
     ),
     "envoy": (
         "example:\n  aixds envoy --xds 127.0.0.1:18000 --node-id edge-us-1 --region us"
         " --zone us-a \\\n      --listen 127.0.0.1:10000 --admin 127.0.0.1:9901\n\n"
         "several control planes (on one Redis): Envoy uses one, moves to another if it fails:\n"
-        "  aixds envoy --xds cp-a:18000,cp-b:18000,cp-c:18000 --node-id edge-us-1 ..."
+        "  aixds envoy --xds cp-a:18000,cp-b:18000,cp-c:18000 --node-id edge-us-1 ...\n\n"
+        "to a control plane with mutual TLS: add\n"
+        "      --ca pki/ca.crt --tls-cert pki/envoy-edge-us-1.crt --tls-key pki/envoy-edge-us-1.key"
     ),
     "fake-llm": "example:\n  aixds fake-llm --listen 127.0.0.1:8001 --model llama --version v1",
     "demo": "example:\n  aixds demo            # Ctrl-C stops every process it started",
-    "status": "example:\n  aixds status --api http://127.0.0.1:18080",
+    "status": (
+        "example:\n  aixds status --api http://127.0.0.1:18080\n"
+        "  aixds status --api https://cp.internal:18080 --ca pki/ca.crt"
+    ),
 }
 
 TOKEN_ENV = "AIXDS_API_TOKEN"
@@ -84,6 +92,7 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coalesce-ms", type=float, default=2.0, help="change coalescing window")
     p.add_argument("--resync", type=float, default=5.0, help="full registry resync period, s")
     p.add_argument("--test-hooks", action="store_true", help=argparse.SUPPRESS)
+    _tls_args(p)
     a = p.add_argument_group("access (tokens, scopes, audit log)")
     a.add_argument(
         "--api-token",
@@ -163,6 +172,23 @@ def _serve_parser(p: argparse.ArgumentParser) -> None:
         help="roll back when the canary's error rate exceeds the stable's by more (0.05)",
     )
     _cold_start_args(p)
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    from controlplane.tls import add_pem_flags
+
+    add_pem_flags(
+        p.add_argument_group("transport security (README: Transport security)"),
+        ("--tls-cert", "this control plane's certificate: xDS/LRS and the API over TLS"),
+        ("--tls-key", "the key of --tls-cert"),
+        (
+            "--client-ca",
+            "mutual TLS on xDS/LRS: Envoys must present a certificate this CA signed "
+            "(plaintext Envoys and Envoys without one get no configuration)",
+        ),
+        ("--api-tls-cert", "another certificate for the API (default: --tls-cert)"),
+        ("--api-tls-key", "the key of --api-tls-cert"),
+    )
 
 
 def _cold_start_args(p: argparse.ArgumentParser) -> None:
@@ -272,6 +298,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         activator_advertise=args.activator_advertise,
         hold_s=args.hold,
         placement=placement_settings(args),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        client_ca=args.client_ca,
+        api_tls_cert=args.api_tls_cert,
+        api_tls_key=args.api_tls_key,
     )
     try:
         return asyncio.run(serve(s))
@@ -300,11 +331,9 @@ _fraction = _number(float, lambda x: 0 <= x <= 1, "in [0, 1]")
 
 
 def _status_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--api",
-        default=os.environ.get("AIXDS_API", "http://127.0.0.1:18080"),
-        help="control-plane API URL (default: $AIXDS_API or %(default)s)",
-    )
+    from controlplane.api.rollout_cli import add_api_url
+
+    add_api_url(p)
     p.add_argument(
         "--token",
         default=None,
@@ -316,7 +345,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from controlplane.status import print_status
 
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
-    return print_status(args.api, token)
+    return print_status(args.api, token, args.ca)
 
 
 def _delegate(

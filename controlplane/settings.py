@@ -15,6 +15,7 @@ from controlplane.fleet import redis_url
 from controlplane.fleet.redis_url import RedisUrlError
 from controlplane.intent import Intent
 from controlplane.runtime.placement_loop import PlacementSettings
+from controlplane.tls import TlsError, check_server_files
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
@@ -108,6 +109,52 @@ class ServeSettings:
     """Model placement and predictive warm-up (``runtime.placement_loop``)."""
     instance_id: str = ""
     """This replica's name in those locks; empty: ``host:pid:random``."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """The control plane's certificate and key (PEM): the xDS/LRS port and the API are
+    served over TLS with them (``--tls-cert``/``--tls-key``); none: plaintext."""
+    client_ca: Path | None = None
+    """CA whose certificates Envoys must present on the xDS/LRS port (``--client-ca``):
+    mutual TLS; a plaintext Envoy or one without such a certificate gets nothing."""
+    api_tls_cert: Path | None = None
+    api_tls_key: Path | None = None
+    """A separate certificate for the API (``--api-tls-cert``/``--api-tls-key``); none: the
+    API uses ``tls_cert``/``tls_key`` (plaintext when those are unset too)."""
+
+    def api_tls(self) -> tuple[Path, Path] | None:
+        """The API's certificate and key, or None for a plaintext API."""
+        if self.api_tls_cert is not None and self.api_tls_key is not None:
+            return self.api_tls_cert, self.api_tls_key
+        if self.tls_cert is not None and self.tls_key is not None:
+            return self.tls_cert, self.tls_key
+        return None
+
+    def xds_security(self) -> str:
+        """How Envoys connect, in words (for the start-up log line)."""
+        if self.tls_cert is None:
+            return "plaintext"
+        return "mutual TLS" if self.client_ca is not None else "TLS, no client certificates"
+
+    def check_tls(self) -> None:
+        """Raise ``ConfigError`` for an incomplete or unusable set of TLS files."""
+        pairs = (
+            ("--tls-cert", self.tls_cert, "--tls-key", self.tls_key),
+            ("--api-tls-cert", self.api_tls_cert, "--api-tls-key", self.api_tls_key),
+        )
+        for cflag, cert, kflag, key in pairs:
+            if (cert is None) != (key is None):
+                raise ConfigError(f"{cflag} and {kflag} go together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        try:
+            if self.tls_cert is not None and self.tls_key is not None:
+                check_server_files(self.tls_cert, self.tls_key, self.client_ca)
+            if self.api_tls_cert is not None and self.api_tls_key is not None:
+                check_server_files(
+                    self.api_tls_cert, self.api_tls_key, flags="--api-tls-cert/--api-tls-key"
+                )
+        except TlsError as e:
+            raise ConfigError(str(e)) from None
 
     def activators(self) -> tuple[tuple[str, int], ...]:
         """The activator cluster's endpoints (empty: no activator)."""

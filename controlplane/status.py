@@ -11,12 +11,16 @@ import httpx
 from controlplane.api.drain_cli import format_drains
 from controlplane.api.models_cli import failed, format_placement
 from controlplane.api.rollout_cli import format_rollout
+from controlplane.tls import client_verify, verify_hint
 
 
-def print_status(api: str, token: str = "") -> int:
+def print_status(api: str, token: str = "", ca: str = "") -> int:
+    """Print the control plane's state read from ``api`` (verified with ``ca`` if https)."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=api, timeout=3.0, headers=headers) as c:
+        with httpx.Client(
+            base_url=api, timeout=3.0, headers=headers, verify=client_verify(ca)
+        ) as c:
             health = c.get("/healthz").json()
             r = c.get("/v1/groups")
             if r.status_code in (401, 403):
@@ -35,7 +39,7 @@ def print_status(api: str, token: str = "") -> int:
             placement = c.get("/v1/placement")
             intent = c.get("/v1/intent")
     except (httpx.HTTPError, ValueError, KeyError) as err:
-        print(f"aixds status: cannot read {api}: {err}", file=sys.stderr)
+        print(f"aixds status: cannot read {api}: {err}{verify_hint(err, api)}", file=sys.stderr)
         return 1
     print(
         f"redis connected: {health['redis_connected']}  replicas: {health['replicas']}  "

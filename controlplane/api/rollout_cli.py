@@ -17,6 +17,8 @@ from urllib.parse import quote
 
 import httpx
 
+from controlplane.tls import API_CA_ENV, TlsError, client_verify, verify_hint
+
 EXAMPLES = """\
 examples:
   export AIXDS_API_TOKEN=s3cret           # the token `aixds serve --api-token` was given
@@ -38,14 +40,35 @@ class CliError(Exception):
         self.code = code
 
 
-def add_api_options(common: argparse.ArgumentParser, *, revision: bool = True) -> None:
-    """Add the flags every API command takes: ``--api``, ``--token``, ``--json``, and
-    ``--revision`` for the commands that write the intent document."""
-    common.add_argument(
+def add_api_url(p: argparse.ArgumentParser) -> None:
+    """Add ``--api`` (the API's URL) and ``--ca`` (the CA that signed an https API)."""
+    p.add_argument(
         "--api",
         default=os.environ.get("AIXDS_API", DEFAULT_API),
         help="control-plane API URL (default: $AIXDS_API or %(default)s)",
     )
+    p.add_argument(
+        "--ca",
+        default=os.environ.get(API_CA_ENV, ""),
+        metavar="PEM",
+        help=f"CA certificate that signed an https API (default: ${API_CA_ENV}; none: the "
+        "system's trusted CAs)",
+    )
+
+
+def api_client(args: argparse.Namespace, timeout: float) -> httpx.Client:
+    """An HTTP client for ``args.api``, verifying an https API with ``args.ca``."""
+    try:
+        verify = client_verify(args.ca)
+    except TlsError as e:
+        raise CliError(str(e), 2) from None
+    return httpx.Client(base_url=args.api, timeout=timeout, verify=verify)
+
+
+def add_api_options(common: argparse.ArgumentParser, *, revision: bool = True) -> None:
+    """Add the flags every API command takes: ``--api``, ``--ca``, ``--token``, ``--json``,
+    and ``--revision`` for the commands that write the intent document."""
+    add_api_url(common)
     common.add_argument(
         "--token",
         default=None,
@@ -196,10 +219,10 @@ def call_api(args: argparse.Namespace, method: str, path: str, body: Any = None)
     token = args.token if args.token is not None else os.environ.get("AIXDS_API_TOKEN", "")
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=args.api, timeout=10.0) as c:
+        with api_client(args, 10.0) as c:
             r = c.request(method, path, json=body, headers=headers)
     except httpx.HTTPError as e:
-        raise CliError(f"cannot reach {args.api}: {e}", 2) from None
+        raise CliError(f"cannot reach {args.api}: {e}{verify_hint(e, args.api)}", 2) from None
     try:
         doc = r.json()
     except ValueError:

@@ -22,7 +22,14 @@ from pathlib import Path
 from types import FrameType
 
 from controlplane.proc_guard import die_with_parent
-from controlplane.proxy.bootstrap import ROLES, TEMPLATE_PATH, BootstrapParams, render_bootstrap
+from controlplane.proxy.bootstrap import (
+    ROLES,
+    TEMPLATE_PATH,
+    BootstrapParams,
+    XdsTls,
+    render_bootstrap,
+)
+from controlplane.tls import TlsError, add_pem_flags, check_ca_file, check_server_files
 
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 
@@ -97,6 +104,38 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--print-bootstrap", action="store_true", help="print the rendered bootstrap and exit"
     )
+    t = p.add_argument_group("TLS to the control plane (README: Transport security)")
+    add_pem_flags(
+        t,
+        ("--ca", "CA that signed the control plane's certificate: xDS and LRS over TLS"),
+        ("--tls-cert", "this Envoy's client certificate (mutual TLS; needs --ca)"),
+        ("--tls-key", "the key of --tls-cert"),
+    )
+    t.add_argument(
+        "--xds-server-name",
+        default="",
+        metavar="NAME",
+        help="name the control plane's certificate must carry (default: the --xds host)",
+    )
+
+
+def xds_tls_from_args(args: argparse.Namespace) -> XdsTls | None:
+    """The TLS settings of ``--ca``/``--tls-cert``/``--tls-key`` with absolute paths (Envoy
+    reads them, from its own working directory); ``TlsError`` for a missing or bad file."""
+    if args.tls_cert is None and args.tls_key is None and args.ca is None:
+        if args.xds_server_name:
+            raise TlsError("--xds-server-name needs --ca (TLS to the control plane)")
+        return None
+    if args.ca is None:
+        raise TlsError("--tls-cert/--tls-key need --ca (the CA of the control plane)")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise TlsError("--tls-cert and --tls-key go together")
+    check_ca_file(args.ca)
+    cert = key = None
+    if args.tls_cert is not None and args.tls_key is not None:
+        check_server_files(args.tls_cert, args.tls_key)
+        cert, key = args.tls_cert.resolve(), args.tls_key.resolve()
+    return XdsTls(args.ca.resolve(), cert, key, args.xds_server_name)
 
 
 def params_from_args(args: argparse.Namespace) -> BootstrapParams:
@@ -111,6 +150,7 @@ def params_from_args(args: argparse.Namespace) -> BootstrapParams:
         listen_port=args.listen[1],
         admin_address=args.admin[0],
         admin_port=args.admin[1],
+        xds_tls=xds_tls_from_args(args),
     )
 
 
@@ -123,8 +163,13 @@ def envoy_argv(config: Path, log_level: str = "warning", concurrency: int = 0) -
 
 
 def run(args: argparse.Namespace) -> int:
-    """Render, start Envoy, forward SIGTERM/SIGINT, return Envoy's exit status."""
-    text = render_bootstrap(params_from_args(args), Path(args.template).read_text())
+    """Render, start Envoy, forward SIGTERM/SIGINT, return Envoy's exit status (2 for bad
+    TLS flags or files)."""
+    try:
+        text = render_bootstrap(params_from_args(args), Path(args.template).read_text())
+    except (TlsError, ValueError) as e:
+        print(f"aixds envoy: {e}", file=sys.stderr)
+        return 2
     if args.print_bootstrap:
         sys.stdout.write(text)
         return 0

@@ -58,6 +58,7 @@ from controlplane.runtime.testhooks import invalid_cluster_hook
 from controlplane.settings import ServeSettings, load_fleet_config
 from controlplane.xds.ads import start_xds_server, stop_xds_server, tune_gc
 from controlplane.xds.cache import NodeInfo, SnapshotCache
+from controlplane.xds.credentials import server_credentials
 from controlplane.xds.lrs import LrsMetrics, LrsServer
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,14 @@ def node_group(info: NodeInfo) -> str:
     return f"{n.role}/{n.region}/{n.listen_address}:{n.listen_port}"
 
 
+def _api_ssl(s: ServeSettings) -> dict[str, Any]:
+    """uvicorn's TLS arguments for the API (none: plaintext)."""
+    files = s.api_tls()
+    return {} if files is None else {"ssl_certfile": str(files[0]), "ssl_keyfile": str(files[1])}
+
+
 async def serve(s: ServeSettings) -> int:
+    s.check_tls()
     fleet_cfg = load_fleet_config(s.config)
     tokens = load_tokens(api_token=s.api_token, file=s.tokens_file, env_text=s.tokens_env)
     if s.require_read_token and not len(tokens):
@@ -201,8 +209,16 @@ async def serve(s: ServeSettings) -> int:
     lrs = LrsServer(loads.add, LrsMetrics(registry), interval_s=s.lrs_interval_s)
 
     tune_gc()
+    credentials = None
+    if s.tls_cert is not None and s.tls_key is not None:
+        credentials = server_credentials(s.tls_cert, s.tls_key, s.client_ca)
     xds_server, ads = await start_xds_server(
-        cache, s.xds_host, s.xds_port, registry=registry, handlers=[lrs.generic_handler()]
+        cache,
+        s.xds_host,
+        s.xds_port,
+        registry=registry,
+        handlers=[lrs.generic_handler()],
+        credentials=credentials,
     )
 
     def xds_status() -> dict[str, Any]:
@@ -281,6 +297,7 @@ async def serve(s: ServeSettings) -> int:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            **_api_ssl(s),
         )
     )
 
@@ -339,13 +356,17 @@ async def serve(s: ServeSettings) -> int:
     if activator_api is not None and demand is not None:
         sup.spawn("activator-demand", demand.run)
         sup.spawn("activator", activator_api.serve)
+    scheme = "http" if s.api_tls() is None else "https"
     log.info(
-        "aixds serve: xDS+LRS on %s:%d, API on %s:%d (dashboard http://%s:%d/ui; %s), "
+        "aixds serve: xDS+LRS on %s:%d (%s), API on %s://%s:%d (dashboard %s://%s:%d/ui; %s), "
         "Redis %s%s, instance %s",
         s.xds_host,
         s.xds_port,
+        s.xds_security(),
+        scheme,
         s.api_host,
         s.api_port,
+        scheme,
         s.api_host,
         s.api_port,
         _access_summary(tokens, s.require_read_token),

@@ -578,9 +578,11 @@ async def start_xds_server(
     on_ack: AckHook | None = None,
     options: Sequence[tuple[str, Any]] | None = None,
     handlers: Sequence[Any] = (),
+    credentials: Any = None,
 ) -> tuple[Any, AdsServer]:
     """Start a ``grpc.aio.Server`` serving ADS on ``host:port``, plus any other generic
-    ``handlers`` on the same port (the LRS server).
+    ``handlers`` on the same port (the LRS server); over TLS when ``credentials`` (from
+    ``xds.credentials.server_credentials``) are given, else plaintext.
 
     Returns the server (stop it with :func:`stop_xds_server`) and its :class:`AdsServer`
     (for ``status()``). Metrics go to ``registry``. Raises ``RuntimeError`` when the port
@@ -590,9 +592,13 @@ async def start_xds_server(
     servicer = AdsServer(cache, metrics, on_ack=on_ack)
     server = grpc.aio.server(options=list(options) if options is not None else server_options())
     server.add_generic_rpc_handlers((servicer.generic_handler(), *handlers))
-    server.add_insecure_port(f"{host}:{port}")
+    if credentials is None:
+        server.add_insecure_port(f"{host}:{port}")
+    else:
+        server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
-    log.info("xDS (ADS) server listening on %s:%d", host, port)
+    tls = " over TLS" if credentials is not None else ""
+    log.info("xDS (ADS) server listening on %s:%d%s", host, port, tls)
     return server, servicer
 
 

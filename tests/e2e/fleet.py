@@ -195,8 +195,11 @@ class Fleet:
         )
         return rep.agent
 
-    def add_edge(self, region: str = "us", zone: str = "us-a", xds: str = "") -> Edge:
-        """``xds``: the ``--xds`` value (default: this fleet's control plane)."""
+    def add_edge(
+        self, region: str = "us", zone: str = "us-a", xds: str = "", extra: tuple[str, ...] = ()
+    ) -> Edge:
+        """``xds``: the ``--xds`` value (default: this fleet's control plane); ``extra`` flags
+        go last (e.g. ``--ca``)."""
         port, admin = free_port(), free_port()
         proc = self.procs.aixds(
             f"envoy-{region}-{port}",
@@ -213,6 +216,7 @@ class Fleet:
             f"127.0.0.1:{port}",
             "--admin",
             f"127.0.0.1:{admin}",
+            *extra,
         )
         edge = Edge(proc, port, admin, region)
         self.edges.append(edge)

@@ -36,10 +36,8 @@ def _render(**kw: Any) -> str:
 THREE = (("10.0.0.1", 18000), ("cp-b.local", 18001), ("::1", 18002))
 
 
-@pytest.mark.parametrize("kw", [{"role": "edge"}, {"role": "sidecar"}, {"xds": THREE}])
-def test_rendered_bootstrap_passes_envoy_validate(kw: dict[str, Any], tmp_path: Path) -> None:
-    cfg = tmp_path / "bootstrap.yaml"
-    cfg.write_text(_render(**kw))
+def envoy_validate(cfg: Path) -> subprocess.CompletedProcess[str]:
+    """``envoy --mode validate`` on the bootstrap file ``cfg``; asserts that it passed."""
     out = subprocess.run(
         [str(runner.envoy_binary()), "--mode", "validate", "-c", str(cfg), "--use-dynamic-base-id"],
         capture_output=True,
@@ -47,6 +45,14 @@ def test_rendered_bootstrap_passes_envoy_validate(kw: dict[str, Any], tmp_path: 
         timeout=30,
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("kw", [{"role": "edge"}, {"role": "sidecar"}, {"xds": THREE}])
+def test_rendered_bootstrap_passes_envoy_validate(kw: dict[str, Any], tmp_path: Path) -> None:
+    cfg = tmp_path / "bootstrap.yaml"
+    cfg.write_text(_render(**kw))
+    out = envoy_validate(cfg)
     assert "deprecated" not in (out.stdout + out.stderr).lower()
 
 
