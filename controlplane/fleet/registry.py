@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
@@ -101,11 +103,7 @@ class RedisRegistry:
     async def events(self) -> AsyncIterator[str]:
         # Its own connection, undecoded: a message that is not UTF-8 is skipped here
         # instead of failing the read (which would end the stream like a lost connection).
-        pool = self._r.connection_pool
-        raw_pool = type(pool)(
-            connection_class=pool.connection_class,
-            **{**pool.connection_kwargs, "decode_responses": False},
-        )
+        raw_pool = undecoded_twin(self._r.connection_pool)
         pubsub = PubSub(raw_pool, ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(schema.EVENTS_CHANNEL)
@@ -127,3 +125,21 @@ class RedisRegistry:
                 await pubsub.aclose()
             finally:
                 await raw_pool.aclose()
+
+
+def undecoded_twin(pool: ConnectionPool) -> ConnectionPool:
+    """A pool to the same Redis as ``pool`` whose replies stay bytes. A Sentinel pool
+    stays one (it finds the primary through the same Sentinels); its own back-reference
+    in the connection arguments is not copied."""
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k != "connection_pool"}
+    kwargs["decode_responses"] = False
+    if isinstance(pool, SentinelConnectionPool):
+        return SentinelConnectionPool(  # type: ignore[no-untyped-call]  # redis-py: untyped
+            pool.service_name,
+            pool.sentinel_manager,
+            is_master=pool.is_master,
+            check_connection=pool.check_connection,
+            connection_class=pool.connection_class,
+            **kwargs,
+        )
+    return type(pool)(connection_class=pool.connection_class, **kwargs)

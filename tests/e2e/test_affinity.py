@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.fleet import Edge, Fleet, Replica
+from tests.e2e.fleet import Edge, Fleet, Replica, prime
 from tests.support import Procs, RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -109,26 +109,6 @@ def settle(edge: Edge, want: dict[int, int] | None = None) -> dict[int, int]:
     except TimeoutError:
         raise AssertionError(f"affinity weights by port: {seen[-3:]}") from None
     return seen[-1]
-
-
-def prime(reps: list[Replica], seconds: float = 2.0) -> None:
-    """One solo sequence of ``seconds`` on every replica at once, straight to the server:
-    each agent then has clean samples of its replica's speed with one sequence running.
-    Until its first sample an agent publishes the default capacity (weight 100), so a
-    replica first measured mid-test (from a crowded batch, say) would move the weights
-    then; ``settle`` alone cannot tell a default 100 from a measured one."""
-
-    def solo(rep: Replica) -> None:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "prime"}],
-                "max_tokens": int(seconds * 100)}  # fmt: skip
-        r = httpx.post(f"{rep.url}/v1/chat/completions", json=body, timeout=30)
-        assert r.status_code == 200, r.text
-
-    threads = [threading.Thread(target=solo, args=(r,)) for r in reps]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
 
 
 def start(fleet: Fleet, n: int, *args: str) -> tuple[list[Replica], Edge]:

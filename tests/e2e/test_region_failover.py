@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.fleet import Edge, Fleet, Load
+from tests.e2e.fleet import Edge, Fleet, Load, prime
 from tests.e2e.regions_fleet import Regions
 from tests.support import Procs, wait_until
 
@@ -128,6 +128,21 @@ def test_canary_sessions_keep_version_and_affinity_across_region_loss(
         fleets = regions.fleets.values()
         version = {rep.replica_id: rep.version for f in fleets for rep in f.replicas}
         region_of = regions.region_of()
+        # Measured capacities first: a's control plane fails static once a's Redis dies and
+        # cannot follow a later capacity change of b's replicas, so b's affinity weights
+        # must have settled, the same in both edges, before the loss.
+        prime([rep for f in fleets for rep in f.replicas])
+        b_ports = {rep.port for rep in regions["b"].replicas}
+
+        def b_weights(edge: Edge) -> dict[str, dict[int, int]]:
+            return {
+                v: {p: h["weight"] for p, h in edge.hosts(f"llama@{v}#affinity").items()
+                    if p in b_ports}
+                for v in ("v1", "v2")
+            }  # fmt: skip
+
+        wait_until(lambda: b_weights(edges["a"]) == b_weights(edges["b"]), 20,
+                   what="b's affinity weights the same in both edges")  # fmt: skip
 
         def versions(served: dict[str, set[str]]) -> dict[str, str]:
             out = {}
