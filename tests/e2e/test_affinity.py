@@ -180,9 +180,20 @@ def test_fifty_turns_of_one_session_land_on_one_replica_by_header_and_by_user(
     fleet: Fleet,
 ) -> None:
     _, edge = start(fleet, 4)
+
+    def table() -> dict[int, tuple[int, str]]:
+        return {p: (h["weight"], str(h["health"])) for p, h in edge.hosts(AFFINITY).items()}
+
     for by in ("header", "user"):
-        served = Counter(home(edge, f"chat-{by}", by=by) for _ in range(50))
-        assert len(served) == 1, (by, served)
+        # A capacity re-measured during the turns (seen in CI) changes a weight and, by
+        # design, remaps some keys: such a run says nothing; the turns are taken again
+        # while the table holds still.
+        for _ in range(3):
+            before = table()
+            served = Counter(home(edge, f"chat-{by}", by=by) for _ in range(50))
+            if table() == before:
+                break
+        assert len(served) == 1, (by, served, before, table())
     # sessionless requests are not one giant session: they spread by load
     with httpx.Client() as c:
         spread = Counter(

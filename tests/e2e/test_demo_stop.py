@@ -33,7 +33,10 @@ UP = b"aixds demo: live fleet"
 """The first line of the live table: everything is started and the edge routes."""
 STARTED = 6
 """Processes of a one-replica demo: redis, serve, fake-llm, agent, aixds envoy, envoy."""
-GONE_WITHIN_S = 5.0
+GONE_WITHIN_S = 7.0
+"""The demo's stop gives each child 5 s after SIGTERM (``ProcessGroup.stop_all``), then
+SIGKILL: a child still starting up (seen in CI: a serve busy importing on a loaded
+machine) may take all of it. Measured on a quiet machine: 0.3 s."""
 
 
 def _argv(tmp: Path) -> list[str]:
