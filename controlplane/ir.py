@@ -148,6 +148,17 @@ class Plan:
     route_configs: tuple[RouteConfigIR, ...]
     listeners: tuple[ListenerIR, ...]
 
+    def shed(self) -> frozenset[tuple[str, str]]:
+        """(affinity cluster, replica id) of the replicas shed (DEGRADED) from session
+        affinity in this plan."""
+        return frozenset(
+            (c.name, e.replica_id)
+            for c in self.clusters
+            if c.name.endswith(AFFINITY_SUFFIX)
+            for e in c.endpoints
+            if e.health is Health.DEGRADED
+        )
+
     def validate(self) -> list[str]:
         """Named problems; an empty list means the plan may be published."""
         problems: list[str] = []

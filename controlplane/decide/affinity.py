@@ -23,7 +23,11 @@ queue change.
   while the others can serve, so its sessions move, each to one fixed replica, and come
   back when it recovers: GIE's "sticky until the sticky pod's expected TTFT is worse by a
   bound", with the control plane's fleet-wide view. Scores move on coarse rungs (load in
-  4x steps), so this does not flap with ordinary load.
+  4x steps), and the decision has hysteresis: a replica shed in the previous plan (the
+  caller passes that plan's shed set, ``shed_before``) comes back only once it is within
+  ``RETURN_RATIO`` of the reference. Without it, a replica just under the bound flapped
+  every second or two as its peers' load moved the reference (measured in CI: shed and
+  back 40 times in 90 s, moving its sessions each time).
 - Saturation is also Envoy's bounded load (``BALANCE_FACTOR``): a host with more than
   ``BALANCE_FACTOR`` % of its weighted share of the Envoy's active requests is passed over
   for the next host in the key's own fixed order, so overflow of one replica goes to one
@@ -62,8 +66,11 @@ CAPACITY_WEIGHT: Final = 100
 """Weight of a replica of speed 1.0."""
 MAX_MODEL_CHARS: Final = 512
 SHED_RATIO: Final = 16.0
-"""A replica whose load-following score is this many times under the version's median is
+"""A replica whose relative score is this many times under the version's upper quartile is
 DEGRADED in the affinity cluster (its sessions move until it recovers)."""
+RETURN_RATIO: Final = 4.0
+"""A shed replica comes back once its relative score is within this factor of the upper
+quartile (hysteresis: 4x between going and coming back, two rungs of load)."""
 BALANCE_FACTOR: Final = 150
 """Envoy ``hash_balance_factor`` (percent): a host takes at most 1.5x its weighted share of
 an Envoy's active requests before that Envoy passes its sessions' turns to the next host."""
@@ -83,10 +90,13 @@ def relative_score(c: Candidate) -> float:
     return raw_score(c.record, warming=c.warming) / float(rung**SPEED_EXP)
 
 
-def shed_replicas(cands: Sequence[Candidate]) -> frozenset[str]:
+def shed_replicas(
+    cands: Sequence[Candidate], shed_before: frozenset[str] = frozenset()
+) -> frozenset[str]:
     """HEALTHY replicas whose relative score is under the upper quartile's
     ``1 / SHED_RATIO`` (the quartile, not the median, so that several bad replicas do not
-    hide each other), the worst first, fewer than half of them."""
+    hide each other), or under its ``1 / RETURN_RATIO`` if they are in ``shed_before``; the
+    worst first, fewer than half of them."""
     healthy = sorted(
         (relative_score(c), c.record.replica_id) for c in cands if c.health is Health.HEALTHY
     )
@@ -94,7 +104,11 @@ def shed_replicas(cands: Sequence[Candidate]) -> frozenset[str]:
         return frozenset()
     reference = healthy[(3 * len(healthy)) // 4][0]
     limit = (len(healthy) - 1) // 2
-    return frozenset(r for s, r in healthy[:limit] if s * SHED_RATIO < reference)
+    return frozenset(
+        r
+        for s, r in healthy[:limit]
+        if s * (RETURN_RATIO if r in shed_before else SHED_RATIO) < reference
+    )
 
 
 def affinity_cluster(
@@ -103,10 +117,12 @@ def affinity_cluster(
     cands: Sequence[Candidate],
     prio: dict[str, int],
     outlier: OutlierIR,
+    shed_before: frozenset[str] = frozenset(),
 ) -> ClusterIR:
     """The session-hash cluster of one model version (same replicas and health as its
-    load-following cluster, apart from shed ones; capacity weights)."""
-    shed = shed_replicas(cands)
+    load-following cluster, apart from shed ones; capacity weights). ``shed_before``: the
+    replicas this cluster had shed in the previous plan (hysteresis)."""
+    shed = shed_replicas(cands, shed_before)
     endpoints = tuple(
         endpoint(
             c,

@@ -53,6 +53,7 @@ from controlplane.ir import (
     OutlierIR,
     Plan,
     RouteConfigIR,
+    affinity_cluster_name,
     cluster_name,
 )
 
@@ -62,7 +63,17 @@ CANARY_OUTLIER: Final = OutlierIR(max_ejection_percent=50, always_eject_one_host
 """At most half of a canary's hosts are ejected, never a lone one."""
 
 
-def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Plan:
+def decide(
+    fleet: FleetView,
+    intent: Intent,
+    node: EnvoyNode,
+    now: float,
+    *,
+    shed_before: frozenset[tuple[str, str]] = frozenset(),
+) -> Plan:
+    """The plan for one Envoy node group. ``shed_before``: (affinity cluster, replica id)
+    pairs that were shed in this group's previous plan (``Plan.shed()``), for the
+    shedding's hysteresis (``decide.affinity``)."""
     fresh = [obs for _, obs in sorted(fleet.items()) if is_fresh(obs, now)]
     versions: dict[str, set[str]] = defaultdict(set)
     for obs in fresh:
@@ -93,7 +104,9 @@ def decide(fleet: FleetView, intent: Intent, node: EnvoyNode, now: float) -> Pla
             clusters.append(_cluster(model, version, cands, prio, canary=canary, slow_start_s=slow))
             if affinity:
                 outlier = CANARY_OUTLIER if canary else OutlierIR()
-                clusters.append(affinity_cluster(model, version, cands, prio, outlier))
+                name = affinity_cluster_name(model, version)
+                held = frozenset(r for c, r in shed_before if c == name)
+                clusters.append(affinity_cluster(model, version, cands, prio, outlier, held))
             n = sum(1 for c in cands if c.health is Health.HEALTHY)
             if n:
                 serving[version] = n

@@ -23,7 +23,7 @@ from controlplane.decide import EnvoyNode, decide
 from controlplane.decide.rollout import next_deadline
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent
-from controlplane.ir import AFFINITY_SUFFIX, Health, Plan
+from controlplane.ir import AFFINITY_SUFFIX, Plan
 from controlplane.runtime.fleet_watch import FleetSource
 from controlplane.xds.build import build_resources
 from controlplane.xds.cache import SnapshotCache
@@ -142,7 +142,9 @@ class Reconciler:
     def _reconcile_group(
         self, group: str, node: EnvoyNode, view: FleetView, intent: Intent, now: float
     ) -> None:
-        plan = decide(view, intent, node, now)
+        prev = self.groups.get(group)
+        shed_before = prev.plan.shed() if prev is not None else frozenset()
+        plan = decide(view, intent, node, now, shed_before=shed_before)
         problems = plan.validate()
         if problems:
             self._m.rejected.labels(group).inc()
@@ -152,8 +154,7 @@ class Reconciler:
         if self.resource_hook is not None:
             self.resource_hook(resources)
         snap = Snapshot.from_resources(resources)
-        prev = self.groups.get(group)
-        self._report_shed(group, prev.plan if prev else None, plan)
+        self._report_shed(group, prev.plan if prev else None, plan, view)
         if prev is not None and prev.snapshot.versions == snap.versions:
             self.groups[group] = GroupState(node, plan, prev.snapshot, prev.at)
             return
@@ -161,26 +162,32 @@ class Reconciler:
         self.groups[group] = GroupState(node, plan, snap, now)
         self._m.published.labels(group).inc()
 
-    def _report_shed(self, group: str, before: Plan | None, plan: Plan) -> None:
+    def _report_shed(self, group: str, before: Plan | None, plan: Plan, view: FleetView) -> None:
         """The shed-replica gauge per affinity cluster, and a log line when one is shed or
         comes back."""
-        now = _shed(plan)
+        now = plan.shed()
         for cluster in {c.name for c in plan.clusters if c.name.endswith(AFFINITY_SUFFIX)}:
             self._m.shed.labels(group, cluster).set(sum(1 for c, _ in now if c == cluster))
-        was = _shed(before) if before is not None else set()
+        was = before.shed() if before is not None else frozenset()
         for cluster, rid in sorted(now - was):
             log.info(
-                "affinity: %s shed from %s in %s (far worse than its peers)", rid, cluster, group
+                "affinity: %s shed from %s in %s (far worse than its peers: %s)",
+                rid,
+                cluster,
+                group,
+                _inputs(view, rid),
             )
         for cluster, rid in sorted(was - now):
             log.info("affinity: %s back in %s in %s", rid, cluster, group)
 
 
-def _shed(plan: Plan) -> set[tuple[str, str]]:
-    return {
-        (c.name, e.replica_id)
-        for c in plan.clusters
-        if c.name.endswith(AFFINITY_SUFFIX)
-        for e in c.endpoints
-        if e.health is Health.DEGRADED
-    }
+def _inputs(view: FleetView, replica_id: str) -> str:
+    """What the shedding decision saw of one replica, for its log line."""
+    obs = view.get(replica_id)
+    if obs is None:
+        return "no record"
+    rec = obs.record
+    return (
+        f"speed {rec.speed:g}, capacity {rec.capacity:g}, running {rec.load.running:g}, "
+        f"waiting {rec.load.queue_waiting:g}, kv {rec.load.kv_cache_usage:.2f}"
+    )

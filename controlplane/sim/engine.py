@@ -38,6 +38,7 @@ The model, in the terms of a real engine such as vLLM:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import enum
 import math
@@ -183,6 +184,15 @@ class Seq:
         await self._ended.wait()
 
 
+# fmt: off
+ITL_BUCKETS: tuple[float, ...] = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)
+# fmt: on
+"""vLLM's bucket bounds for inter-token latency, s."""
+
+
 @dataclass(slots=True)
 class Totals:
     """Monotonic counters, as the server's Prometheus counters report them."""
@@ -197,6 +207,11 @@ class Totals:
     prompt_tokens_cached: int = 0
     """Cached prompt tokens of prefilled requests (counted with ``prompt_tokens``)."""
     finished: dict[Finish, int] = field(default_factory=lambda: dict.fromkeys(Finish, 0))
+    inter_token: list[int] = field(default_factory=lambda: [0] * (len(ITL_BUCKETS) + 1))
+    """Intervals between two tokens of one sequence, by ``ITL_BUCKETS`` bucket (the last
+    one: above them all), as vLLM's ``inter_token_latency_seconds`` histogram counts them."""
+    inter_token_s: float = 0.0
+    """Their sum, s."""
 
 
 class Engine:
@@ -407,6 +422,10 @@ class Engine:
         self._waiting.appendleft(seq)
 
     def _emit(self, seq: Seq, now: float) -> None:
+        if seq.first_token_at is not None:
+            gap = now - seq.last_token_at
+            self.totals.inter_token[bisect.bisect_left(ITL_BUCKETS, gap)] += 1
+            self.totals.inter_token_s += gap
         seq.generated += 1
         seq.last_token_at = now
         if seq.first_token_at is None:

@@ -12,13 +12,19 @@ found at a request's first scheduling), and with the prompt-token counter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from controlplane.sim.engine import Engine, Finish, Seq
+from controlplane.sim.engine import ITL_BUCKETS, Engine, Finish, Seq
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENGINE_INDEX = "0"
@@ -104,6 +110,23 @@ class _EngineCollector(Collector):
         )
         ok.add_metric([*lv, Finish.LENGTH.value], float(e.totals.finished[Finish.LENGTH]))
         yield ok
+        yield _inter_token(e, lv, names)
+
+
+def _inter_token(e: Engine, lv: list[str], names: list[str]) -> Metric:
+    """``vllm:inter_token_latency_seconds``: one observation per token after a sequence's
+    first (the agent's decode-speed estimate divides its count by its sum)."""
+    itl = HistogramMetricFamily(
+        "vllm:inter_token_latency_seconds",
+        "Histogram of inter-token latency in seconds.",
+        labels=names,
+    )
+    cumulative, buckets = 0, []
+    for bound, n in zip((*ITL_BUCKETS, math.inf), e.totals.inter_token, strict=True):
+        cumulative += n
+        buckets.append(("+Inf" if math.isinf(bound) else repr(bound), float(cumulative)))
+    itl.add_metric(lv, buckets, e.totals.inter_token_s)
+    return itl
 
 
 class ServerMetrics:

@@ -207,6 +207,13 @@ async def test_queueing_shows_in_metrics_and_in_latency() -> None:
     assert metric(after, "vllm:request_success_total", finished_reason="length") == 6.0
     assert metric(after, "vllm:generation_tokens_total") == 60.0
     assert metric(after, "vllm:e2e_request_latency_seconds_count") == 6.0
+    # every token after a request's first is one inter-token interval, about a step apart
+    itl_n = metric(after, "vllm:inter_token_latency_seconds_count")
+    itl_s = metric(after, "vllm:inter_token_latency_seconds_sum")
+    assert itl_n == 60.0 - 6.0
+    assert 0.015 < itl_s / itl_n < 0.05, itl_s / itl_n
+    assert metric(after, "vllm:inter_token_latency_seconds_bucket", le="+Inf") == itl_n
+    assert parse_metrics(after).decode_steps == (itl_n, itl_s)
 
 
 async def test_full_queue_answers_503() -> None:

@@ -121,6 +121,33 @@ def test_a_replica_far_worse_than_its_peers_is_shed_and_only_that_one() -> None:
     } == {Health.HEALTHY}
 
 
+def test_shedding_has_hysteresis_so_peers_load_does_not_flap_it() -> None:
+    """A replica measured ~3x slower is shed while its peers are idle; when their load
+    rises it would no longer be far enough below them to shed afresh, but once shed it stays
+    shed until it is within RETURN_RATIO of them (the CI flap: shed and back every 1-2 s)."""
+    slow = replica("n0/a", port=8000, speed=0.33, capacity=1.0)
+
+    def plan(running: float, shed_before: frozenset[tuple[str, str]] = frozenset()) -> Plan:
+        peers = [replica(f"n{i}/a", port=8000 + i, running=running) for i in range(1, 6)]
+        return decide(fleet(slow, *peers), Intent(), NODE, NOW, shed_before=shed_before)
+
+    def degraded(p: Plan) -> set[str]:
+        aff = cluster(p, "llama@v1#affinity")
+        return {r for r, (_, h) in aff.items() if h is Health.DEGRADED}
+
+    idle_peers = plan(0)
+    assert degraded(idle_peers) == {"n0/a"}
+    assert idle_peers.shed() == {("llama@v1#affinity", "n0/a")}
+    assert degraded(plan(8)) == set()  # busy peers, no memory: it would come back...
+    assert degraded(plan(8, idle_peers.shed())) == {"n0/a"}  # ...but it stays shed
+    # recovered (measured again at full speed): back, whatever the memory says
+    slow = replica("n0/a", port=8000, speed=1.0, capacity=1.0)
+    assert degraded(plan(0, idle_peers.shed())) == set()
+    # the memory is per cluster: another version's shed set does not hold this one
+    slow = replica("n0/a", port=8000, speed=0.33, capacity=1.0)
+    assert degraded(plan(8, frozenset({("llama@v2#affinity", "n0/a")}))) == set()
+
+
 def test_a_replica_leaving_changes_only_its_own_entry() -> None:
     """Drained: DRAINING (out of the Maglev table, streams finish); GPU fault or gone:
     absent. Every other replica keeps its weight, so only the leaver's sessions move."""
@@ -287,6 +314,14 @@ def test_the_reconciler_reports_shed_replicas(caplog: pytest.LogCaptureFixture) 
         rec.reconcile_once()
         assert reg.get_sample_value("aixds_affinity_shed_replicas", labels) == 1
         assert "affinity: n0/a shed from llama@v1#affinity" in caplog.text
+        # better, but not yet within RETURN_RATIO of its peers: the reconciler remembers
+        # its last plan, so the replica stays shed (a fresh decision would not shed it)
+        better = replica("n0/a", port=8000, speed=0.5, capacity=1.0, expires_at=far)
+        watcher.view = fleet(better, *healthy)
+        rec.reconcile_once()
+        assert reg.get_sample_value("aixds_affinity_shed_replicas", labels) == 1
+        fresh = decide(fleet(better, *healthy), Intent(), NODE, time.time())
+        assert fresh.shed() == frozenset()
         watcher.view = fleet(replica("n0/a", port=8000, expires_at=far), *healthy)
         rec.reconcile_once()
     assert reg.get_sample_value("aixds_affinity_shed_replicas", labels) == 0

@@ -134,3 +134,44 @@ def test_record_carries_capacity_and_a_change_is_published() -> None:
     before = (Probe(True, MODELS, speed=1.0, capacity=1.0), ())
     halved = (Probe(True, MODELS, speed=1.0, capacity=0.5), ())
     assert worth_publishing(before, halved)
+
+
+def idle(est: DecodeSpeed, t0: float, seconds: float, total: float) -> float:
+    """Scrape every second for ``seconds`` with nothing running and no new tokens."""
+    for i in range(int(seconds) + 1):
+        est.update(t0 + i, total, 0)
+    assert est.speed is not None
+    return est.speed
+
+
+def test_an_idle_server_relaxes_back_to_its_capacity_a_stalled_one_does_not() -> None:
+    est = DecodeSpeed(reference_tps=25.0)
+    assert feed(est, 0.0, 20, 25.0, 2) == 1.0
+    slow = feed(est, 20.0, 20, 25.0 * 0.3, 2)  # measured 3x slower, then sent nothing
+    assert slow == snap(0.3, 1.25)
+    assert est.capacity == 1.0
+    assert idle(est, 40.0, 5, 1e4) == slow  # a few idle seconds change little
+    for i in range(120):  # sequences running, no token: stalled, not idle
+        est.update(45.0 + i, 1e4, 2)
+    assert est.speed == slow
+    assert idle(est, 165.0, 120, 1e4) == 1.0  # minutes without evidence: back to capacity
+    assert idle(est, 290.0, 600, 1e4) == 1.0  # and never above it
+
+
+def test_inter_token_histogram_measures_short_requests_and_idles_only_when_nothing_runs() -> None:
+    est = DecodeSpeed(reference_tps=25.0)
+    n, secs, t = 0.0, 0.0, 0.0
+    est.update_steps(t, n, secs, running=0)
+    for _ in range(40):  # short requests between scrapes: 0 running at each scrape
+        t, n, secs = t + 0.5, n + 5, secs + 5 * 0.1  # 10 tokens/s per sequence
+        est.update_steps(t, n, secs, running=0)
+    assert est.speed == snap(0.4, 1.25)
+    est.capacity, est.peak = 1.0, 1.0  # as if it had been fast before
+    for _ in range(100):  # a server still running but decoding nothing is not idle
+        t += 1.0
+        est.update_steps(t, n, secs, running=3)
+    assert est.speed == snap(0.4, 1.25)
+    for _ in range(100):
+        t += 1.0
+        est.update_steps(t, n, secs, running=0)
+    assert est.speed == 1.0

@@ -42,6 +42,27 @@ def test_v1_metrics_with_engine_label() -> None:
     assert r.generated_tokens == 204817.0
 
 
+def test_inter_token_histogram_is_the_speed_source_newest_name_first() -> None:
+    lines = [
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0",model_name="m"} 0',
+        "# TYPE vllm:time_per_output_token_seconds histogram",
+        'vllm:time_per_output_token_seconds_count{engine="0",model_name="m"} 9',
+        'vllm:time_per_output_token_seconds_sum{engine="0",model_name="m"} 9.5',
+    ]
+    assert parse_metrics("\n".join(lines)).decode_steps == (9.0, 9.5)  # vLLM < 0.11
+    lines += [
+        "# TYPE vllm:inter_token_latency_seconds histogram",
+        'vllm:inter_token_latency_seconds_count{engine="0",model_name="m"} 120',
+        'vllm:inter_token_latency_seconds_sum{engine="0",model_name="m"} 2.5',
+        'vllm:inter_token_latency_seconds_count{engine="1",model_name="m"} 80',
+        'vllm:inter_token_latency_seconds_sum{engine="1",model_name="m"} 1.5',
+    ]
+    assert parse_metrics("\n".join(lines)).decode_steps == (200.0, 4.0)
+    half = [x for x in lines if "inter_token_latency_seconds_sum" not in x]
+    assert parse_metrics("\n".join(half)).decode_steps is None  # no sum: not a measurement
+
+
 def test_no_generation_counter_is_no_problem() -> None:
     r = parse_metrics(fixture("v0_legacy.txt"))
     assert r.generated_tokens is None and r.problems == ()
@@ -235,6 +256,35 @@ async def test_probe_measures_decode_speed_from_the_token_counter() -> None:
         p = await a.probe()
     assert p.speed == pytest.approx(1.25**-3)  # 0.51, the rung nearest 0.5
     assert p.load == LoadStats(queue_waiting=0.0, running=4.0, kv_cache_usage=0.1)
+
+
+async def test_probe_measures_short_requests_from_the_inter_token_histogram() -> None:
+    """Requests that start and end between two scrapes (0 running at each) still measure
+    the speed; the token counter alone would not."""
+    state = {"tokens": 0.0, "seconds": 0.0, "now": 100.0}
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        text = metrics_text(state["tokens"], 0) + "\n".join(
+            [
+                "# TYPE vllm:inter_token_latency_seconds histogram",
+                f'vllm:inter_token_latency_seconds_count{{model_name="m"}} {state["tokens"]}',
+                f'vllm:inter_token_latency_seconds_sum{{model_name="m"}} {state["seconds"]}',
+                "",
+            ]
+        )
+        return server(200, {"data": [{"id": "m"}]}, text)(req)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    a = VllmAdapter(
+        "http://127.0.0.1:8000", client, {}, reference_tps=20.0, clock=lambda: state["now"]
+    )
+    await a.probe()
+    for _ in range(40):  # 10 tokens/s per sequence: half the reference rate
+        state["now"] += 0.25
+        state["tokens"] += 3
+        state["seconds"] += 3 * 0.1
+        p = await a.probe()
+    assert p.speed == pytest.approx(1.25**-3)
 
 
 async def test_probe_cold_loading_server_has_no_models() -> None:

@@ -47,8 +47,8 @@ class Reading:
     generated_tokens: float | None = None
     """The server's generated-token counter (all series summed), if it has one."""
     decode_steps: tuple[float, float] | None = None
-    """Decode steps so far and the seconds they took (counters), for servers that count
-    steps instead of tokens (TGI)."""
+    """Per-sequence decode intervals so far and the seconds they took (counters): TGI's
+    decode steps, or the count and sum of a server's inter-token latency histogram."""
     prefix_cache: tuple[float, float] | None = None
     """Prefix-cache hits and lookups so far, in prompt tokens (counters, series summed)."""
     prefix_hit_rate: float | None = None
@@ -235,6 +235,22 @@ def counter_pair(
     return None
 
 
+HISTOGRAM_PARTS = ("_count", "_sum")
+
+
+def histogram_totals(
+    samples: Mapping[str, Series], names: tuple[str, ...]
+) -> tuple[float, float] | None:
+    """Observations so far and their sum, of the first histogram of ``names`` present (all
+    series summed); ``None`` if there is none or either part is not a count."""
+    for name in names:
+        count = counter_total(samples, (name + "_count",))
+        total = counter_total(samples, (name + "_sum",))
+        if count is not None or total is not None:
+            return None if count is None or total is None else (count, total)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class LoadMetrics:
     """The Prometheus names a server exports its load under; of each tuple the first name
@@ -252,6 +268,10 @@ class LoadMetrics:
     the agent's hit rate (``servers.cache_hits``)."""
     prefix_hit_rate: tuple[str, ...] = ()
     """A hit-rate gauge (0..1) for servers without those counters; negative = not known."""
+    token_latency: tuple[str, ...] = ()
+    """Histograms of the time between two tokens of a sequence (their ``_count`` and
+    ``_sum``): the decode speed over every token in between two scrapes, however short the
+    requests (the generated-token counter needs sequences running at both scrapes)."""
 
     def read(self, text: str) -> Reading:
         """The load in Prometheus text; ``MetricsError`` if it is not that.
@@ -262,7 +282,8 @@ class LoadMetrics:
         optional: missing, they are ``None`` and no problem is noted.
         """
         names = (self.waiting, self.running, self.kv_cache, self.generated)
-        extra = (self.prefix_hits, self.prefix_queries, self.prefix_hit_rate)
+        latency = tuple(f"{n}{suffix}" for n in self.token_latency for suffix in HISTOGRAM_PARTS)
+        extra = (self.prefix_hits, self.prefix_queries, self.prefix_hit_rate, latency)
         samples = read_samples(text, (n for group in names + extra for n in group))
         problems: list[str] = []
         rate = self.prefix_hit_rate
@@ -274,6 +295,7 @@ class LoadMetrics:
             counter_total(samples, self.generated),
             prefix_cache=counter_pair(samples, self.prefix_hits, self.prefix_queries),
             prefix_hit_rate=gauge(samples, rate, 1.0, mean, []) if rate else None,
+            decode_steps=histogram_totals(samples, self.token_latency),
         )
 
 

@@ -34,10 +34,20 @@ PREFIX_QUERIES = ("sglang:prompt_tokens_total",)
 prefix-cache hit rate (``servers.cache_hits``)."""
 PREFIX_HIT_RATE = ("sglang:cache_hit_rate",)
 """The scheduler's own gauge (its last prefill batch), when the counters are missing."""
+TOKEN_LATENCY = ("sglang:inter_token_latency_seconds",)
+"""Time between two tokens of a request (a histogram): the speed estimate, preferred to
+``GENERATED`` over the running gauge."""
 
 
 METRICS = LoadMetrics(
-    WAITING, RUNNING, KV_CACHE, GENERATED, PREFIX_HITS, PREFIX_QUERIES, PREFIX_HIT_RATE
+    WAITING,
+    RUNNING,
+    KV_CACHE,
+    GENERATED,
+    PREFIX_HITS,
+    PREFIX_QUERIES,
+    PREFIX_HIT_RATE,
+    TOKEN_LATENCY,
 )
 
 

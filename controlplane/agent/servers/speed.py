@@ -18,9 +18,13 @@ little but a real change shows within a few seconds.
 The published value moves on a ladder (powers of ``step``) with hysteresis: it changes
 only once the estimate is more than ``HYSTERESIS`` of a rung away from the current one,
 so an estimate sitting on a rung boundary does not flap (each flap would be a publish and
-an xDS push). Idle intervals (no running sequences at either end) and counter resets
-(a restart) are not samples: the last estimate stays. Before the first sample the speed
-is unknown (``None``) and the record keeps its default (1.0).
+an xDS push). Counter resets (a restart) and intervals with tokens but no running
+sequence at either end (generated-token counter only) are not samples: the last estimate
+stays. Idle intervals (nothing decoded) are no evidence either, so over them the estimate
+relaxes toward the capacity below (time constant ``idle_relax_s``): a replica measured
+slow once gets little or no traffic from the control plane, and without this it would
+never be measured again and stay "slow" after it recovered. Before the first sample the
+speed is unknown (``None``) and the record keeps its default (1.0).
 
 ``capacity`` is the speed the server reaches at its best, for weights that must not follow
 load (session affinity, ``decide.affinity``): the per-sequence rate falls as the batch
@@ -80,6 +84,8 @@ class DecodeSpeed:
     """The published capacity is a power of this."""
     peak_decay_s: float = 1800.0
     """Time constant with which the held best estimate decays toward the current one, s."""
+    idle_relax_s: float = 30.0
+    """Time constant with which an idle server's estimate returns toward its capacity, s."""
     capacity: float | None = None
     """The published capacity (best recent speed); ``None`` until measured."""
     peak: float = 0.0
@@ -97,22 +103,44 @@ class DecodeSpeed:
             return self.speed
         t0, g0, r0 = last
         dt, dg = now - t0, generated_total - g0
+        if dt > 0 and dg == 0 and r0 == running == 0:
+            return self._relax(dt)
         if dt <= 0 or dg <= 0 or min(r0, running) < 1.0:
-            return self.speed  # idle at either end, or a counter reset: keep what we knew
+            return self.speed  # not running at either end, or a counter reset
         return self._sample(dt, dg / dt / ((r0 + running) / 2.0))
 
     def update_steps(
-        self, now: float, steps_total: float, step_seconds_total: float
+        self,
+        now: float,
+        steps_total: float,
+        step_seconds_total: float,
+        running: float | None = None,
     ) -> float | None:
-        """One scrape: decode steps so far and the seconds spent in them (both counters)."""
+        """One scrape: decode steps (or inter-token intervals) so far and the seconds spent
+        in them (both counters), and the running gauge if the server has one (an interval
+        with nothing decoded is idle only if nothing was running: a stalled server is not
+        idle)."""
         last, self._last = self._last, (now, steps_total, step_seconds_total)
         if last is None:
             return self.speed
         t0, n0, s0 = last
         dt, dn, ds = now - t0, steps_total - n0, step_seconds_total - s0
+        if dt > 0 and dn == 0 and ds == 0 and running == 0:
+            return self._relax(dt)
         if dt <= 0 or dn <= 0 or ds <= 0:
-            return self.speed  # no decoding in between, or a counter reset
+            return self.speed  # a counter reset, or a reading that makes no sense
         return self._sample(dt, dn / ds)
+
+    def _relax(self, dt: float) -> float | None:
+        """An idle interval of ``dt`` s: the estimate moves toward the held best one (on a
+        log scale, time constant ``idle_relax_s``), never away from it."""
+        best = self.peak * self.reference_tps
+        if self.rate_tps <= 0 or self.rate_tps >= best:
+            return self.speed
+        self.rate_tps *= (best / self.rate_tps) ** (1.0 - math.exp(-dt / self.idle_relax_s))
+        estimate = min(MAX_SPEED, max(MIN_SPEED, self.rate_tps / self.reference_tps))
+        self.speed = next_rung(self.speed, estimate, self.step)
+        return self.speed
 
     def _sample(self, dt: float, sample: float) -> float | None:
         """Smooth one per-sequence rate measured over ``dt`` seconds; the published speed."""

@@ -50,11 +50,23 @@ PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_quer
 PREFIX_HIT_RATE = ("vllm:gpu_prefix_cache_hit_rate",)
 """The V0 engine's gauge instead (0..1 since start, -1 before the first lookup)."""
 
+TOKEN_LATENCY = ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds")
+"""Time between two tokens of a sequence (a histogram; vLLM < 0.11 named it
+``time_per_output_token_seconds``): the agent's speed estimate, exact for short requests
+too. Without it, ``GENERATED`` over the running gauge."""
+
 MetricsReading = Reading
 
 
 METRICS = LoadMetrics(
-    WAITING, RUNNING, KV_CACHE, GENERATED, PREFIX_HITS, PREFIX_QUERIES, PREFIX_HIT_RATE
+    WAITING,
+    RUNNING,
+    KV_CACHE,
+    GENERATED,
+    PREFIX_HITS,
+    PREFIX_QUERIES,
+    PREFIX_HIT_RATE,
+    TOKEN_LATENCY,
 )
 
 
