@@ -129,8 +129,31 @@ def test_score_counts_moves_and_moves_across_the_removal() -> None:
     score_sessions(res, rows, {s.sid: s for s in sched.sessions}, 7, warmup, window)
     assert res.moves == 2
     assert (res.across_removal, res.moved_on_removal, res.on_removed) == (2, 1, 1)
+    assert res.home_moved == 1
     assert res.moves_per_min == 2 / (window / 60)
     assert res.oracle_queries > 0
+
+
+def test_a_turn_passed_on_by_bounded_load_does_not_move_the_home() -> None:
+    sched = _sched()
+    a, b = sched.sessions[1], sched.sessions[2]  # 10 and 5 turns
+    warmup, window = 0.0, 100.0
+    rm = warmup + REMOVED_AT * window + DRAIN_S
+    home, next_one = "gpu-1/vllm-3", "gpu-2/vllm-4"
+    rows = [
+        _row(10, a.sid, 0, home),
+        _row(20, a.sid, 1, home),
+        _row(30, a.sid, 2, next_one),  # its home was busy: this turn went to the next one
+        _row(rm + 1, a.sid, 3, home),
+        _row(rm + 9, a.sid, 4, home),
+        _row(10, b.sid, 0, home),
+        _row(rm + 1, b.sid, 1, next_one),
+        _row(rm + 9, b.sid, 2, next_one),  # b's home moved
+    ]
+    res = SessionResult("x", 0.8, 1.0, window)
+    score_sessions(res, rows, {s.sid: s for s in sched.sessions}, 7, warmup, window)
+    assert (res.across_removal, res.moved_on_removal, res.home_moved) == (2, 2, 1)
+    assert res.home_moved_share == 0.5
 
 
 def test_static_maglev_bootstrap_hashes_on_the_session_header() -> None:
