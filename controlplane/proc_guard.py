@@ -86,17 +86,38 @@ def leave_terminal() -> None:
         os.close(null)
 
 
+_stop_signal: list[str] = []
+"""The stop signals ``interrupt_on_stop_signals`` has seen (a list: no ``global``)."""
+
+
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
     if signum == signal.SIGHUP:
         leave_terminal()
+    _stop_signal.append(signal.Signals(signum).name)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def interrupt_on_stop_signals() -> None:
-    """SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread, as Ctrl-C does.
+    """SIGINT, SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in the main thread.
 
-    So a closed terminal (SIGHUP) or ``kill`` runs the same ``finally`` blocks that stop
-    every child. Call it from the main thread before starting children.
+    So a closed terminal (SIGHUP), ``kill`` or Ctrl-C runs the same ``finally`` blocks that
+    stop every child. Call it from the main thread before starting children. The raise
+    can be lost: a signal that arrives while Python runs a callback whose exceptions it
+    only prints (``logging``'s at-fork lock release during ``subprocess.Popen``, seen in
+    CI) interrupts nothing, so the signal is also remembered: call ``raise_if_stopped``
+    at each step of a start-up, and ``stop_requested`` where other handlers take over.
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP):
+    _stop_signal.clear()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal came since ``interrupt_on_stop_signals``."""
+    return bool(_stop_signal)
+
+
+def raise_if_stopped() -> None:
+    """``KeyboardInterrupt`` if a stop signal came (whether or not its raise got through)."""
+    if _stop_signal:
+        raise KeyboardInterrupt(_stop_signal[0])

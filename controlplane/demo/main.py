@@ -33,7 +33,7 @@ from controlplane.demo.regions import (
     fleet_yaml,
 )
 from controlplane.embedded_http import EmbeddedServer
-from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal
+from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal, stop_requested
 
 MODEL = "llama"
 COLD_MODEL = "qwen"
@@ -287,6 +287,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _hung_up, stop)
+    if stop_requested():  # a stop signal whose KeyboardInterrupt was lost while starting
+        stop.set()
     served: deque[Served] = deque(maxlen=200_000)
     cold: deque[ColdServed] = deque(maxlen=100)
     tasks = [

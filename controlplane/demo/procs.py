@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.proc_guard import die_with_parent
+from controlplane.proc_guard import die_with_parent, raise_if_stopped
 
 
 def free_port() -> int:
@@ -30,6 +30,7 @@ def free_port() -> int:
 def wait_port(port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        raise_if_stopped()
         with socket.socket() as s:
             s.settimeout(0.2)
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -74,6 +75,7 @@ class ProcessGroup:
             )
         child = Child(name, popen, list(argv))
         self.children.append(child)
+        raise_if_stopped()  # a stop signal that came during the fork may have raised nothing
         return child
 
     def kill(self, child: Child) -> None:

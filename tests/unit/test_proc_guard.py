@@ -12,14 +12,24 @@ import time
 
 import pytest
 
-from controlplane.proc_guard import die_with_parent
+from controlplane.proc_guard import (
+    die_with_parent,
+    interrupt_on_stop_signals,
+    raise_if_stopped,
+    stop_requested,
+)
 from tests.support import alive, wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux")
 
 PARENT = """
 import subprocess, sys, time
-from controlplane.proc_guard import die_with_parent
+from controlplane.proc_guard import (
+    die_with_parent,
+    interrupt_on_stop_signals,
+    raise_if_stopped,
+    stop_requested,
+)
 guard = die_with_parent() if sys.argv[1] == "guarded" else None
 child = subprocess.Popen(["sleep", "60"], preexec_fn=guard)
 print(child.pid, flush=True)
@@ -88,3 +98,27 @@ finally:
     out, _ = p.communicate(timeout=5)
     assert out.split("\n")[:2] == [f"interrupted {sig.name}", "cleaned up"]
     assert p.returncode == 0
+
+
+def test_a_stop_signal_whose_interrupt_was_swallowed_is_still_seen() -> None:
+    """Python only prints what an at-fork callback raises (logging's lock release during
+    ``subprocess.Popen``): the KeyboardInterrupt of a SIGHUP that lands there is lost, so the
+    demo's start-up asks ``raise_if_stopped`` after each step."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        interrupt_on_stop_signals()
+        assert not stop_requested()
+        raise_if_stopped()  # nothing yet
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.1)  # the handler runs here, in the main thread
+        except KeyboardInterrupt:
+            pass  # what Python does inside such a callback: the interrupt goes nowhere
+        assert stop_requested()
+        with pytest.raises(KeyboardInterrupt, match="SIGHUP"):
+            raise_if_stopped()
+        interrupt_on_stop_signals()  # a new start-up forgets the old stop
+        assert not stop_requested()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
