@@ -28,6 +28,7 @@ def replica(
     gpus: tuple[GpuStats, ...] = (),
     draining: bool = False,
     expires_at: float = 100.0,
+    speed_measured: bool = True,
 ) -> ObservedReplica:
     return ObservedReplica(
         record=ReplicaRecord(
@@ -44,6 +45,7 @@ def replica(
             timestamp=1.0,
             speed=speed,
             capacity=speed if capacity is None else capacity,
+            speed_measured=speed_measured,
             draining=draining,
         ),
         expires_at=expires_at,

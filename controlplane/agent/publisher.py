@@ -80,6 +80,7 @@ def build_record(
         timestamp=now,
         speed=1.0 if probe.speed is None else probe.speed,
         capacity=1.0 if probe.capacity is None else probe.capacity,
+        speed_measured=probe.speed is not None,
         failures=probe.failures,
         available=probe.available,
         sleeping=bool(probe.sleeping),

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 from controlplane.fleet.model import ModelState, ObservedReplica, ReplicaRecord
 from controlplane.intent import Intent
@@ -24,6 +26,24 @@ class Candidate:
     record: ReplicaRecord
     health: Health
     warming: bool
+
+
+def with_peer_speed(cands: Sequence[Candidate]) -> list[Candidate]:
+    """``cands`` with each replica whose agent has not measured its speed yet given the
+    median speed and capacity of the measured ones (if any): unknown counts as typical,
+    neither as the record's default 1.0 (which may be 30x under peers measured on fast
+    hardware, and would then send it too little traffic ever to be measured) nor as best."""
+    known = [c.record for c in cands if c.record.speed_measured]
+    if not known or len(known) == len(cands):
+        return list(cands)
+    speed = statistics.median(r.speed for r in known)
+    capacity = statistics.median(r.capacity for r in known)
+    return [
+        c
+        if c.record.speed_measured
+        else replace(c, record=replace(c.record, speed=speed, capacity=capacity))
+        for c in cands
+    ]
 
 
 def is_fresh(obs: ObservedReplica, now: float) -> bool:

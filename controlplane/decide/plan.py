@@ -37,7 +37,13 @@ from controlplane.decide.cold import (
     loadable_models,
     on_demand_models,
 )
-from controlplane.decide.eligibility import Candidate, candidate, endpoint, is_fresh
+from controlplane.decide.eligibility import (
+    Candidate,
+    candidate,
+    endpoint,
+    is_fresh,
+    with_peer_speed,
+)
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
 from controlplane.decide.rollout import Phase, phase
@@ -86,7 +92,7 @@ def decide(
     on_demand = on_demand_models(fresh, intent)
     for model in sorted(versions):
         by_version = {
-            v: [c for o in fresh if (c := candidate(o, model, v, intent, now))]
+            v: with_peer_speed([c for o in fresh if (c := candidate(o, model, v, intent, now))])
             for v in sorted(versions[model])
         }
         phases = _phases(intent, model, by_version, now)

@@ -80,6 +80,8 @@ def encode_record(rec: ReplicaRecord) -> str:
         "capacity": rec.capacity,
         "draining": rec.draining,
     }
+    if not rec.speed_measured:  # optional: older readers take the defaults as measured
+        doc["speed_measured"] = False
     if rec.failures:  # optional: older readers ignore the key
         doc["failures"] = [
             {
@@ -152,6 +154,7 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         timestamp=_num(doc, "timestamp", lo=0, hi=1e11),
         speed=_num(doc, "speed", lo=0.001, hi=1000, default=1.0),
         capacity=_num(doc, "capacity", lo=0.001, hi=1000, default=1.0),
+        speed_measured=_bool(doc, "speed_measured", default=True),
         draining=_bool(doc, "draining", default=False),
         failures=tuple(_failure(f) for f in failures_raw),
         available=tuple(_available(a) for a in available_raw),

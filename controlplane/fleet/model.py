@@ -144,6 +144,11 @@ class ReplicaRecord:
     capacity: float = 1.0
     """Its best recent speed on a coarse ladder: changes far less often than ``speed``,
     which falls as the batch grows (session-affinity weights use it); optional."""
+    speed_measured: bool = True
+    """False while the agent has not measured the server yet: ``speed`` and ``capacity``
+    are then only the defaults, and the control plane counts the replica as fast as its
+    measured peers (a default of 1.0 next to peers measured at 30 would starve it of the
+    very traffic that measures it)."""
     draining: bool = False
     """The operator or the agent asked that this replica take no new requests."""
     failures: tuple[ModelFailure, ...] = ()

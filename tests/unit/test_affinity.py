@@ -121,6 +121,27 @@ def test_a_replica_far_worse_than_its_peers_is_shed_and_only_that_one() -> None:
     } == {Health.HEALTHY}
 
 
+def test_a_replica_not_measured_yet_counts_as_fast_as_its_measured_peers() -> None:
+    """The agent publishes speed 1.0 until it has measured the server; next to peers
+    measured at 32 that default would weigh it ~30,000x less (cubed) and starve it of the
+    requests that would measure it. It gets the peers' median speed and capacity instead."""
+    peers = [replica(f"n{i}/a", port=8000 + i, speed=32.0) for i in range(1, 3)]
+    new = replica("n0/a", port=8000, speed_measured=False)
+    plan = decide(fleet(new, *peers), Intent(), NODE, NOW)
+    assert len(set(weights_of(plan, "llama@v1").values())) == 1
+    assert len(set(weights_of(plan, "llama@v1#affinity").values())) == 1
+    # measured at 1.0, it is that slow: far less traffic, and far worse than its peers
+    slow = replica("n0/a", port=8000, speed=1.0)
+    plan = decide(fleet(slow, *peers), Intent(), NODE, NOW)
+    load = weights_of(plan, "llama@v1")
+    assert load["n0/a"] * 1000 < load["n1/a"]
+    # with no measured peer, the defaults stand
+    alone = decide(
+        fleet(new, replica("n1/a", port=8001, speed_measured=False)), Intent(), NODE, NOW
+    )
+    assert weights_of(alone, "llama@v1")["n0/a"] == weights_of(alone, "llama@v1")["n1/a"]
+
+
 def test_shedding_has_hysteresis_so_peers_load_does_not_flap_it() -> None:
     """A replica measured ~3x slower is shed while its peers are idle; when their load
     rises it would no longer be far enough below them to shed afresh, but once shed it stays

@@ -88,7 +88,9 @@ MODELS = (ModelInfo("m", "v1", ModelState.READY),)
 
 def test_record_carries_the_measured_speed_or_the_default() -> None:
     assert build_record(TARGET, Probe(True, MODELS, speed=0.64), (), 1.0).speed == 0.64
-    assert build_record(TARGET, Probe(True, MODELS), (), 1.0).speed == 1.0
+    unmeasured = build_record(TARGET, Probe(True, MODELS), (), 1.0)
+    assert (unmeasured.speed, unmeasured.speed_measured) == (1.0, False)
+    assert build_record(TARGET, Probe(True, MODELS, speed=0.64), (), 1.0).speed_measured
 
 
 def test_a_speed_change_is_published_at_once() -> None:
@@ -175,3 +177,22 @@ def test_inter_token_histogram_measures_short_requests_and_idles_only_when_nothi
         t += 1.0
         est.update_steps(t, n, secs, running=0)
     assert est.speed == 1.0
+
+
+def test_one_token_requests_leave_no_interval_and_the_token_counter_measures_them() -> None:
+    """Requests of one token have no inter-token interval: the histogram stands still, and
+    the generated-token counter over the running batch measures instead (a replica measured
+    by neither would keep its default while its peers had real speeds, 30x apart)."""
+    est = DecodeSpeed(reference_tps=25.0)
+    t, tokens = 0.0, 0.0
+    est.observe(t, generated=tokens, running=4, intervals=(0.0, 0.0))
+    for _ in range(40):
+        t, tokens = t + 0.25, tokens + 4 * 12.5 * 0.25
+        est.observe(t, generated=tokens, running=4, intervals=(0.0, 0.0))
+    assert est.speed == snap(0.5, 1.25)
+    # once intervals pass, they are the measure (here: twice as fast per sequence)
+    n, secs = 0.0, 0.0
+    for _ in range(40):
+        t, tokens, n, secs = t + 0.25, tokens + 4 * 12.5 * 0.25, n + 10, secs + 10 * 0.02
+        est.observe(t, generated=tokens, running=4, intervals=(n, secs))
+    assert est.speed == snap(2.0, 1.25)

@@ -58,6 +58,15 @@ def test_a_record_without_failures_has_no_such_key_and_older_records_decode() ->
     assert decode_record(raw) == bare
 
 
+def test_an_unmeasured_speed_round_trips_and_older_records_count_as_measured() -> None:
+    unmeasured = dataclasses.replace(REC, speed=1.0, capacity=1.0, speed_measured=False)
+    raw = encode_record(unmeasured)
+    assert json.loads(raw)["speed_measured"] is False
+    assert decode_record(raw) == unmeasured
+    assert "speed_measured" not in json.loads(encode_record(REC))
+    assert decode_record(encode_record(REC)).speed_measured
+
+
 def test_prefix_cache_hit_rate_round_trips_and_is_left_out_when_unknown() -> None:
     known = dataclasses.replace(REC, load=dataclasses.replace(REC.load, prefix_cache_hit_rate=0.6))
     raw = encode_record(known)

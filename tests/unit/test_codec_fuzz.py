@@ -112,6 +112,7 @@ records = st.builds(
     timestamp=between(0, 1e11),
     speed=between(0.001, 1000),
     capacity=between(0.001, 1000),
+    speed_measured=st.booleans(),
     draining=st.booleans(),
     failures=st.lists(failures, max_size=2).map(tuple),
     available=st.lists(available, max_size=2).map(tuple),

@@ -95,10 +95,12 @@ class HttpAdapter:
         """Feed the decode-speed and hit-rate estimates from one scrape's counters, if it
         has any; the load to publish, with the recent prefix-cache hit rate."""
         now = self._clock()
-        if reading.decode_steps is not None:
-            self._speed.update_steps(now, *reading.decode_steps, running=reading.running)
-        elif reading.generated_tokens is not None and reading.running is not None:
-            self._speed.update(now, reading.generated_tokens, reading.running)
+        self._speed.observe(
+            now,
+            generated=reading.generated_tokens,
+            running=reading.running,
+            intervals=reading.decode_steps,
+        )
         if reading.prefix_cache is not None:
             self._hits.update(now, *reading.prefix_cache)
         elif reading.prefix_hit_rate is not None:

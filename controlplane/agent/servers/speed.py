@@ -6,14 +6,16 @@ The control plane favours fast replicas (``decide.weights``), so the record carr
 is what the server delivers now: an older GPU, a throttled host, a GPU shared with a noisy
 neighbour or a server stuck in a slow mode all show up here before their queues grow.
 
-Per scrape the adapter feeds either the server's generated-token counter (vLLM
-``vllm:generation_tokens_total``, SGLang ``sglang:generation_tokens_total``) and its
-running-requests gauge (``update``: the token rate between two scrapes divided by the mean
-batch is one sample), or its decode-step counters (TGI ``tgi_batch_forward_duration``'s
-count and sum for ``method="decode"``: ``update_steps``; each decode step gives every
-running sequence one token, so steps per second of stepping is the per-sequence rate).
-Samples are smoothed exponentially (time constant ``tau_s``), so one odd scrape moves
-little but a real change shows within a few seconds.
+Per scrape the adapter feeds ``observe`` what the server has: the count and sum of its
+inter-token latency histogram (vLLM ``vllm:inter_token_latency_seconds``, SGLang
+``sglang:inter_token_latency_seconds``) or of its decode steps (TGI
+``tgi_batch_forward_duration{method="decode"}``; each step gives every running sequence one
+token), whose ratio is the per-sequence rate over every token in between, however short the
+requests; and its generated-token counter with the running gauge (the token rate between
+two scrapes over the mean batch), which also counts one-token requests (no inter-token
+interval) but only while sequences run at both scrapes. Samples are smoothed
+exponentially (time constant ``tau_s``), so one odd scrape moves little but a real change
+shows within a few seconds.
 
 The published value moves on a ladder (powers of ``step``) with hysteresis: it changes
 only once the estimate is more than ``HYSTERESIS`` of a rung away from the current one,
@@ -90,7 +92,9 @@ class DecodeSpeed:
     """The published capacity (best recent speed); ``None`` until measured."""
     peak: float = 0.0
     """The held best estimate (relative to the reference)."""
-    _last: tuple[float, float, float] | None = field(default=None, repr=False)
+    _last: tuple[float, float | None, float | None, tuple[float, float] | None] | None = field(
+        default=None, repr=False
+    )
 
     def __post_init__(self) -> None:
         if not (self.reference_tps > 0 and self.tau_s > 0 and self.step > 1):
@@ -98,16 +102,7 @@ class DecodeSpeed:
 
     def update(self, now: float, generated_total: float, running: float) -> float | None:
         """One scrape at monotonic time ``now``: the token counter and the running gauge."""
-        last, self._last = self._last, (now, generated_total, running)
-        if last is None:
-            return self.speed
-        t0, g0, r0 = last
-        dt, dg = now - t0, generated_total - g0
-        if dt > 0 and dg == 0 and r0 == running == 0:
-            return self._relax(dt)
-        if dt <= 0 or dg <= 0 or min(r0, running) < 1.0:
-            return self.speed  # not running at either end, or a counter reset
-        return self._sample(dt, dg / dt / ((r0 + running) / 2.0))
+        return self.observe(now, generated=generated_total, running=running)
 
     def update_steps(
         self,
@@ -117,19 +112,43 @@ class DecodeSpeed:
         running: float | None = None,
     ) -> float | None:
         """One scrape: decode steps (or inter-token intervals) so far and the seconds spent
-        in them (both counters), and the running gauge if the server has one (an interval
-        with nothing decoded is idle only if nothing was running: a stalled server is not
-        idle)."""
-        last, self._last = self._last, (now, steps_total, step_seconds_total)
-        if last is None:
+        in them (both counters), and the running gauge if the server has one."""
+        return self.observe(now, intervals=(steps_total, step_seconds_total), running=running)
+
+    def observe(
+        self,
+        now: float,
+        *,
+        generated: float | None = None,
+        running: float | None = None,
+        intervals: tuple[float, float] | None = None,
+    ) -> float | None:
+        """One scrape at monotonic time ``now``, with what the server has of: its generated-
+        token counter, its running gauge, and its decode intervals and their seconds (decode
+        steps, or an inter-token latency histogram's count and sum).
+
+        The intervals measure best (every token after a sequence's first, however short
+        the request); where none passed since the last scrape (requests of one token), the
+        token counter over the mean running batch does, if sequences ran at both scrapes.
+        Nothing decoded and nothing running (at both scrapes, as far as known): idle, the
+        estimate relaxes. A counter that went back (a restart) gives no sample."""
+        last, self._last = self._last, (now, generated, running, intervals)
+        if last is None or now <= last[0]:
             return self.speed
-        t0, n0, s0 = last
-        dt, dn, ds = now - t0, steps_total - n0, step_seconds_total - s0
-        if dt > 0 and dn == 0 and ds == 0 and running == 0:
+        t0, g0, r0, i0 = last
+        dt = now - t0
+        dn = ds = dg = 0.0
+        if intervals is not None and i0 is not None:
+            dn, ds = intervals[0] - i0[0], intervals[1] - i0[1]
+            if dn > 0 and ds > 0:
+                return self._sample(dt, dn / ds)
+        if generated is not None and g0 is not None:
+            dg = generated - g0
+            if dg > 0 and running is not None and r0 is not None and min(r0, running) >= 1:
+                return self._sample(dt, dg / dt / ((r0 + running) / 2.0))
+        if dn == ds == dg == 0 and running == 0 and r0 in (0, None):
             return self._relax(dt)
-        if dt <= 0 or dn <= 0 or ds <= 0:
-            return self.speed  # a counter reset, or a reading that makes no sense
-        return self._sample(dt, dn / ds)
+        return self.speed
 
     def _relax(self, dt: float) -> float | None:
         """An idle interval of ``dt`` s: the estimate moves toward the held best one (on a
