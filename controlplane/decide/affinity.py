@@ -14,20 +14,22 @@ queue change.
   to powers of ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue,
   throttling and warming never change them, nor does the drop of per-sequence speed in a
   big batch; a weight moves only when a GPU stays ~2x slower or faster for many minutes.
-- A replica far worse than its peers is shed: when its load-following score
-  (``weights.raw_score``: measured speed now, fleet-wide load, queue, throttling) relative
-  to its capacity (so an older GPU generation is not shed for being one) is under the
-  upper quartile of the version's replicas divided by ``SHED_RATIO`` (a GPU that became
-  several times slower, a saturated slow one), it is DEGRADED in the affinity cluster.
-  Envoy builds the Maglev table from healthy hosts only and sends a degraded one nothing
-  while the others can serve, so its sessions move, each to one fixed replica, and come
-  back when it recovers: GIE's "sticky until the sticky pod's expected TTFT is worse by a
-  bound", with the control plane's fleet-wide view. Scores move on coarse rungs (load in
-  4x steps), and the decision has hysteresis: a replica shed in the previous plan (the
-  caller passes that plan's shed set, ``shed_before``) comes back only once it is within
-  ``RETURN_RATIO`` of the reference. Without it, a replica just under the bound flapped
-  every second or two as its peers' load moved the reference (measured in CI: shed and
-  back 40 times in 90 s, moving its sessions each time).
+- A replica far worse than its peers is shed: when its measured decode speed relative to
+  its capacity (so an older GPU generation is not shed for being one), cubed as the
+  load-following weights cube it and times the throttling factor, is under the upper
+  quartile of the version's replicas divided by ``SHED_RATIO`` (a GPU that became
+  ~2.5x slower than it was: thermal, a noisy neighbour, a stuck mode), it is DEGRADED in
+  the affinity cluster. Envoy builds the Maglev table from healthy hosts only and sends
+  a degraded one nothing while the others can serve, so its sessions move, each to one
+  fixed replica, and come back when it recovers: GIE's "sticky until the sticky pod's
+  expected TTFT is worse by a bound", with the control plane's fleet-wide view. Load and
+  queues do not shed: they move with every burst, and shedding on them (as this did at
+  first) flapped: in ``bench.sessions`` at 80 % load, 544 sheds in 90 s, 516 of them on a
+  queue of 2, each moving all of a replica's sessions. Saturation is bounded load's job
+  (below), per request. The decision also has hysteresis: a replica shed in the previous
+  plan (the caller passes that plan's shed set, ``shed_before``) comes back only once it
+  is within ``RETURN_RATIO`` of the reference, so one hovering at the bound while its
+  peers' scores move does not flap (CI saw shed and back 40 times in 90 s).
 - Saturation is also Envoy's bounded load (``BALANCE_FACTOR``): a host with more than
   ``BALANCE_FACTOR`` % of its weighted share of the Envoy's active requests is passed over
   for the next host in the key's own fixed order, so overflow of one replica goes to one
@@ -49,7 +51,7 @@ from typing import Final
 
 from controlplane.decide.eligibility import Candidate, endpoint
 from controlplane.decide.rollout import ErrorKind, RolloutError
-from controlplane.decide.weights import SPEED_EXP, raw_score
+from controlplane.decide.weights import SPEED_EXP, SPEED_STEP, THROTTLED_FACTOR
 from controlplane.intent import Intent
 from controlplane.ir import (
     ClusterIR,
@@ -67,10 +69,11 @@ CAPACITY_WEIGHT: Final = 100
 MAX_MODEL_CHARS: Final = 512
 SHED_RATIO: Final = 16.0
 """A replica whose relative score is this many times under the version's upper quartile is
-DEGRADED in the affinity cluster (its sessions move until it recovers)."""
+DEGRADED in the affinity cluster (its sessions move until it recovers): with speed cubed,
+a replica ~2.5x slower than its capacity while its peers run at theirs."""
 RETURN_RATIO: Final = 4.0
 """A shed replica comes back once its relative score is within this factor of the upper
-quartile (hysteresis: 4x between going and coming back, two rungs of load)."""
+quartile (hysteresis: 4x between going and coming back, a speed within ~1.6x)."""
 BALANCE_FACTOR: Final = 150
 """Envoy ``hash_balance_factor`` (percent): a host takes at most 1.5x its weighted share of
 an Envoy's active requests before that Envoy passes its sessions' turns to the next host."""
@@ -83,11 +86,16 @@ def capacity_weight(speed: float) -> int:
 
 
 def relative_score(c: Candidate) -> float:
-    """The load-following score over what the replica's capacity alone would give: an
-    older GPU generation doing as well as it can scores like a new one; a GPU slower than
-    its own capacity, or saturated, scores low."""
-    rung = snap(min(1e3, max(1e-3, c.record.capacity)), CAPACITY_STEP)
-    return raw_score(c.record, warming=c.warming) / float(rung**SPEED_EXP)
+    """The replica's measured speed over its capacity, cubed, times the throttling factor:
+    an older GPU generation doing as well as it can scores 1 like a new one; a GPU slower
+    than its own capacity scores low. Load, queue and warming do not count (see above)."""
+    rec = c.record
+    speed = snap(min(1e3, max(1e-3, rec.speed)), SPEED_STEP)
+    rung = snap(min(1e3, max(1e-3, rec.capacity)), CAPACITY_STEP)
+    score = float((speed / rung) ** SPEED_EXP)
+    if any(g.throttled for g in rec.gpus):
+        score *= THROTTLED_FACTOR
+    return score
 
 
 def shed_replicas(

@@ -96,9 +96,9 @@ def test_load_noise_moves_load_weights_but_never_affinity_weights() -> None:
 
 def test_a_replica_far_worse_than_its_peers_is_shed_and_only_that_one() -> None:
     """DEGRADED in the affinity cluster (out of the Maglev table while the others serve)
-    when its score is under the median / SHED_RATIO: a GPU that became 3x slower, a
-    saturated one (queue, KV nearly full); not a busy one that keeps up, nor an older GPU
-    generation."""
+    when its speed relative to its capacity, cubed, is under the upper quartile /
+    SHED_RATIO: a GPU that became 3x slower; not a saturated one (bounded load moves its
+    overflow per request), a busy one, nor an older GPU generation."""
     reps = [
         replica("n0/a", port=8000, speed=0.33, capacity=1.0),  # slowed: 0.33^3 = 1/27
         replica("n1/a", port=8001, running=30, waiting=4, kv=0.9),  # saturated
@@ -107,7 +107,7 @@ def test_a_replica_far_worse_than_its_peers_is_shed_and_only_that_one() -> None:
         *(replica(f"n{i}/a", port=8000 + i) for i in range(4, 7)),
     ]
     aff = cluster(decide(fleet(*reps), Intent(), NODE, NOW), "llama@v1#affinity")
-    assert {r for r, (_, h) in aff.items() if h is Health.DEGRADED} == {"n0/a", "n1/a"}
+    assert {r for r, (_, h) in aff.items() if h is Health.DEGRADED} == {"n0/a"}
     assert aff["n0/a"][0] == 100  # its weight stays: when it recovers, its keys come back
     # the load-following cluster is unchanged by shedding: it only weights the slow one down
     load = cluster(decide(fleet(*reps), Intent(), NODE, NOW), "llama@v1")
@@ -142,31 +142,35 @@ def test_a_replica_not_measured_yet_counts_as_fast_as_its_measured_peers() -> No
     assert weights_of(alone, "llama@v1")["n0/a"] == weights_of(alone, "llama@v1")["n1/a"]
 
 
-def test_shedding_has_hysteresis_so_peers_load_does_not_flap_it() -> None:
-    """A replica measured ~3x slower is shed while its peers are idle; when their load
-    rises it would no longer be far enough below them to shed afresh, but once shed it stays
-    shed until it is within RETURN_RATIO of them (the CI flap: shed and back every 1-2 s)."""
-    slow = replica("n0/a", port=8000, speed=0.33, capacity=1.0)
+def test_shedding_has_hysteresis_and_ignores_queues() -> None:
+    """A replica measured 3x slower is shed. Measured 2x slower it would not be shed
+    afresh, but once shed it stays shed until it is within RETURN_RATIO of its peers (so
+    one hovering at the bound does not flap: CI saw shed and back 40 times in 90 s). A
+    queue never sheds: it comes and goes with every burst (bench.sessions at 80 %: 516 of
+    544 sheds were on a queue of 2)."""
 
-    def plan(running: float, shed_before: frozenset[tuple[str, str]] = frozenset()) -> Plan:
-        peers = [replica(f"n{i}/a", port=8000 + i, running=running) for i in range(1, 6)]
+    def plan(speed: float, shed_before: frozenset[tuple[str, str]] = frozenset()) -> Plan:
+        slow = replica("n0/a", port=8000, speed=speed, capacity=1.0)
+        peers = [replica(f"n{i}/a", port=8000 + i) for i in range(1, 6)]
         return decide(fleet(slow, *peers), Intent(), NODE, NOW, shed_before=shed_before)
 
     def degraded(p: Plan) -> set[str]:
         aff = cluster(p, "llama@v1#affinity")
         return {r for r, (_, h) in aff.items() if h is Health.DEGRADED}
 
-    idle_peers = plan(0)
-    assert degraded(idle_peers) == {"n0/a"}
-    assert idle_peers.shed() == {("llama@v1#affinity", "n0/a")}
-    assert degraded(plan(8)) == set()  # busy peers, no memory: it would come back...
-    assert degraded(plan(8, idle_peers.shed())) == {"n0/a"}  # ...but it stays shed
-    # recovered (measured again at full speed): back, whatever the memory says
-    slow = replica("n0/a", port=8000, speed=1.0, capacity=1.0)
-    assert degraded(plan(0, idle_peers.shed())) == set()
+    slowed = plan(0.33)
+    assert degraded(slowed) == {"n0/a"}
+    assert slowed.shed() == {("llama@v1#affinity", "n0/a")}
+    assert degraded(plan(0.5)) == set()  # half speed, no memory: not shed...
+    assert degraded(plan(0.5, slowed.shed())) == {"n0/a"}  # ...but once shed, it stays
+    assert degraded(plan(0.8, slowed.shed())) == set()  # recovered: back
     # the memory is per cluster: another version's shed set does not hold this one
-    slow = replica("n0/a", port=8000, speed=0.33, capacity=1.0)
-    assert degraded(plan(8, frozenset({("llama@v2#affinity", "n0/a")}))) == set()
+    assert degraded(plan(0.5, frozenset({("llama@v2#affinity", "n0/a")}))) == set()
+    # saturated, whatever its queue and KV use: never shed (bounded load's job)
+    queued = [replica("n0/a", port=8000, waiting=w, running=4, kv=0.95) for w in (2, 8, 50)]
+    peers = [replica(f"n{i}/a", port=8000 + i) for i in range(1, 6)]
+    for q in queued:
+        assert degraded(decide(fleet(q, *peers), Intent(), NODE, NOW)) == set()
 
 
 def test_a_replica_leaving_changes_only_its_own_entry() -> None:
