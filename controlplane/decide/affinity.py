@@ -51,7 +51,7 @@ from typing import Final
 
 from controlplane.decide.eligibility import Candidate, endpoint
 from controlplane.decide.rollout import ErrorKind, RolloutError
-from controlplane.decide.weights import SPEED_EXP, SPEED_STEP, THROTTLED_FACTOR
+from controlplane.decide.weights import SPEED_EXP, speed_rung, throttle_factor
 from controlplane.intent import Intent
 from controlplane.ir import (
     ClusterIR,
@@ -79,10 +79,14 @@ BALANCE_FACTOR: Final = 150
 an Envoy's active requests before that Envoy passes its sessions' turns to the next host."""
 
 
+def capacity_rung(capacity: float) -> float:
+    """A capacity snapped to powers of ``CAPACITY_STEP``."""
+    return snap(min(1e3, max(1e-3, capacity)), CAPACITY_STEP)
+
+
 def capacity_weight(speed: float) -> int:
     """A replica's affinity weight: its capacity on ``CAPACITY_STEP`` rungs, >= 1."""
-    rung = snap(min(1e3, max(1e-3, speed)), CAPACITY_STEP)
-    return max(1, round(CAPACITY_WEIGHT * rung))
+    return max(1, round(CAPACITY_WEIGHT * capacity_rung(speed)))
 
 
 def relative_score(c: Candidate) -> float:
@@ -90,12 +94,8 @@ def relative_score(c: Candidate) -> float:
     an older GPU generation doing as well as it can scores 1 like a new one; a GPU slower
     than its own capacity scores low. Load, queue and warming do not count (see above)."""
     rec = c.record
-    speed = snap(min(1e3, max(1e-3, rec.speed)), SPEED_STEP)
-    rung = snap(min(1e3, max(1e-3, rec.capacity)), CAPACITY_STEP)
-    score = float((speed / rung) ** SPEED_EXP)
-    if any(g.throttled for g in rec.gpus):
-        score *= THROTTLED_FACTOR
-    return score
+    ratio = speed_rung(rec) / capacity_rung(rec.capacity)
+    return float(ratio**SPEED_EXP) * throttle_factor(rec)
 
 
 def shed_replicas(

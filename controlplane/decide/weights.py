@@ -90,14 +90,22 @@ def load_units(rec: ReplicaRecord) -> float:
     return busy / (1.0 - KV_PRESSURE * min(1.0, max(0.0, load.kv_cache_usage)))
 
 
+def speed_rung(rec: ReplicaRecord) -> float:
+    """The replica's measured speed snapped to powers of ``SPEED_STEP``."""
+    return snap(min(1e3, max(1e-3, rec.speed)), SPEED_STEP)
+
+
+def throttle_factor(rec: ReplicaRecord) -> float:
+    """``THROTTLED_FACTOR`` while any of its GPUs is throttled, else 1."""
+    return THROTTLED_FACTOR if any(g.throttled for g in rec.gpus) else 1.0
+
+
 def raw_score(rec: ReplicaRecord, *, warming: bool = False) -> float:
     """Higher is better; always > 0 for an eligible replica."""
-    speed = snap(min(1e3, max(1e-3, rec.speed)), SPEED_STEP)
-    score: float = speed**SPEED_EXP / snap(load_units(rec), LOAD_STEP) ** LOAD_EXP
+    score: float = speed_rung(rec) ** SPEED_EXP / snap(load_units(rec), LOAD_STEP) ** LOAD_EXP
     if rec.load.queue_waiting >= QUEUE_AT:
         score *= QUEUE_FACTOR
-    if any(g.throttled for g in rec.gpus):
-        score *= THROTTLED_FACTOR
+    score *= throttle_factor(rec)
     if warming:
         score *= WARMING_FACTOR
     return max(score, 1e-12)

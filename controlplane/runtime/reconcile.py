@@ -154,7 +154,7 @@ class Reconciler:
         if self.resource_hook is not None:
             self.resource_hook(resources)
         snap = Snapshot.from_resources(resources)
-        self._report_shed(group, prev.plan if prev else None, plan, view)
+        self._report_shed(group, shed_before, plan, view)
         if prev is not None and prev.snapshot.versions == snap.versions:
             self.groups[group] = GroupState(node, plan, prev.snapshot, prev.at)
             return
@@ -162,13 +162,14 @@ class Reconciler:
         self.groups[group] = GroupState(node, plan, snap, now)
         self._m.published.labels(group).inc()
 
-    def _report_shed(self, group: str, before: Plan | None, plan: Plan, view: FleetView) -> None:
+    def _report_shed(
+        self, group: str, was: frozenset[tuple[str, str]], plan: Plan, view: FleetView
+    ) -> None:
         """The shed-replica gauge per affinity cluster, and a log line when one is shed or
-        comes back."""
+        comes back (``was``: the previous plan's shed set)."""
         now = plan.shed()
         for cluster in {c.name for c in plan.clusters if c.name.endswith(AFFINITY_SUFFIX)}:
             self._m.shed.labels(group, cluster).set(sum(1 for c, _ in now if c == cluster))
-        was = before.shed() if before is not None else frozenset()
         for cluster, rid in sorted(now - was):
             log.info(
                 "affinity: %s shed from %s in %s (far worse than its peers: %s)",

@@ -13,11 +13,11 @@ from controlplane.fleet.model import LoadStats, ModelInfo, ModelState, ServerKin
 def feed(est: DecodeSpeed, t0: float, seconds: float, tps_per_seq: float, running: int) -> float:
     """Scrape every 0.25 s for ``seconds`` while ``running`` sequences decode; the speed."""
     t, total = t0, 0.0
-    est.update(t, total, running)
+    est.observe(t, generated=total, running=running)
     for _ in range(int(seconds / 0.25)):
         t += 0.25
         total += tps_per_seq * running * 0.25
-        est.update(t, total, running)
+        est.observe(t, generated=total, running=running)
     assert est.speed is not None
     return est.speed
 
@@ -31,20 +31,26 @@ def test_speed_is_per_sequence_rate_over_the_reference_snapped() -> None:
 
 def test_unknown_until_measured_and_kept_while_idle() -> None:
     est = DecodeSpeed()
-    assert est.update(0.0, 100.0, 0) is None  # nothing to compare with yet
-    assert est.update(1.0, 100.0, 0) is None  # idle: nothing measured
+    assert est.observe(0.0, generated=100.0, running=0) is None  # nothing to compare with yet
+    assert est.observe(1.0, generated=100.0, running=0) is None  # idle: nothing measured
     speed = feed(est, 2.0, 10, 12.5, 3)
     assert speed < 1.0
-    assert est.update(20.0, 1e6, 0) == speed  # idle again: keep the last estimate
-    assert est.update(21.0, 0.0, 3) == speed  # counter went back (restart): ignored
+    assert (
+        est.observe(20.0, generated=1e6, running=0) == speed
+    )  # idle again: keep the last estimate
+    assert (
+        est.observe(21.0, generated=0.0, running=3) == speed
+    )  # counter went back (restart): ignored
 
 
 def test_smoothed_against_one_odd_scrape_but_follows_a_real_change() -> None:
     est = DecodeSpeed(reference_tps=25.0, tau_s=2.0)
     feed(est, 0.0, 10, 25.0, 4)
     t, total = 10.0, 1000.0
-    est.update(t, total, 4)
-    est.update(t + 0.25, total + 5.0, 4)  # one slow scrape: a fifth of the usual tokens
+    est.observe(t, generated=total, running=4)
+    est.observe(
+        t + 0.25, generated=total + 5.0, running=4
+    )  # one slow scrape: a fifth of the usual tokens
     assert est.speed == 1.0
     assert feed(est, 20.0, 12, 7.5, 4) == snap(0.3, 1.25)  # a real slowdown shows
 
@@ -63,11 +69,11 @@ def test_estimate_wobbling_on_a_rung_boundary_does_not_flap() -> None:
     est = DecodeSpeed(reference_tps=25.0, tau_s=0.5)
     seen = set()
     t, total = 0.0, 0.0
-    est.update(t, total, 4)
+    est.observe(t, generated=total, running=4)
     for i in range(400):  # the per-sequence rate alternates 1.08x / 1.16x of the reference
         t += 0.25
         total += (27.0 if (i // 8) % 2 else 29.0) * 4 * 0.25
-        seen.add(est.update(t, total, 4))
+        seen.add(est.observe(t, generated=total, running=4))
     assert len(seen - {None}) == 1
 
 
@@ -103,14 +109,14 @@ def test_a_speed_change_is_published_at_once() -> None:
 
 def test_speed_from_decode_steps_is_steps_per_second_of_stepping() -> None:
     est = DecodeSpeed(reference_tps=25.0)
-    assert est.update_steps(0.0, 100.0, 4.0) is None
+    assert est.observe(0.0, intervals=(100.0, 4.0)) is None
     t, steps, secs = 0.0, 100.0, 4.0
     for _ in range(40):  # 40 ms steps (25 tokens/s per sequence), busy a third of the time
         t, steps, secs = t + 0.3, steps + 0.1 / 0.04, secs + 0.1
-        est.update_steps(t, steps, secs)
+        est.observe(t, intervals=(steps, secs))
     assert est.speed == 1.0
-    assert est.update_steps(t + 5, steps, secs) == 1.0  # idle: nothing new, kept
-    assert est.update_steps(t + 6, 0.0, 0.0) == 1.0  # restart: counters went back, ignored
+    assert est.observe(t + 5, intervals=(steps, secs)) == 1.0  # idle: nothing new, kept
+    assert est.observe(t + 6, intervals=(0.0, 0.0)) == 1.0  # restart: counters went back, ignored
 
 
 def test_capacity_holds_the_best_speed_through_a_busy_batch_and_follows_a_lasting_change() -> None:
@@ -141,7 +147,7 @@ def test_record_carries_capacity_and_a_change_is_published() -> None:
 def idle(est: DecodeSpeed, t0: float, seconds: float, total: float) -> float:
     """Scrape every second for ``seconds`` with nothing running and no new tokens."""
     for i in range(int(seconds) + 1):
-        est.update(t0 + i, total, 0)
+        est.observe(t0 + i, generated=total, running=0)
     assert est.speed is not None
     return est.speed
 
@@ -154,7 +160,7 @@ def test_an_idle_server_relaxes_back_to_its_capacity_a_stalled_one_does_not() ->
     assert est.capacity == 1.0
     assert idle(est, 40.0, 5, 1e4) == slow  # a few idle seconds change little
     for i in range(120):  # sequences running, no token: stalled, not idle
-        est.update(45.0 + i, 1e4, 2)
+        est.observe(45.0 + i, generated=1e4, running=2)
     assert est.speed == slow
     assert idle(est, 165.0, 120, 1e4) == 1.0  # minutes without evidence: back to capacity
     assert idle(est, 290.0, 600, 1e4) == 1.0  # and never above it
@@ -163,19 +169,19 @@ def test_an_idle_server_relaxes_back_to_its_capacity_a_stalled_one_does_not() ->
 def test_inter_token_histogram_measures_short_requests_and_idles_only_when_nothing_runs() -> None:
     est = DecodeSpeed(reference_tps=25.0)
     n, secs, t = 0.0, 0.0, 0.0
-    est.update_steps(t, n, secs, running=0)
+    est.observe(t, intervals=(n, secs), running=0)
     for _ in range(40):  # short requests between scrapes: 0 running at each scrape
         t, n, secs = t + 0.5, n + 5, secs + 5 * 0.1  # 10 tokens/s per sequence
-        est.update_steps(t, n, secs, running=0)
+        est.observe(t, intervals=(n, secs), running=0)
     assert est.speed == snap(0.4, 1.25)
     est.capacity, est.peak = 1.0, 1.0  # as if it had been fast before
     for _ in range(100):  # a server still running but decoding nothing is not idle
         t += 1.0
-        est.update_steps(t, n, secs, running=3)
+        est.observe(t, intervals=(n, secs), running=3)
     assert est.speed == snap(0.4, 1.25)
     for _ in range(100):
         t += 1.0
-        est.update_steps(t, n, secs, running=0)
+        est.observe(t, intervals=(n, secs), running=0)
     assert est.speed == 1.0
 
 

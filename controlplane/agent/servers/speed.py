@@ -71,7 +71,7 @@ def next_rung(current: float | None, estimate: float, step: float) -> float:
 
 @dataclass
 class DecodeSpeed:
-    """The decode speed of one model server; feed it every scrape with ``update``."""
+    """The decode speed of one model server; feed it every scrape with ``observe``."""
 
     reference_tps: float = REFERENCE_TPS
     tau_s: float = 2.0
@@ -99,21 +99,6 @@ class DecodeSpeed:
     def __post_init__(self) -> None:
         if not (self.reference_tps > 0 and self.tau_s > 0 and self.step > 1):
             raise ValueError("reference_tps and tau_s must be > 0 and step > 1")
-
-    def update(self, now: float, generated_total: float, running: float) -> float | None:
-        """One scrape at monotonic time ``now``: the token counter and the running gauge."""
-        return self.observe(now, generated=generated_total, running=running)
-
-    def update_steps(
-        self,
-        now: float,
-        steps_total: float,
-        step_seconds_total: float,
-        running: float | None = None,
-    ) -> float | None:
-        """One scrape: decode steps (or inter-token intervals) so far and the seconds spent
-        in them (both counters), and the running gauge if the server has one."""
-        return self.observe(now, intervals=(steps_total, step_seconds_total), running=running)
 
     def observe(
         self,
