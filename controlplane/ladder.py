@@ -11,5 +11,7 @@ import math
 
 
 def snap(value: float, step: float) -> float:
-    """The power of ``step`` nearest to ``value`` > 0 on a log scale (halfway goes up)."""
-    return float(step ** math.floor(math.log(value) / math.log(step) + 0.5))
+    """The power of ``step`` nearest to ``value`` > 0 on a log scale (halfway goes up),
+    to 12 significant digits (so sqrt(2) ** -2 is 0.5, not 0.49999999999999994)."""
+    rung = step ** math.floor(math.log(value) / math.log(step) + 0.5)
+    return float(f"{rung:.12g}")

@@ -10,10 +10,11 @@ remaps keys, so a hash cluster must not carry the load-driven weights that move 
 queue change.
 
 - Weights are capacity only: the replica's ``capacity`` (its best recent decode speed,
-  held by the agent on a 2x ladder with hysteresis, see ``agent.servers.speed``) snapped
-  to powers of ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue,
+  held by the agent on a sqrt(2) ladder with hysteresis, see ``agent.servers.speed``)
+  snapped to powers of ``CAPACITY_STEP``, times ``CAPACITY_WEIGHT``. Load, KV use, queue,
   throttling and warming never change them, nor does the drop of per-sequence speed in a
-  big batch; a weight moves only when a GPU stays ~2x slower or faster for many minutes.
+  big batch; a weight moves only when a GPU stays ~1.3x slower or faster for many
+  minutes (the peak it holds decays with a 30 min time constant).
 - A replica far worse than its peers is shed: when its measured decode speed relative to
   its capacity (so an older GPU generation is not shed for being one), cubed as the
   load-following weights cube it and times the throttling factor, is under the upper
@@ -44,6 +45,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from types import MappingProxyType
@@ -62,8 +64,10 @@ from controlplane.ir import (
 )
 from controlplane.ladder import snap
 
-CAPACITY_STEP: Final = 2.0
-"""Capacity rungs for affinity weights (the agent publishes on the same ladder)."""
+CAPACITY_STEP: Final = math.sqrt(2.0)
+"""Capacity rungs for affinity weights (the agent publishes on the same ladder): fine
+enough that a replica's share of the sessions is within ~19 % of its share of capacity,
+which is what moves when it leaves."""
 CAPACITY_WEIGHT: Final = 100
 """Weight of a replica of speed 1.0."""
 MAX_MODEL_CHARS: Final = 512

@@ -38,10 +38,10 @@ def weights_of(plan: Plan, name: str) -> dict[str, int]:
     return {r: w for r, (w, _) in cluster(plan, name).items()}
 
 
-def test_capacity_weights_follow_capacity_on_coarse_rungs() -> None:
-    assert [capacity_weight(s) for s in (1.5, 1.0, 0.6, 0.35)] == [200, 100, 50, 25]
+def test_capacity_weights_follow_capacity_on_sqrt2_rungs() -> None:
+    assert [capacity_weight(s) for s in (2.0, 1.5, 1.0, 0.6, 0.35)] == [200, 141, 100, 71, 35]
     # a value wandering inside one rung does not move the weight
-    assert {capacity_weight(s) for s in (0.75, 0.9, 1.0, 1.2, 1.4)} == {100}
+    assert {capacity_weight(s) for s in (0.85, 0.9, 1.0, 1.1, 1.18)} == {100}
     assert capacity_weight(0.0) >= 1 and capacity_weight(float("inf")) >= 1
 
 
@@ -51,8 +51,8 @@ def test_every_version_gets_a_maglev_cluster_with_bounded_load_and_capacity_weig
     (aff,) = [c for c in plan.clusters if c.name == "llama@v1#affinity"]
     assert aff.lb_policy is LbPolicy.MAGLEV and aff.hash_balance_factor == BALANCE_FACTOR
     assert cluster(plan, "llama@v1#affinity") == {
-        "n1/a": (200, Health.HEALTHY),
-        "n2/a": (50, Health.HEALTHY),
+        "n1/a": (141, Health.HEALTHY),
+        "n2/a": (71, Health.HEALTHY),
     }
     (route,) = plan.route_configs[0].models
     assert [(w.cluster, w.weight) for w in route.affinity_clusters] == [
