@@ -58,6 +58,7 @@ import httpx
 from bench.routing import (
     EDGES,
     Bench,
+    Edge,
     RunResult,
     _ms,
     _ratio,
@@ -71,7 +72,7 @@ from bench.routing import (
     write_plot,
 )
 from bench.routing_procs import loadavg
-from bench.routing_workload import SPEEDS, ServerShape
+from bench.routing_workload import MODEL, SPEEDS, VERSION, ServerShape
 from bench.sessions_load import SESSION_FIELDS
 from bench.sessions_workload import (
     DRAIN_S,
@@ -87,6 +88,7 @@ from bench.sessions_workload import (
     session_shape,
 )
 from controlplane.demo.procs import wait_port
+from controlplane.ir import affinity_cluster_name
 from controlplane.proc_guard import interrupt_on_stop_signals
 
 POLICIES = ("LEAST_REQUEST", "MAGLEV", "vllm-router-ca", "aixds")
@@ -101,6 +103,11 @@ PLOT = ROOT / "docs" / "sessions-ttft-p99.png"
 CAPACITY_SEED = 4321
 SESSION_LOAD = "bench.sessions_load"
 METRICS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+PROBE_KEYS = 1000
+"""Session keys probed through an idle aixds edge before and after the replica leaves."""
+HOME_TURNS = 3
+"""A session's home just before and just after the removal: the replica that served most
+of this many turns (one turn bounded load passed on does not move it)."""
 
 
 @dataclass
@@ -120,9 +127,18 @@ class SessionResult(RunResult):
     """Of those, how many were on the replica that left."""
     home_moved: int = 0
     """Of those, how many have another home after than before: the replica that served most
-    of its turns before the replica left, and most of them once its server was gone (ties:
-    the latest). A turn that bounded load passed to the next replica while the home was
-    busy does not move the home; the mapping change of one leaving replica does."""
+    of its last ``HOME_TURNS`` turns before the replica left, and of its first
+    ``HOME_TURNS`` once its server was gone (ties: the latest before, the first after). A
+    turn that bounded load passed to the next replica while the home was busy does not
+    move the home; the mapping change of one leaving replica does; a move earlier in the
+    window (the slowed replica shed) is not counted as the removal's."""
+    probe_keys: int = 0
+    """aixds only: session keys probed through an idle edge before and after the replica
+    left (``SessionBench.mapping_churn``); 0 when not probed."""
+    probe_on_removed: int = 0
+    """Of those, how many the edge sent to the replica that left, before it left."""
+    probe_moved: int = 0
+    """Of those, how many another replica served after it left than before."""
 
     @property
     def hit_rate(self) -> float:
@@ -148,6 +164,20 @@ class SessionResult(RunResult):
     def home_moved_share(self) -> float:
         return fraction(self.home_moved, self.across_removal)
 
+    @property
+    def probe_moved_share(self) -> float:
+        return fraction(self.probe_moved, self.probe_keys)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson interval of a share ``k`` of ``n``: how far a small sample can lie."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
 
 # -- the bench -------------------------------------------------------------------------------
 
@@ -170,6 +200,9 @@ class SessionBench(Bench):
         super().__init__(log_dir, shape, gpu)
         self.counters: dict[str, list[tuple[float, float]]] = defaultdict(list)
         """Per replica: (queries, hits) at the window's start and end (or its removal)."""
+        self.snapshot_to: tuple[Edge, Path] | None = None
+        """An Envoy edge whose clusters (admin ``/clusters``) are saved to this file as the
+        replica leaves: the weights and health each host had then, for the logs."""
 
     def event_times(self) -> list[float]:
         return [SLOWED.at, REMOVED_AT]
@@ -186,6 +219,11 @@ class SessionBench(Bench):
         self.control(self.replicas[SLOWED.replica], SLOWED.control)
         _sleep_until(t_begin + REMOVED_AT * window)
         gone = self.replicas[REMOVED]
+        if self.snapshot_to is not None and self.snapshot_to[0].admin:
+            edge, path = self.snapshot_to
+            with contextlib.suppress(httpx.HTTPError):
+                url = f"http://127.0.0.1:{edge.admin}/clusters?format=json"
+                path.write_text(self.http.get(url).text)
         # The node leaves as an operator removes one: its agent stops first (its record
         # goes, so a control plane can drain it), its server DRAIN_S later (what it still
         # runs then is cut). Static baselines see only the server going.
@@ -204,6 +242,59 @@ class SessionBench(Bench):
         gone.child = self.start_server(REMOVED, SPEEDS[REMOVED], gone.port)
         wait_port(gone.port, timeout=30)
         self.agents[REMOVED] = self.start_agent(gone)
+
+    def mapping_churn(self, edge: Edge, keys: int) -> tuple[int, int, int]:
+        """(keys, on the leaver, moved): the key-to-replica mapping of one aixds edge, idle,
+        before and after ``gpu-REMOVED`` leaves as in the window (its agent stops), probed
+        with ``keys`` session keys, one request at a time (so bounded load never passes a
+        turn on). The window's own count has only the few dozen sessions live across the
+        removal; this measures the mapping a thousand keys deep, on the same Envoys and
+        control plane. Every replica is back and unslowed first, so the fleet is the N
+        replicas the target speaks of."""
+        self.restore()
+        self.reset_and_wait_idle()
+        gone = self.replicas[REMOVED]
+        everyone = {r.port for r in self.replicas}
+        self._wait_affinity_hosts(edge, everyone)
+        before = self._probe(edge, keys)
+        self.agents[REMOVED].signal(signal.SIGTERM)
+        self._wait_affinity_hosts(edge, everyone - {gone.port})
+        after = self._probe(edge, keys)
+        on_gone = sum(1 for rid in before.values() if rid == gone.replica_id)
+        moved = sum(1 for k, rid in before.items() if after.get(k) != rid)
+        return len(before), on_gone, moved
+
+    def _probe(self, edge: Edge, keys: int) -> dict[str, str]:
+        url = f"http://127.0.0.1:{edge.port}/v1/completions"
+        body = {"model": MODEL, "prompt": "hi", "max_tokens": 1}
+        out: dict[str, str] = {}
+        for k in range(keys):
+            key = f"probe-{k}"
+            r = self.http.post(url, json=body, headers={"x-session-id": key})
+            r.raise_for_status()
+            out[key] = r.headers["x-replica"]
+        return out
+
+    def _wait_affinity_hosts(self, edge: Edge, ports: set[int], timeout: float = 90.0) -> None:
+        """Until the edge's affinity cluster has exactly ``ports`` as healthy hosts."""
+        cluster = affinity_cluster_name(MODEL, VERSION)
+        url = f"http://127.0.0.1:{edge.admin}/clusters?format=json"
+        deadline = time.monotonic() + timeout
+        seen: set[int] = set()
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                doc = self.http.get(url).json()
+                seen = {
+                    h["address"]["socket_address"]["port_value"]
+                    for c in doc.get("cluster_statuses", [])
+                    if c["name"] == cluster
+                    for h in c.get("host_statuses", [])
+                    if h.get("health_status", {}).get("eds_health_status", "HEALTHY") == "HEALTHY"
+                }
+                if seen == ports:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"{cluster} on edge {edge.port}: healthy hosts {seen}, want {ports}")
 
     def cache_delta(self) -> tuple[float, float]:
         """(hits, queries) over the window, summed over replicas."""
@@ -234,6 +325,12 @@ class SessionBench(Bench):
         self.reset_and_wait_idle()
         self.reset_caches()
         edges = self.start_edges(policy)
+        if policy == "aixds":
+            # Every run starts from the whole fleet: a replica the last run slowed is shed
+            # until its idle estimate relaxes back (~30 s), and the warm-up would otherwise
+            # map the sessions without it.
+            for e in edges:
+                self._wait_affinity_hosts(e, {r.port for r in self.replicas})
         name = f"load-{policy}-{round(load * 100)}"
         sched = make_sessions(
             session_rate(rate), warmup, window, EDGES, seed, cooldown=window * 0.25
@@ -242,9 +339,11 @@ class SessionBench(Bench):
             sched_path = self.log_dir / f"{name}.schedule.json"
             out = self.log_dir / f"{name}.json"
             sched.dump(sched_path)
+            self.snapshot_to = (edges[0], self.log_dir / f"{name}.clusters-at-removal.json")
             args = ["open", str(sched_path), str(out)]
             args += ["--ports", ",".join(str(e.port) for e in edges)]
             rows, share, _, _ = self.timed_run(name, args, warmup, window, edges, out, SESSION_LOAD)
+            churn = self.mapping_churn(edges[0], PROBE_KEYS) if policy == "aixds" else (0, 0, 0)
         finally:
             self.stop([e.child for e in edges])
             self.restore()
@@ -254,6 +353,7 @@ class SessionBench(Bench):
         res.hits, res.queries = self.cache_delta()
         by_sid = {s.sid: s for s in sched.sessions}
         score_sessions(res, rows, by_sid, seed, warmup, window)
+        res.probe_keys, res.probe_on_removed, res.probe_moved = churn
         return res
 
 
@@ -287,11 +387,12 @@ def score_sessions(
             res.across_removal += 1
             res.moved_on_removal += before[-1][2] != after[0][2]
             res.on_removed += before[-1][2].startswith(gone)
-            res.home_moved += _home(before) != _home(after)
+            home_after = _home(after[:HOME_TURNS][::-1])
+            res.home_moved += _home(before[-HOME_TURNS:]) != home_after
 
 
 def _home(turns: list[tuple[int, float, str]]) -> str:
-    """The replica that served most of ``turns`` (ties: the one that served the latest)."""
+    """The replica that served most of ``turns`` (ties: the one that served the last)."""
     counts = Counter(rep for _, _, rep in turns)
     last = {rep: i for i, (_, _, rep) in enumerate(turns)}
     return max(counts, key=lambda rep: (counts[rep], last[rep]))
@@ -328,6 +429,11 @@ def print_session_run(r: SessionResult) -> None:
         f"gpu-{REMOVED}); retried turns {r.retried}, max generator "
         f"lag {r.max_lag * 1000:.0f} ms"
     )
+    if r.probe_keys:
+        print(
+            f"  mapping probe, idle edge: {r.probe_moved}/{r.probe_keys} keys moved when "
+            f"gpu-{REMOVED} left ({r.probe_on_removed} were on it)"
+        )
     print_cpu(f"{r.policy} at {r.load * 100:.0f}%", r.cpu)
 
 
@@ -372,14 +478,28 @@ def report(results: list[SessionResult], plot: Path | None, window: float, n: in
             _target(f"hit rate >= {HIT_TARGET:.0%} of oracle at 80%", a80.of_oracle >= HIT_TARGET)
         )
         limit = MOVE_SLACK / n
-        print(
-            _target(
-                f"sessions whose home moved when 1 of {n} leaves <= {limit:.1%} at 80% "
-                f"({a80.home_moved_share:.1%}; next turn on another replica: "
-                f"{a80.moved_share:.1%})",
-                a80.home_moved_share <= limit,
-            )
+        low, high = wilson(a80.home_moved, a80.across_removal)
+        live = (
+            f"in the window at 80%: home moved {a80.home_moved}/{a80.across_removal} = "
+            f"{a80.home_moved_share:.1%}, 95% interval {low:.1%}-{high:.1%}; next turn on "
+            f"another replica {a80.moved_share:.1%}"
         )
+        if a80.probe_keys:
+            print(
+                _target(
+                    f"sessions moved when 1 of {n} leaves <= {limit:.1%} (mapping, "
+                    f"{a80.probe_keys} keys: {a80.probe_moved_share:.1%}, "
+                    f"{fraction(a80.probe_on_removed, a80.probe_keys):.1%} were on the leaver;"
+                    f" {live})",
+                    a80.probe_moved_share <= limit,
+                )
+            )
+        else:
+            print(
+                _target(
+                    f"sessions moved when 1 of {n} leaves <= {limit:.1%} ({live})", high <= limit
+                )
+            )
         errs = sum(sum(r.errors.values()) for r in results if r.policy == "aixds")
         print(_target(f"0 errors (aixds, all loads: {errs})", errs == 0))
     if results and plot is not None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 from bench.routing_envoy import static_bootstrap
-from bench.sessions import SessionResult, score_sessions
+from bench.sessions import SessionResult, score_sessions, wilson
 from bench.sessions_load import SESSION_FIELDS, request
 from bench.sessions_workload import (
     DRAIN_S,
@@ -154,6 +155,30 @@ def test_a_turn_passed_on_by_bounded_load_does_not_move_the_home() -> None:
     score_sessions(res, rows, {s.sid: s for s in sched.sessions}, 7, warmup, window)
     assert (res.across_removal, res.moved_on_removal, res.home_moved) == (2, 2, 1)
     assert res.home_moved_share == 0.5
+
+
+def test_a_move_well_before_the_removal_is_not_the_removals() -> None:
+    sched = _sched()
+    a = sched.sessions[1]  # 10 turns
+    warmup, window = 0.0, 100.0
+    rm = warmup + REMOVED_AT * window + DRAIN_S
+    slowed, new_home = "gpu-3/vllm-5", "gpu-0/vllm-2"
+    rows = [_row(2 + i, a.sid, i, slowed) for i in range(5)]  # its replica is shed ...
+    rows += [_row(20 + i, a.sid, 5 + i, new_home) for i in range(3)]  # ... it moves once
+    rows += [_row(rm + 1, a.sid, 8, new_home), _row(rm + 2, a.sid, 9, new_home)]
+    res = SessionResult("x", 0.8, 1.0, window)
+    score_sessions(res, rows, {s.sid: s for s in sched.sessions}, 7, warmup, window)
+    assert (res.across_removal, res.moved_on_removal, res.home_moved) == (1, 0, 0)
+    assert res.moves == 1
+
+
+def test_wilson_interval_brackets_the_share_and_narrows_with_the_sample() -> None:
+    low, high = wilson(9, 45)
+    assert low < 9 / 45 < high
+    assert round(low, 3) == 0.109 and round(high, 3) == 0.338
+    low2, high2 = wilson(200, 1000)
+    assert high2 - low2 < (high - low) / 3
+    assert wilson(0, 10)[0] == 0.0 and math.isnan(wilson(0, 0)[0])
 
 
 def test_static_maglev_bootstrap_hashes_on_the_session_header() -> None:
