@@ -12,7 +12,13 @@ Two learners, both pure and bounded in size:
    policy falls back to a fixed keep-alive after the last request and no pre-warm.
 2. A time-of-day profile: the request rate per slot of a period (a day), averaged across
    periods with an exponential weight, so a peak that recurs daily is loaded for ahead of
-   time (by the load's lead).
+   time (by the load's lead). A slot counts only once it *recurs*: an exponentially
+   weighted share of the periods in which it saw requests (``seen``) must reach
+   ``profile_recur`` (with the default weight 0.5: the last two periods). Without that,
+   one request of a rarely used model, or one burst of a model used every few minutes,
+   was taken for a daily peak and the model loaded at that time the next days
+   (``bench.coldstart``: a third of the GPU memory in the hour of a daily peak held by
+   such models).
 
 ``observe`` is called once per tick with the requests seen since the previous tick;
 ``forecast`` reads the history. ``history_to_doc``/``history_from_doc`` store it as JSON.
@@ -66,7 +72,11 @@ class ForecastConfig:
     min_slot_coverage: float = 0.5
     """A slot is learned only when ticks covered at least this share of it."""
     profile_rps: float = 0.01
-    """A profile rate at or above this (requests per second) counts as expected demand."""
+    """A profile rate at or above this (requests per second) counts as expected demand..."""
+    profile_recur: float = 0.7
+    """...in a slot whose share of periods with requests (weighted as ``day_alpha``, from
+    0) is at least this: with ``day_alpha`` 0.5, a slot seen busy in the last two periods
+    (0.75), not one seen once (0.5)."""
     rate_tau_s: float = 60.0
     """Time constant of the recent request rate (an exponentially weighted average)."""
 
@@ -92,6 +102,9 @@ class DemandHistory:
     """Recent requests per second (exponentially weighted)."""
     slots: tuple[float | None, ...] = ()
     """Average request rate per slot of the period; ``None``: never learned."""
+    seen: tuple[float, ...] = ()
+    """Per slot, the weighted share of learned periods in which it saw requests (0: none,
+    or never learned; a stored history without it starts from 0)."""
     slot_index: int = -1
     """Absolute number of the slot being counted (``floor(t / slot_s)``); -1: none."""
     slot_count: float = 0.0
@@ -128,6 +141,7 @@ def new_history(cfg: ForecastConfig) -> DemandHistory:
         slot_s=cfg.slot_s,
         bins=(0.0,) * cfg.n_bins,
         slots=(None,) * cfg.n_slots,
+        seen=(0.0,) * cfg.n_slots,
     )
 
 
@@ -138,6 +152,8 @@ def observe(h: DemandHistory, now: float, requests: float, cfg: ForecastConfig) 
         h = replace(h, bin_s=cfg.bin_s, bins=(0.0,) * cfg.n_bins, oob=0.0)
     if h.slot_s != cfg.slot_s or len(h.slots) != cfg.n_slots:
         h = replace(h, slot_s=cfg.slot_s, slots=(None,) * cfg.n_slots, slot_index=-1)
+    if len(h.seen) != len(h.slots):
+        h = replace(h, seen=(0.0,) * len(h.slots))
     requests = max(0.0, requests)
     dt = 0.0 if h.last_tick_at is None else max(0.0, now - h.last_tick_at)
     rate = h.rate
@@ -149,7 +165,7 @@ def observe(h: DemandHistory, now: float, requests: float, cfg: ForecastConfig) 
         if last is not None and now - last > cfg.active_gap_s:
             bins, oob = _record_idle(bins, oob, now - last, cfg)
         last = now
-    slots, index, count, since = _profile(h, now, requests, cfg)
+    slots, seen, index, count, since = _profile(h, now, requests, cfg)
     return replace(
         h,
         bins=bins,
@@ -158,6 +174,7 @@ def observe(h: DemandHistory, now: float, requests: float, cfg: ForecastConfig) 
         last_tick_at=now if h.last_tick_at is None else max(now, h.last_tick_at),
         rate=rate,
         slots=slots,
+        seen=seen,
         slot_index=index,
         slot_count=count,
         slot_from=since,
@@ -181,24 +198,26 @@ def _record_idle(
 
 def _profile(
     h: DemandHistory, now: float, requests: float, cfg: ForecastConfig
-) -> tuple[tuple[float | None, ...], int, float, float]:
+) -> tuple[tuple[float | None, ...], tuple[float, ...], int, float, float]:
     slot_s = cfg.slot_s
     index = math.floor(now / slot_s)
     if index == h.slot_index:
-        return h.slots, index, h.slot_count + requests, h.slot_from
-    slots = h.slots
+        return h.slots, h.seen, index, h.slot_count + requests, h.slot_from
+    slots, seen = h.slots, h.seen
     if h.slot_index >= 0 and h.last_tick_at is not None:
         end = min((h.slot_index + 1) * slot_s, h.last_tick_at)
         covered = end - h.slot_from
         if covered >= cfg.min_slot_coverage * slot_s:
-            seen = h.slot_count / covered
+            rate = h.slot_count / covered
             i = h.slot_index % cfg.n_slots
             old = slots[i]
-            new = seen if old is None else old + cfg.day_alpha * (seen - old)
+            new = rate if old is None else old + cfg.day_alpha * (rate - old)
             slots = (*slots[:i], new, *slots[i + 1 :])
+            busy = seen[i] + cfg.day_alpha * (float(h.slot_count > 0) - seen[i])
+            seen = (*seen[:i], busy, *seen[i + 1 :])
     if h.last_tick_at is None or now - h.last_tick_at > slot_s / 4:
-        return slots, index, 0.0, now  # after a gap: what this tick counted has no span
-    return slots, index, requests, h.last_tick_at  # this tick's requests: since the last
+        return slots, seen, index, 0.0, now  # after a gap: what this tick counted has no span
+    return slots, seen, index, requests, h.last_tick_at  # this tick's: since the last
 
 
 def forecast(h: DemandHistory, now: float, cfg: ForecastConfig, lead_s: float) -> Forecast:
@@ -283,7 +302,7 @@ def _profile_ahead(
     best, peak_in = 0.0, None
     for index in range(first, min(last, first + n - 1) + 1):
         r = h.slots[index % n]
-        if r is None:
+        if r is None or (h.seen[index % n] if len(h.seen) == n else 0.0) < cfg.profile_recur:
             continue
         best = max(best, r)
         if peak_in is None and r >= cfg.profile_rps:
@@ -310,6 +329,7 @@ def history_to_doc(h: DemandHistory) -> dict[str, Any]:
         "last_tick_at": h.last_tick_at,
         "rate": h.rate,
         "slots": list(h.slots),
+        "seen": list(h.seen),
         "slot_index": h.slot_index,
         "slot_count": h.slot_count,
         "slot_from": h.slot_from,
@@ -328,6 +348,10 @@ def history_from_doc(doc: Any) -> DemandHistory:
     slots = doc.get("slots")
     if not isinstance(slots, list) or len(slots) > MAX_BINS:
         raise HistoryError(f"slots must be a list of at most {MAX_BINS} rates or nulls")
+    rates = tuple(None if r is None else _count(r, "slots[]") for r in slots)
+    seen = doc.get("seen") or [0.0] * len(slots)  # stored before it was kept: from 0
+    if not isinstance(seen, list) or len(seen) != len(slots):
+        raise HistoryError("seen must be a list of one share per slot")
     index = doc.get("slot_index")
     if isinstance(index, bool) or not isinstance(index, int) or index < -1:
         raise HistoryError("slot_index must be a whole number >= -1")
@@ -339,7 +363,8 @@ def history_from_doc(doc: Any) -> DemandHistory:
         last_request_at=_opt_time(doc.get("last_request_at"), "last_request_at"),
         last_tick_at=_opt_time(doc.get("last_tick_at"), "last_tick_at"),
         rate=_count(doc.get("rate"), "rate"),
-        slots=tuple(None if r is None else _count(r, "slots[]") for r in slots),
+        slots=rates,
+        seen=tuple(_count(x, "seen[]") for x in seen),
         slot_index=index,
         slot_count=_count(doc.get("slot_count"), "slot_count"),
         slot_from=_time(doc.get("slot_from"), "slot_from"),

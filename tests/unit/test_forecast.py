@@ -154,6 +154,29 @@ def test_the_profile_averages_across_days() -> None:
     assert h.slots[slot + 1] == 0.0 and h.slots[slot - 1] == 0.0
 
 
+def test_a_peak_counts_once_it_recurs_not_after_one_busy_day() -> None:
+    ten, lead = 10 * 3600.0, 120.0
+    once = days(1, (ten, ten + 900), per_tick=5.0)  # one busy quarter hour, then nothing
+    once = run(once, [(DAY + t, 0.0) for t in range(0, int(DAY), 600)])
+    f = forecast(once, 2 * DAY + ten - 100, CFG, lead)
+    assert not f.wanted and f.peak_in_s is None  # seen once: not a daily peak
+    slot = int(ten // CFG.slot_s)
+    assert once.slots[slot] == pytest.approx(0.25) and once.seen[slot] == pytest.approx(0.25)
+    twice = days(2, (ten, ten + 900), per_tick=5.0)  # busy the same quarter two days running
+    assert twice.seen[slot] == pytest.approx(0.75)
+    assert forecast(twice, 2 * DAY + ten - 100, CFG, lead).peak_in_s == pytest.approx(100.0)
+
+
+def test_a_history_stored_before_the_recurrence_was_kept_decodes_from_zero() -> None:
+    h = days(2, (3600.0, 7200.0), per_tick=1.0)
+    doc = history_to_doc(h)
+    del doc["seen"]
+    old = history_from_doc(doc)
+    assert old.slots == h.slots and old.seen == (0.0,) * len(h.slots)
+    with pytest.raises(HistoryError, match="one share per slot"):
+        history_from_doc({**history_to_doc(h), "seen": [0.5]})
+
+
 def test_a_partly_observed_slot_is_not_learned() -> None:
     start = 10 * 3600.0 + 800.0  # 100 s before the 10:00 slot ends
     h = run(new_history(CFG), [(start + i, 1.0) for i in range(200)])
