@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import importlib.util
 import itertools
+import json
 import math
 import signal
 import sys
@@ -139,6 +140,11 @@ class SessionResult(RunResult):
     """Of those, how many the edge sent to the replica that left, before it left."""
     probe_moved: int = 0
     """Of those, how many another replica served after it left than before."""
+    probe_share: float = math.nan
+    """The leaver's share of the affinity weight (healthy hosts) when probed."""
+    window_share: float = math.nan
+    """The leaver's share of the affinity weight at one edge as it left in the window (a
+    shed replica's weight does not count: it is out of the table)."""
 
     @property
     def hit_rate(self) -> float:
@@ -167,6 +173,30 @@ class SessionResult(RunResult):
     @property
     def probe_moved_share(self) -> float:
         return fraction(self.probe_moved, self.probe_keys)
+
+
+def affinity_hosts(clusters: Any) -> dict[int, tuple[int, bool]]:
+    """Port -> (weight, healthy) of the affinity cluster's hosts, from Envoy's admin
+    ``/clusters?format=json``."""
+    name = affinity_cluster_name(MODEL, VERSION)
+    return {
+        h["address"]["socket_address"]["port_value"]: (
+            int(h.get("weight", 1)),
+            h.get("health_status", {}).get("eds_health_status", "HEALTHY") == "HEALTHY",
+        )
+        for c in clusters.get("cluster_statuses", [])
+        if c["name"] == name
+        for h in c.get("host_statuses", [])
+    }
+
+
+def leaver_share(hosts: dict[int, tuple[int, bool]], port: int) -> float:
+    """The share of the Maglev table the host on ``port`` holds: its weight over the healthy
+    hosts' (0 when it is not healthy): the share of session keys that must move when it
+    leaves."""
+    total = sum(w for w, healthy in hosts.values() if healthy)
+    w, healthy = hosts.get(port, (0, False))
+    return fraction(w, total) if healthy else 0.0
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -203,6 +233,8 @@ class SessionBench(Bench):
         self.snapshot_to: tuple[Edge, Path] | None = None
         """An Envoy edge whose clusters (admin ``/clusters``) are saved to this file as the
         replica leaves: the weights and health each host had then, for the logs."""
+        self.window_share = math.nan
+        """The leaver's affinity weight share at that edge then (``leaver_share``)."""
 
     def event_times(self) -> list[float]:
         return [SLOWED.at, REMOVED_AT]
@@ -219,11 +251,14 @@ class SessionBench(Bench):
         self.control(self.replicas[SLOWED.replica], SLOWED.control)
         _sleep_until(t_begin + REMOVED_AT * window)
         gone = self.replicas[REMOVED]
+        self.window_share = math.nan
         if self.snapshot_to is not None and self.snapshot_to[0].admin:
             edge, path = self.snapshot_to
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 url = f"http://127.0.0.1:{edge.admin}/clusters?format=json"
-                path.write_text(self.http.get(url).text)
+                text = self.http.get(url).text
+                path.write_text(text)
+                self.window_share = leaver_share(affinity_hosts(json.loads(text)), gone.port)
         # The node leaves as an operator removes one: its agent stops first (its record
         # goes, so a control plane can drain it), its server DRAIN_S later (what it still
         # runs then is cut). Static baselines see only the server going.
@@ -243,8 +278,9 @@ class SessionBench(Bench):
         wait_port(gone.port, timeout=30)
         self.agents[REMOVED] = self.start_agent(gone)
 
-    def mapping_churn(self, edge: Edge, keys: int) -> tuple[int, int, int]:
-        """(keys, on the leaver, moved): the key-to-replica mapping of one aixds edge, idle,
+    def mapping_churn(self, edge: Edge, keys: int) -> tuple[int, int, int, float]:
+        """(keys, on the leaver, moved, its weight share): the key-to-replica mapping of one
+        aixds edge, idle,
         before and after ``gpu-REMOVED`` leaves as in the window (its agent stops), probed
         with ``keys`` session keys, one request at a time (so bounded load never passes a
         turn on). The window's own count has only the few dozen sessions live across the
@@ -255,14 +291,14 @@ class SessionBench(Bench):
         self.reset_and_wait_idle()
         gone = self.replicas[REMOVED]
         everyone = {r.port for r in self.replicas}
-        self._wait_affinity_hosts(edge, everyone)
+        hosts = self._wait_affinity_hosts(edge, everyone)
         before = self._probe(edge, keys)
         self.agents[REMOVED].signal(signal.SIGTERM)
         self._wait_affinity_hosts(edge, everyone - {gone.port})
         after = self._probe(edge, keys)
         on_gone = sum(1 for rid in before.values() if rid == gone.replica_id)
         moved = sum(1 for k, rid in before.items() if after.get(k) != rid)
-        return len(before), on_gone, moved
+        return len(before), on_gone, moved, leaver_share(hosts, gone.port)
 
     def _probe(self, edge: Edge, keys: int) -> dict[str, str]:
         url = f"http://127.0.0.1:{edge.port}/v1/completions"
@@ -275,26 +311,22 @@ class SessionBench(Bench):
             out[key] = r.headers["x-replica"]
         return out
 
-    def _wait_affinity_hosts(self, edge: Edge, ports: set[int], timeout: float = 90.0) -> None:
-        """Until the edge's affinity cluster has exactly ``ports`` as healthy hosts."""
-        cluster = affinity_cluster_name(MODEL, VERSION)
+    def _wait_affinity_hosts(
+        self, edge: Edge, ports: set[int], timeout: float = 90.0
+    ) -> dict[int, tuple[int, bool]]:
+        """Until the edge's affinity cluster has exactly ``ports`` as healthy hosts; its
+        hosts then (``affinity_hosts``)."""
         url = f"http://127.0.0.1:{edge.admin}/clusters?format=json"
         deadline = time.monotonic() + timeout
         seen: set[int] = set()
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                doc = self.http.get(url).json()
-                seen = {
-                    h["address"]["socket_address"]["port_value"]
-                    for c in doc.get("cluster_statuses", [])
-                    if c["name"] == cluster
-                    for h in c.get("host_statuses", [])
-                    if h.get("health_status", {}).get("eds_health_status", "HEALTHY") == "HEALTHY"
-                }
+                hosts = affinity_hosts(self.http.get(url).json())
+                seen = {port for port, (_, healthy) in hosts.items() if healthy}
                 if seen == ports:
-                    return
+                    return hosts
             time.sleep(0.2)
-        raise RuntimeError(f"{cluster} on edge {edge.port}: healthy hosts {seen}, want {ports}")
+        raise RuntimeError(f"affinity cluster on edge {edge.port}: healthy {seen}, want {ports}")
 
     def cache_delta(self) -> tuple[float, float]:
         """(hits, queries) over the window, summed over replicas."""
@@ -343,7 +375,11 @@ class SessionBench(Bench):
             args = ["open", str(sched_path), str(out)]
             args += ["--ports", ",".join(str(e.port) for e in edges)]
             rows, share, _, _ = self.timed_run(name, args, warmup, window, edges, out, SESSION_LOAD)
-            churn = self.mapping_churn(edges[0], PROBE_KEYS) if policy == "aixds" else (0, 0, 0)
+            churn = (
+                self.mapping_churn(edges[0], PROBE_KEYS)
+                if policy == "aixds"
+                else (0, 0, 0, math.nan)
+            )
         finally:
             self.stop([e.child for e in edges])
             self.restore()
@@ -353,7 +389,8 @@ class SessionBench(Bench):
         res.hits, res.queries = self.cache_delta()
         by_sid = {s.sid: s for s in sched.sessions}
         score_sessions(res, rows, by_sid, seed, warmup, window)
-        res.probe_keys, res.probe_on_removed, res.probe_moved = churn
+        res.probe_keys, res.probe_on_removed, res.probe_moved, res.probe_share = churn
+        res.window_share = self.window_share
         return res
 
 
@@ -432,7 +469,9 @@ def print_session_run(r: SessionResult) -> None:
     if r.probe_keys:
         print(
             f"  mapping probe, idle edge: {r.probe_moved}/{r.probe_keys} keys moved when "
-            f"gpu-{REMOVED} left ({r.probe_on_removed} were on it)"
+            f"gpu-{REMOVED} left ({r.probe_on_removed} were on it; its weight share "
+            f"{r.probe_share:.1%}); in the window it held {r.window_share:.1%} of the weight "
+            f"as it left"
         )
     print_cpu(f"{r.policy} at {r.load * 100:.0f}%", r.cpu)
 
@@ -481,8 +520,9 @@ def report(results: list[SessionResult], plot: Path | None, window: float, n: in
         low, high = wilson(a80.home_moved, a80.across_removal)
         live = (
             f"in the window at 80%: home moved {a80.home_moved}/{a80.across_removal} = "
-            f"{a80.home_moved_share:.1%}, 95% interval {low:.1%}-{high:.1%}; next turn on "
-            f"another replica {a80.moved_share:.1%}"
+            f"{a80.home_moved_share:.1%}, 95% interval {low:.1%}-{high:.1%}, the leaver's "
+            f"weight share then {a80.window_share:.1%}; next turn on another replica "
+            f"{a80.moved_share:.1%}"
         )
         if a80.probe_keys:
             print(

@@ -11,9 +11,10 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from bench.routing_envoy import static_bootstrap
-from bench.sessions import SessionResult, score_sessions, wilson
+from bench.sessions import SessionResult, affinity_hosts, leaver_share, score_sessions, wilson
 from bench.sessions_load import SESSION_FIELDS, request
 from bench.sessions_workload import (
     DRAIN_S,
@@ -179,6 +180,34 @@ def test_wilson_interval_brackets_the_share_and_narrows_with_the_sample() -> Non
     low2, high2 = wilson(200, 1000)
     assert high2 - low2 < (high - low) / 3
     assert wilson(0, 10)[0] == 0.0 and math.isnan(wilson(0, 0)[0])
+
+
+def test_the_leavers_share_is_its_weight_over_the_healthy_hosts() -> None:
+    def host(port: int, weight: int, health: str = "HEALTHY") -> dict[str, Any]:
+        return {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "weight": weight,
+            "health_status": {"eds_health_status": health},
+        }
+
+    doc = {
+        "cluster_statuses": [
+            {"name": "llama@v1", "host_statuses": [host(1, 7)]},  # the load-following one
+            {
+                "name": "llama@v1#affinity",
+                "host_statuses": [
+                    host(1, 141),
+                    host(2, 100),
+                    host(3, 100, "DEGRADED"),
+                    host(4, 50),
+                ],
+            },
+        ]
+    }
+    hosts = affinity_hosts(doc)
+    assert hosts == {1: (141, True), 2: (100, True), 3: (100, False), 4: (50, True)}
+    assert leaver_share(hosts, 2) == 100 / 291  # the shed replica is out of the table
+    assert leaver_share(hosts, 3) == 0.0 and leaver_share(hosts, 9) == 0.0
 
 
 def test_static_maglev_bootstrap_hashes_on_the_session_header() -> None:
