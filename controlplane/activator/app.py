@@ -195,7 +195,7 @@ class Activator:
         start = self._clock()
         deadline = start + self._s.hold_s
         self._held += 1
-        self._demand.hold(model)
+        held_since = self._demand.hold(model)
         self._m.waiting.labels(model).inc()
         try:
             while True:
@@ -214,7 +214,7 @@ class Activator:
                 await asyncio.sleep(self._s.loop_retry_s)
         finally:
             self._held -= 1
-            self._demand.release(model)
+            self._demand.release(model, held_since)
             self._m.waiting.labels(model).dec()
         self._m.requests.labels(model, "timeout").inc()
         self._demand.arrived(model)

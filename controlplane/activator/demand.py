@@ -3,6 +3,9 @@ model, shared through Redis so the one acting control plane sees every activator
 
 - ``aixds:v1:waiting:<instance>``: hash model -> requests held now (expires unless renewed:
   a dead activator's count vanishes);
+- ``aixds:v1:held-since:<instance>``: hash model -> when the oldest of them was first held
+  (epoch seconds, same expiry): placement lets a request held long outrank models that
+  serve requests now, so none reaches the hold bound for want of GPU memory;
 - ``aixds:v1:arrivals:<epoch-second>``: hash model -> requests that reached an activator
   in that second (HINCRBY, expiring): demand for models that have no cluster yet, which
   load reports (LRS) cannot show.
@@ -41,9 +44,12 @@ class ActivatorDemand:
     ) -> None:
         self._r = client
         self._key = schema.waiting_key(instance)
+        self._since_key = schema.held_since_key(instance)
         self._interval_s = interval_s
         self._clock = clock
         self.waiting: Counter[str] = Counter()
+        self._since: dict[str, Counter[float]] = {}
+        """Per model, the hold start times of the requests held now (a multiset)."""
         self._arrived: Counter[tuple[int, str]] = Counter()
         self._had_waiting = False
         self._failing = False
@@ -51,13 +57,28 @@ class ActivatorDemand:
     def arrived(self, model: str) -> None:
         self._arrived[(math.floor(self._clock()), model)] += 1
 
-    def hold(self, model: str) -> None:
+    def hold(self, model: str) -> float:
+        """Count a request held for ``model``; the token ``release`` takes back."""
+        since = self._clock()
         self.waiting[model] += 1
+        self._since.setdefault(model, Counter())[since] += 1
+        return since
 
-    def release(self, model: str) -> None:
+    def release(self, model: str, since: float) -> None:
         self.waiting[model] -= 1
         if self.waiting[model] <= 0:
             del self.waiting[model]
+        held = self._since.get(model)
+        if held is not None:
+            held[since] -= 1
+            if held[since] <= 0:
+                del held[since]
+            if not held:
+                del self._since[model]
+
+    def oldest(self) -> dict[str, float]:
+        """Per model held now, when its oldest held request was first held."""
+        return {m: min(held) for m, held in self._since.items() if held}
 
     async def flush(self) -> None:
         arrived, self._arrived = self._arrived, Counter()
@@ -67,10 +88,12 @@ class ActivatorDemand:
                     key = schema.arrivals_key(second)
                     p.hincrby(key, model, n)
                     p.expire(key, ARRIVALS_TTL_S)
-                p.delete(self._key)
+                p.delete(self._key, self._since_key)
                 if self.waiting:
                     p.hset(self._key, mapping={m: n for m, n in self.waiting.items()})
                     p.pexpire(self._key, WAITING_TTL_MS)
+                    p.hset(self._since_key, mapping={m: repr(t) for m, t in self.oldest().items()})
+                    p.pexpire(self._since_key, WAITING_TTL_MS)
                 await p.execute()
             self._failing = False
         except (RedisError, OSError) as e:
@@ -96,6 +119,19 @@ async def read_waiting(client: aioredis.Redis) -> dict[str, int]:
     return dict(total)
 
 
+async def read_held_since(client: aioredis.Redis) -> dict[str, float]:
+    """When the oldest request held now for each model was first held (epoch seconds, the
+    earliest over every live activator)."""
+    oldest: dict[str, float] = {}
+    async for key in client.scan_iter(match=schema.HELD_SINCE_PREFIX + "*", count=100):
+        for m, v in (await client.hgetall(key)).items():
+            t = _float(v)
+            if t is not None:
+                name = _text(m)
+                oldest[name] = min(t, oldest.get(name, t))
+    return oldest
+
+
 async def read_arrivals(client: aioredis.Redis, seconds: range) -> dict[str, int]:
     """Requests that reached any activator in these epoch seconds, per model."""
     total: Counter[str] = Counter()
@@ -110,6 +146,14 @@ async def read_arrivals(client: aioredis.Redis, seconds: range) -> dict[str, int
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _float(v: bytes | str) -> float | None:
+    try:
+        x = float(v)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _int(v: bytes | str) -> int:

@@ -132,6 +132,8 @@ class Forecast:
     recent_rate: float
     idle_s: float | None
     """Seconds since the last request; ``None``: none seen."""
+    active: bool = False
+    """In an active period: a request within ``active_gap_s``."""
 
 
 def new_history(cfg: ForecastConfig) -> DemandHistory:
@@ -244,6 +246,7 @@ def forecast(h: DemandHistory, now: float, cfg: ForecastConfig, lead_s: float) -
         peak_in_s=peak_in,
         recent_rate=h.rate,
         idle_s=idle,
+        active=idle is not None and idle <= cfg.active_gap_s,
     )
 
 

@@ -15,8 +15,10 @@ awake, else asleep (a wake is fast), else to the zone with fewest of it and ther
 fastest load; ties by replica id. It must fit the replica's GPU memory (less a reserve) next
 to what that replica keeps: a model the replica holds is evicted only for a need of a higher
 level (pinned, then priority, then demand: a model with requests waiting or served now
-outranks one only the forecast wants, so a pre-warmed model never keeps a waiting one
-out), and never within ``hold_s`` of its last change.
+(a recent rate of ``active_rps``, or a request within the forecast's active gap) outranks
+one only the forecast wants, so a pre-warmed model never keeps a waiting one out; a request
+held ``starving_after_s`` outranks a model served now), and never within ``hold_s`` of its
+last change.
 
 What no need keeps goes to sleep after ``scale_down_after_s`` (where its server can sleep:
 ``wake_s > 0``) and is unloaded ``unload_after_s`` later, or at once when its memory is
@@ -73,9 +75,19 @@ class PlacementConfig:
     default_load_s: float = 60.0
     """The load time assumed where a replica does not report one (for ranking only)."""
     active_rps: float = 0.2
-    """A model whose recent rate (a decaying average) is at least this serves requests now:
-    it keeps its memory against needs of the same priority; below it, only the forecast
-    keeps it, and requests waiting for another model may take its place."""
+    """A model whose recent rate (a decaying average) is at least this, or that had a
+    request within the forecast's active gap (``Forecast.active``), serves requests now:
+    it keeps its memory against needs of the same priority; otherwise only the forecast
+    keeps it, and requests waiting for another model may take its place. The decaying
+    average alone dips under the bound between a steady model's Poisson arrivals:
+    ``bench.coldstart`` saw models of 0.3 req/s evicted for one waiting request of a rare
+    model, and 1-2 % of their requests wait for the reload."""
+    starving_after_s: float = 60.0
+    """A request held this long (half the activator's default bound of 120 s) outranks the
+    models that serve requests now at the same priority: memory is taken from one of them
+    rather than the request timing out. Before that it waits for memory a serving model
+    gives up (``bench.coldstart``: without this bound, 41 requests of one seed waited more
+    than 120 s; with it none, and fewer requests waited in all)."""
     max_load_failures: int = 3
     """A replica that failed to load a model this many times in a row is not asked again
     (a permanent failure counts at once)."""
@@ -89,6 +101,8 @@ class ModelDemand:
     """Recent requests per second, all regions together."""
     waiting: int = 0
     """Requests held now until a replica of the model is ready."""
+    waited_s: float = 0.0
+    """How long the oldest of them has been held."""
     forecast: Forecast | None = None
 
 
@@ -140,7 +154,7 @@ class _Need:
 
     @property
     def level(self) -> Level:
-        return (self.pinned_rank == 0, -self.neg_priority, 0 if self.urgency == 2 else 1)
+        return (self.pinned_rank == 0, -self.neg_priority, 2 - self.urgency)
 
 
 def place(
@@ -268,7 +282,11 @@ def _needs(
     if p.max_replicas and pinned + extra > p.max_replicas:
         extra = max(0, p.max_replicas - pinned)
         reasons.append(f"max_replicas {p.max_replicas}")
-    urgency = 0 if d.waiting > 0 else 1 if rate >= cfg.active_rps else 2
+    serving = rate >= cfg.active_rps or (d.forecast is not None and d.forecast.active)
+    starving = d.waiting > 0 and d.waited_s >= cfg.starving_after_s
+    if starving:
+        reasons.append(f"held {d.waited_s:.0f} s: outranks models served now")
+    urgency = 0 if starving else 1 if d.waiting > 0 or serving else 2
     out = [_Need(0, -p.priority, i, urgency, m, r) for r, n in pins.items() for i in range(n)]
     out += [_Need(1, -p.priority, i, urgency, m, None) for i in range(extra)]
     return out

@@ -85,8 +85,9 @@ class Replica:
 
 
 Level = tuple[bool, int, int]
-"""(pinned, priority, demand): higher wins GPU memory; demand 1 = requests wait for it or
-it serves requests now, 0 = only the forecast wants it."""
+"""(pinned, priority, demand): higher wins GPU memory; demand 2 = a request has waited for
+it past ``starving_after_s``, 1 = requests wait for it or it serves requests now, 0 = only
+the forecast wants it."""
 Levels = Mapping[str, Level]
 
 

@@ -39,6 +39,7 @@ ROLLBACK_LOCK_KEY = PREFIX + "lock:rollback"
 SERVING_VERSION_LOCK_KEY = PREFIX + "lock:serving-version"
 PLACEMENT_LOCK_KEY = PREFIX + "lock:placement"
 WAITING_PREFIX = PREFIX + "waiting:"
+HELD_SINCE_PREFIX = PREFIX + "held-since:"
 ARRIVALS_PREFIX = PREFIX + "arrivals:"
 DEMAND_KEY = PREFIX + "demand"
 PLACEMENT_KEY = PREFIX + "placement"
@@ -48,6 +49,10 @@ RECORD_FIELD = "record"
 
 def waiting_key(instance: str) -> str:
     return WAITING_PREFIX + instance
+
+
+def held_since_key(instance: str) -> str:
+    return HELD_SINCE_PREFIX + instance
 
 
 def arrivals_key(second: int) -> str:

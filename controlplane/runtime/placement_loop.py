@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 from redis.exceptions import RedisError
 
-from controlplane.activator.demand import read_arrivals, read_waiting
+from controlplane.activator.demand import read_arrivals, read_held_since, read_waiting
 from controlplane.decide.forecast import (
     DemandHistory,
     Forecast,
@@ -191,6 +191,7 @@ class PlacementLoop:
             self.histories = await self._load_histories()
             self._counted_until = math.floor(now) - REPORT_LAG_S
         counts, waiting = await self._demand(now)
+        held_since = await read_held_since(self._r) if waiting else {}
         fc = self._s.forecast
         models = set(self.histories) | set(counts) | set(waiting) | managed_models(fleet, intent)
         demand: dict[str, ModelDemand] = {}
@@ -204,7 +205,13 @@ class PlacementLoop:
             self.histories[m] = h
             f = forecast(h, now, fc, lead_s(fleet, m, self._s.placement.default_load_s))
             forecasts[m] = f
-            demand[m] = ModelDemand(rate=f.recent_rate, waiting=waiting.get(m, 0), forecast=f)
+            since = held_since.get(m)
+            demand[m] = ModelDemand(
+                rate=f.recent_rate,
+                waiting=waiting.get(m, 0),
+                waited_s=max(0.0, now - since) if since is not None and waiting.get(m) else 0.0,
+                forecast=f,
+            )
         result = place(fleet, intent, demand, self.previous, now, self._s.placement)
         await self._write(fleet, intent, result)
         self.previous = result

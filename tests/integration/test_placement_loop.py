@@ -11,6 +11,8 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+from controlplane.activator.demand import ActivatorDemand, read_held_since
+from controlplane.decide.placement import PlacementConfig
 from controlplane.fleet import schema
 from controlplane.fleet.leader import RedisLock
 from controlplane.fleet.load_store import RedisLoadStore
@@ -26,6 +28,41 @@ pytestmark = pytest.mark.integration
 
 def offering(obs: ObservedReplica, *avail: AvailableModel) -> ObservedReplica:
     return dataclasses.replace(obs, record=dataclasses.replace(obs.record, available=avail))
+
+
+async def test_the_activators_oldest_hold_reaches_placement(redis_srv: RedisServer) -> None:
+    view = fleet(offering(replica("gpu-1/vllm-8000", expires_at=1e12), AvailableModel("qwen")))
+    clock = [1000.0]
+    r = connect(redis_srv.url)
+    demand = ActivatorDemand(r, "activator-y", clock=lambda: clock[0])
+    loop = PlacementLoop(
+        r,
+        lambda: view,
+        Intent,
+        RedisLoadStore(r),
+        RedisLock(r, schema.PLACEMENT_LOCK_KEY, "cp-0", ttl_s=5.0),
+        PlacementMetrics(CollectorRegistry()),
+        clock=lambda: clock[0],
+    )
+    try:
+        first = demand.hold("qwen")
+        clock[0] += 5.0
+        second = demand.hold("qwen")
+        await demand.flush()
+        assert await read_held_since(r) == {"qwen": 1000.0}
+        demand.release("qwen", first)
+        await demand.flush()
+        assert await read_held_since(r) == {"qwen": 1005.0}
+        clock[0] = 1005.0 + PlacementConfig().starving_after_s
+        await demand.flush()
+        await loop.round()
+        decision = json.loads(await r.get(schema.PLACEMENT_KEY) or "{}")
+        assert "held 60 s: outranks models served now" in decision["models"]["qwen"]["reasons"]
+        demand.release("qwen", second)
+        await demand.flush()
+        assert await read_held_since(r) == {} and demand.oldest() == {}
+    finally:
+        await r.aclose()
 
 
 async def test_one_replica_places_and_the_next_goes_on_from_its_history(
@@ -58,6 +95,7 @@ async def test_one_replica_places_and_the_next_goes_on_from_its_history(
         decision = json.loads(await r.get(schema.PLACEMENT_KEY) or "{}")
         assert decision["decided_by"] == "cp-0"
         assert decision["models"]["qwen"]["waiting"] == 2
+        assert not any("outranks" in r for r in decision["models"]["qwen"]["reasons"])
         assert loops[1].histories is None  # the second never acted
 
         await loops[0].leave()  # as on shutdown: histories saved, lock given up

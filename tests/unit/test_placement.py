@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from dataclasses import replace
 from types import MappingProxyType
 
 from hypothesis import given, settings
@@ -151,6 +152,35 @@ def test_equal_priority_does_not_evict_a_used_model() -> None:
     f = fleet(rep("n1/s", av("a", 40), av("b", 40), loaded=(("a", READY),)))
     demand = {"a": ModelDemand(rate=0.5), "b": ModelDemand(waiting=1)}
     p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("loaded", "-")
+
+
+def test_a_model_with_a_request_seconds_ago_is_serving_though_its_rate_dipped() -> None:
+    """Found by bench.coldstart: a 0.3 req/s model's decaying rate dips under active_rps
+    between Poisson arrivals, and one waiting request of a rare model evicted it."""
+    just_used = Forecast(True, "active", 60.0, 0.0, False, 0.0, None, 0.15, 3.0, active=True)
+    f = fleet(rep("n1/s", av("a", 40), av("b", 40), loaded=(("a", READY),)))
+    demand = {"a": ModelDemand(rate=0.15, forecast=just_used), "b": ModelDemand(waiting=1)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("loaded", "-")
+    quiet = replace(just_used, idle_s=30.0, active=False)  # 30 s without one: it gives way
+    demand["a"] = ModelDemand(rate=0.15, forecast=quiet)
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("unloaded", "loaded")
+
+
+def test_a_request_held_past_the_starving_bound_takes_a_served_models_memory() -> None:
+    f = fleet(rep("n1/s", av("a", 40), av("b", 40), loaded=(("a", READY),)))
+    demand = {"a": ModelDemand(rate=0.5), "b": ModelDemand(waiting=1, waited_s=30.0)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("loaded", "-")
+    demand["b"] = ModelDemand(waiting=1, waited_s=CFG.starving_after_s)
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("unloaded", "loaded")
+    assert "held 60 s: outranks models served now" in p.decisions["b"].reasons
+    # a higher priority still wins over a starving request
+    high = pins(a=ModelPlacement(priority=5))
+    p = place(f, high, demand, None, 0.0, CFG)
     assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("loaded", "-")
 
 
