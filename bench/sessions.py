@@ -291,7 +291,7 @@ class SessionBench(Bench):
         self.reset_and_wait_idle()
         gone = self.replicas[REMOVED]
         everyone = {r.port for r in self.replicas}
-        hosts = self._wait_affinity_hosts(edge, everyone)
+        hosts = self._wait_affinity_hosts(edge, everyone, timeout=400.0)
         before = self._probe(edge, keys)
         self.agents[REMOVED].signal(signal.SIGTERM)
         self._wait_affinity_hosts(edge, everyone - {gone.port})
@@ -359,10 +359,10 @@ class SessionBench(Bench):
         edges = self.start_edges(policy)
         if policy == "aixds":
             # Every run starts from the whole fleet: a replica the last run slowed is shed
-            # until its idle estimate relaxes back (~30 s), and the warm-up would otherwise
-            # map the sessions without it.
+            # until its idle estimate relaxes back (about two minutes), and the warm-up
+            # would otherwise map the sessions without it.
             for e in edges:
-                self._wait_affinity_hosts(e, {r.port for r in self.replicas})
+                self._wait_affinity_hosts(e, {r.port for r in self.replicas}, timeout=400.0)
         name = f"load-{policy}-{round(load * 100)}"
         sched = make_sessions(
             session_rate(rate), warmup, window, EDGES, seed, cooldown=window * 0.25

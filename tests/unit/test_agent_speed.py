@@ -158,12 +158,13 @@ def test_an_idle_server_relaxes_back_to_its_capacity_a_stalled_one_does_not() ->
     slow = feed(est, 20.0, 20, 25.0 * 0.3, 2)  # measured 3x slower, then sent nothing
     assert slow == snap(0.3, 1.25)
     assert est.capacity == 1.0
-    assert idle(est, 40.0, 5, 1e4) == slow  # a few idle seconds change little
+    assert idle(est, 40.0, 4, 1e4) == slow  # idle seconds change little
     for i in range(120):  # sequences running, no token: stalled, not idle
         est.observe(45.0 + i, generated=1e4, running=2)
     assert est.speed == slow
-    assert idle(est, 165.0, 120, 1e4) == 1.0  # minutes without evidence: back to capacity
-    assert idle(est, 290.0, 600, 1e4) == 1.0  # and never above it
+    assert idle(est, 180.0, 60, 1e4) < 1.0  # a shed replica does not return within a minute
+    assert idle(est, 241.0, 480, 1e4) == 1.0  # minutes without evidence: back to capacity
+    assert idle(est, 722.0, 600, 1e4) == 1.0  # and never above it
 
 
 def test_inter_token_histogram_measures_short_requests_and_idles_only_when_nothing_runs() -> None:
@@ -179,7 +180,7 @@ def test_inter_token_histogram_measures_short_requests_and_idles_only_when_nothi
         t += 1.0
         est.observe(t, intervals=(n, secs), running=3)
     assert est.speed == snap(0.4, 1.25)
-    for _ in range(100):
+    for _ in range(600):
         t += 1.0
         est.observe(t, intervals=(n, secs), running=0)
     assert est.speed == 1.0

@@ -90,8 +90,13 @@ class DecodeSpeed:
     its 12 % (``bench.sessions`` mapping probe); on this one, 12.6 %."""
     peak_decay_s: float = 1800.0
     """Time constant with which the held best estimate decays toward the current one, s."""
-    idle_relax_s: float = 30.0
-    """Time constant with which an idle server's estimate returns toward its capacity, s."""
+    idle_relax_s: float = 120.0
+    """Time constant with which an idle server's estimate returns toward its capacity, s.
+    Minutes, not seconds: a replica shed from session affinity for being slow gets no
+    session traffic, and when the relaxed estimate brings it back every one of its
+    sessions moves back (each a full prefill if it is still slow). At 30 s,
+    ``bench.sessions`` at 80 % saw the slowed replica shed, back 50 s later with no
+    evidence, 15 turns at up to 13 s TTFT, and shed again 6 s later: the run's p99."""
     capacity: float | None = None
     """The published capacity (best recent speed); ``None`` until measured."""
     peak: float = 0.0
