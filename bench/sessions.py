@@ -280,13 +280,12 @@ class SessionBench(Bench):
 
     def mapping_churn(self, edge: Edge, keys: int) -> tuple[int, int, int, float]:
         """(keys, on the leaver, moved, its weight share): the key-to-replica mapping of one
-        aixds edge, idle,
-        before and after ``gpu-REMOVED`` leaves as in the window (its agent stops), probed
-        with ``keys`` session keys, one request at a time (so bounded load never passes a
-        turn on). The window's own count has only the few dozen sessions live across the
-        removal; this measures the mapping a thousand keys deep, on the same Envoys and
-        control plane. Every replica is back and unslowed first, so the fleet is the N
-        replicas the target speaks of."""
+        aixds edge, idle, before and after ``gpu-REMOVED`` leaves as in the window (its
+        agent stops), probed with ``keys`` session keys, one request at a time (so bounded
+        load never passes a turn on). The window's own count has only the few dozen
+        sessions live across the removal; this measures the mapping a thousand keys deep,
+        on the same Envoys and control plane. Every replica is back and unslowed first, so
+        the fleet is the N replicas the target speaks of."""
         self.restore()
         self.reset_and_wait_idle()
         gone = self.replicas[REMOVED]
