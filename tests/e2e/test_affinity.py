@@ -121,7 +121,10 @@ def start(fleet: Fleet, n: int, *args: str) -> tuple[list[Replica], Edge]:
     fleet.wait_routable(edge, MODEL, n)
     wait_until(lambda: len(edge.hosts(AFFINITY)) == n, 20, what=f"{n} hosts in {AFFINITY}")
     prime(reps)
-    settle(edge, {r.port: 100 for r in reps})
+    # equal replicas, equal weights: 100, or 71 where a loaded machine measured every
+    # peak under 0.84 (the sqrt(2) rungs are finer than the noise of a busy CI host)
+    ports = {r.port for r in reps}
+    settle(edge, lambda w: set(w) == ports and len(set(w.values())) == 1)
     return reps, edge
 
 
@@ -215,8 +218,11 @@ def test_sessions_spread_over_the_replicas_by_capacity(fleet: Fleet) -> None:
 
     # the agents measure decode speed from traffic; the affinity weights follow the
     # capacity on sqrt(2) rungs with hysteresis (fast: 3.0, measured ~2.4 -> 283, or 200
-    # if measured under 2.38; the others 100)
-    w = settle(edge, lambda w: w[fast.port] >= 200 and all(w[r.port] == 100 for r in slow))
+    # if measured under 2.38; the others 100, or 71 on a loaded machine)
+    w = settle(
+        edge,
+        lambda w: w[slow[0].port] == w[slow[1].port] and w[fast.port] >= 2 * w[slow[0].port],
+    )
     assert w[slow[0].port] == w[slow[1].port]
     # 120 sessions: the share's standard deviation is 0.046, so the 0.2 bound is 4 of them
     # (with 40 the table's dependence on the random ports failed about 1 run in 100)
