@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -47,9 +47,9 @@ class ActivatorDemand:
         self._since_key = schema.held_since_key(instance)
         self._interval_s = interval_s
         self._clock = clock
-        self.waiting: Counter[str] = Counter()
-        self._since: dict[str, Counter[float]] = {}
-        """Per model, the hold start times of the requests held now (a multiset)."""
+        self._held: dict[str, Counter[float]] = {}
+        """Per model, the hold start times of the requests held now (a multiset): their
+        count is what waits, the earliest how long."""
         self._arrived: Counter[tuple[int, str]] = Counter()
         self._had_waiting = False
         self._failing = False
@@ -60,25 +60,27 @@ class ActivatorDemand:
     def hold(self, model: str) -> float:
         """Count a request held for ``model``; the token ``release`` takes back."""
         since = self._clock()
-        self.waiting[model] += 1
-        self._since.setdefault(model, Counter())[since] += 1
+        self._held.setdefault(model, Counter())[since] += 1
         return since
 
     def release(self, model: str, since: float) -> None:
-        self.waiting[model] -= 1
-        if self.waiting[model] <= 0:
-            del self.waiting[model]
-        held = self._since.get(model)
-        if held is not None:
-            held[since] -= 1
-            if held[since] <= 0:
-                del held[since]
-            if not held:
-                del self._since[model]
+        held = self._held.get(model)
+        if held is None:
+            return
+        held[since] -= 1
+        if held[since] <= 0:
+            del held[since]
+        if not held:
+            del self._held[model]
+
+    @property
+    def waiting(self) -> dict[str, int]:
+        """Per model, requests held now."""
+        return {m: held.total() for m, held in self._held.items()}
 
     def oldest(self) -> dict[str, float]:
         """Per model held now, when its oldest held request was first held."""
-        return {m: min(held) for m, held in self._since.items() if held}
+        return {m: min(held) for m, held in self._held.items()}
 
     async def flush(self) -> None:
         arrived, self._arrived = self._arrived, Counter()
@@ -89,7 +91,7 @@ class ActivatorDemand:
                     p.hincrby(key, model, n)
                     p.expire(key, ARRIVALS_TTL_S)
                 p.delete(self._key, self._since_key)
-                if self.waiting:
+                if self._held:
                     p.hset(self._key, mapping={m: n for m, n in self.waiting.items()})
                     p.pexpire(self._key, WAITING_TTL_MS)
                     p.hset(self._since_key, mapping={m: repr(t) for m, t in self.oldest().items()})
@@ -110,12 +112,20 @@ class ActivatorDemand:
             await asyncio.sleep(self._interval_s)
 
 
+async def _activator_fields(
+    client: aioredis.Redis, prefix: str
+) -> AsyncIterator[tuple[str, bytes | str]]:
+    """(model, value) of every field of every live activator's hash under ``prefix``."""
+    async for key in client.scan_iter(match=prefix + "*", count=100):
+        for m, v in (await client.hgetall(key)).items():
+            yield _text(m), v
+
+
 async def read_waiting(client: aioredis.Redis) -> dict[str, int]:
     """Requests held now by every live activator, per model."""
     total: Counter[str] = Counter()
-    async for key in client.scan_iter(match=schema.WAITING_PREFIX + "*", count=100):
-        for m, n in (await client.hgetall(key)).items():
-            total[_text(m)] += _int(n)
+    async for m, n in _activator_fields(client, schema.WAITING_PREFIX):
+        total[m] += _int(n)
     return dict(total)
 
 
@@ -123,12 +133,10 @@ async def read_held_since(client: aioredis.Redis) -> dict[str, float]:
     """When the oldest request held now for each model was first held (epoch seconds, the
     earliest over every live activator)."""
     oldest: dict[str, float] = {}
-    async for key in client.scan_iter(match=schema.HELD_SINCE_PREFIX + "*", count=100):
-        for m, v in (await client.hgetall(key)).items():
-            t = _float(v)
-            if t is not None:
-                name = _text(m)
-                oldest[name] = min(t, oldest.get(name, t))
+    async for m, v in _activator_fields(client, schema.HELD_SINCE_PREFIX):
+        t = _float(v)
+        if t is not None:
+            oldest[m] = min(t, oldest.get(m, t))
     return oldest
 
 
