@@ -19,6 +19,9 @@ the first replica of its model is ready. Its TTFT is ``--base-ttft`` (0.3 s) plu
 Policies, on the same trace:
 
 - ``warm``: every model always resident (infinite memory): the TTFT floor;
+- ``oracle``: knows every arrival ahead (not an online policy): loads each model just in
+  time for its next request, unloads it when a reload would come in time: what the
+  fleet's memory allows with a perfect forecast (greedy, so a reference, not a bound);
 - ``reactive``: a plain on-demand loader: a held request starts a load (on the replica with
   room, else evicting least-recently-used models), a model is unloaded
   ``fixed_keep_alive_s`` after its last request; no pre-warm, no sleep;
@@ -318,6 +321,46 @@ def reactive(keep_alive_s: float, reserve: float) -> Decide:
     return decide
 
 
+def oracle(trace: Trace, reserve: float, early_s: float = 2.0) -> Decide:
+    """Knows every arrival ahead: not an online policy, a reference for what the fleet's
+    memory allows when the forecast is perfect. A model starts loading ``early_s`` before
+    the last moment that has it ready for its next request, and a ready model is unloaded
+    as soon as its next request is further away than that (keeping it would cost more
+    model-seconds than loading it again): so everything it holds is needed within a load
+    time and it never evicts. Loads go in the order of their next request, each to the
+    replica with the least room that fits it; a load that fits nowhere waits for room.
+    Greedy, not a proven optimum: a smarter packing may do better."""
+    arrivals = {m: tuple(ats) for m, ats in trace.items()}
+    pos = dict.fromkeys(arrivals, 0)
+
+    def next_at(m: str, t: float) -> float:
+        ats, i = arrivals.get(m, ()), pos.get(m, 0)
+        while i < len(ats) and ats[i] < t:
+            i += 1
+        pos[m] = i
+        return ats[i] if i < len(ats) else math.inf
+
+    def decide(sim: Sim, t: int, counts: Mapping[str, int]) -> None:
+        cap = sim.gpu_bytes * (1 - reserve)
+        nxt = {m: min([next_at(m, t), *sim.held[m]]) for m in sim.specs}
+        lead = {m: spec.load_s + early_s for m, spec in sim.specs.items()}
+        for node, slots in sim.slots.items():
+            for m, s in list(slots.items()):
+                if s.state == "ready" and nxt[m] - t > lead[m]:
+                    sim.unload(node, m)
+        due = sorted(
+            (nxt[m], m) for m in sim.specs if nxt[m] - t <= lead[m] and sim.awake_at(m) == math.inf
+        )
+        for _, m in due:
+            want = sim.specs[m].mem_bytes
+            room = [(cap - sim.used(n) - want, n) for n in sorted(sim.slots)]
+            fits = [(left, n) for left, n in room if left >= 0]
+            if fits:
+                sim.load(min(fits)[1], m, t)
+
+    return decide
+
+
 @dataclass
 class Aixds:
     """The real ``forecast`` + ``place`` driving the simulated agents."""
@@ -490,6 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aixds pins {pinned}")
     policies: list[tuple[str, Decide | None]] = [
         ("warm", None),
+        ("oracle", oracle(trace, pc.mem_reserve)),
         ("reactive", reactive(fc.fixed_keep_alive_s, pc.mem_reserve)),
         ("aixds", Aixds(fc, pc, intent)),
     ]

@@ -16,6 +16,7 @@ from bench.coldstart import (
     fleet_nodes,
     last_line,
     main,
+    oracle,
     percentile,
     reactive,
     run,
@@ -76,6 +77,24 @@ def test_still_held_at_the_end_counts_until_the_end() -> None:
     assert st.waits == [4.5] and st.censored == 1
 
 
+def test_the_oracle_loads_just_in_time_and_unloads_when_a_reload_would_come_in_time() -> None:
+    # a at 20.5: loading starts at the tick 9 (9.75 s + 2 s early), ready at 18.75; no
+    # next request: unloaded at the tick 21 (ticks 9..20 resident).
+    st = run(oracle({"a": [20.5]}, 0.1), "oracle", ONE, {"a": [20.5]}, fleet_nodes(1), 80 * GB,
+             40, 0.0)  # fmt: skip
+    assert st.waits == [0.0] and st.loads == 1 and st.resident_s == 12
+
+
+def test_the_oracle_waits_for_room_it_does_not_evict() -> None:
+    # 40 + 40 GB > 72 GB: b (due at 35.5) cannot load while a is needed at 30.5; a goes at
+    # the tick 31, b is ready at 40.75 (wait 5.25). With two replicas nobody waits.
+    trace = {"a": [20.5, 30.5], "b": [35.5]}
+    st = run(oracle(trace, 0.1), "oracle", TWO, trace, fleet_nodes(1), 80 * GB, 50, 0.0)
+    assert st.waits == [0.0, 0.0, 5.25] and st.loads == 2 and st.overcommit_s == 0
+    st = run(oracle(trace, 0.1), "oracle", TWO, trace, fleet_nodes(2), 80 * GB, 50, 0.0)
+    assert st.waits == [0.0, 0.0, 0.0]
+
+
 def test_percentile_nearest_rank() -> None:
     xs = [float(i) for i in range(1, 101)]
     assert percentile(xs, 0.99) == 99.0 and percentile(xs, 0.5) == 50.0
@@ -107,6 +126,7 @@ def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
         lines[-1],
     ), lines[-1]
     assert any(line.startswith("aixds ") for line in lines)
+    assert any(line.startswith("oracle ") for line in lines)
 
 
 def test_sleep_then_wake_through_real_place() -> None:
