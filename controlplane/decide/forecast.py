@@ -134,6 +134,10 @@ class Forecast:
     """Seconds since the last request; ``None``: none seen."""
     active: bool = False
     """In an active period: a request within ``active_gap_s``."""
+    expected: bool = False
+    """Wanted because a request is expected: within a representative histogram's window
+    (from its pre-warm point to its keep-alive's end) or a recurring peak within the lead.
+    False when only the fixed keep-alive keeps it (after a request that predicts nothing)."""
 
 
 def new_history(cfg: ForecastConfig) -> DemandHistory:
@@ -233,9 +237,11 @@ def forecast(h: DemandHistory, now: float, cfg: ForecastConfig, lead_s: float) -
     idle = None if h.last_request_at is None else max(0.0, now - h.last_request_at)
     rate, peak_in = _profile_ahead(h, now, cfg, lead_s)
     wanted, reason = _verdict(idle, rep, prewarm, keep, lead_s, cfg)
-    if not wanted and peak_in is not None:
-        wanted = True
-        reason = f"forecast: peak in {peak_in:.0f} s ({rate:.2g} req/s expected)"
+    expected = wanted and rep
+    if not expected and peak_in is not None:
+        if not wanted:
+            reason = f"forecast: peak in {peak_in:.0f} s ({rate:.2g} req/s expected)"
+        wanted = expected = True
     return Forecast(
         wanted=wanted,
         reason=reason,
@@ -247,6 +253,7 @@ def forecast(h: DemandHistory, now: float, cfg: ForecastConfig, lead_s: float) -
         recent_rate=h.rate,
         idle_s=idle,
         active=idle is not None and idle <= cfg.active_gap_s,
+        expected=expected,
     )
 
 

@@ -85,9 +85,10 @@ class Replica:
 
 
 Level = tuple[bool, int, int]
-"""(pinned, priority, demand): higher wins GPU memory; demand 2 = a request has waited for
-it past ``starving_after_s``, 1 = requests wait for it or it serves requests now, 0 = only
-the forecast wants it."""
+"""(pinned, priority, demand): higher wins GPU memory; demand 3 = a request has waited for
+it past ``starving_after_s``, 2 = requests wait for it or it serves requests now, 1 = the
+forecast expects a request (a representative idle-time histogram's window, a recurring
+peak), 0 = only the fixed keep-alive after a request that predicts nothing keeps it."""
 Levels = Mapping[str, Level]
 
 

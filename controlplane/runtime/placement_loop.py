@@ -329,6 +329,7 @@ def decision_doc(
                 "keep_alive_s": round(f.keep_alive_s, 1),
                 "prewarm_s": round(f.prewarm_s, 1),
                 "representative": f.representative,
+                "expected": f.expected,
                 "recent_rps": round(f.recent_rate, 3),
                 "expected_rps": round(f.expected_rate, 3),
                 "idle_s": None if f.idle_s is None else round(f.idle_s, 1),

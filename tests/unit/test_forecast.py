@@ -61,6 +61,19 @@ def test_requests_every_ten_minutes_prewarm_at_nine_and_keep_alive_short() -> No
     assert not f.wanted and "keep-alive" in f.reason
 
 
+def test_a_request_is_expected_in_the_histograms_window_not_in_the_fixed_keep_alive() -> None:
+    h = periodic(600.0, 3.0)
+    last = h.last_request_at
+    assert last is not None
+    assert forecast(h, last + 515, CFG, 30.0).expected  # pre-warm
+    assert forecast(h, last + 700, CFG, 30.0).expected  # within the histogram's keep-alive
+    assert not forecast(h, last + 730, CFG, 30.0).expected  # past it: not even wanted
+    assert not forecast(h, last + 300, CFG, 30.0).expected
+    one = run(new_history(CFG), [(0.0, 1.0)])  # one request predicts nothing
+    f = forecast(one, 100.0, CFG, 30.0)
+    assert f.wanted and "fixed" in f.reason and not f.expected
+
+
 def test_a_longer_load_starts_the_prewarm_earlier() -> None:
     h = periodic(600.0, 2.0)
     last = h.last_request_at
@@ -137,6 +150,7 @@ def test_a_daily_peak_learned_over_three_days_is_forecast_ahead_by_the_lead() ->
     assert f.peak_in_s == pytest.approx(100.0)
     assert f.expected_rate == pytest.approx(0.2, rel=0.01)
     assert "peak in 100 s" in f.reason
+    assert f.expected
     assert forecast(h, day4 + ten + 1800, CFG, lead).wanted  # inside the peak
     assert not forecast(h, day4 + eleven + 1800, CFG, lead).wanted  # after it
 

@@ -491,6 +491,29 @@ def test_waiting_requests_evict_a_model_only_the_forecast_wants() -> None:
     assert state(later, "n1/s", "a") == "unloaded"
 
 
+def test_an_expected_request_evicts_a_model_only_the_fixed_keep_alive_keeps() -> None:
+    """A model the forecast expects a request for (pre-warm, recurring peak) takes the
+    memory of one kept only by the fixed keep-alive after a one-off request; the reverse
+    does not happen (bench/coldstart.py: fewer waits on all three seeds)."""
+    keep = Forecast(True, "idle 5 s < keep-alive 600 s (fixed)", 600.0, 0.0, False, 0.0, None,
+                    0.0, 5.0)  # fmt: skip
+    prewarm = Forecast(True, "pre-warm", 60.0, 30.0, True, 0.0, None, 0.0, 200.0,
+                       expected=True)  # fmt: skip
+    f = fleet(rep("n1/s", av("a", gb=40), av("b", gb=40), loaded=(("a", ModelState.READY),)))
+    demand = {"a": ModelDemand(forecast=keep), "b": ModelDemand(forecast=prewarm)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    later = place(f, Intent(), demand, p, CFG.hold_s + 1, CFG)
+    assert later.decisions["b"].awake == ("n1/s",), later.decisions["b"]
+    assert state(later, "n1/s", "a") == "unloaded"
+    # the other way round: the expected model stays, the kept-alive one waits for room
+    f = fleet(rep("n1/s", av("a", gb=40), av("b", gb=40), loaded=(("b", ModelState.READY),)))
+    demand = {"a": ModelDemand(forecast=keep), "b": ModelDemand(forecast=prewarm)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    later = place(f, Intent(), demand, p, CFG.hold_s + 1, CFG)
+    assert later.decisions["b"].awake == ("n1/s",)
+    assert later.decisions["a"].awake == () and later.decisions["a"].unplaced == 1
+
+
 def test_a_model_held_within_the_hold_time_counts_before_others_are_kept() -> None:
     """Found by bench/coldstart.py: "b" just went to sleep (cannot change yet), "a" is idle
     and old; a need for "c" must unload "a", not keep it next to "b" (90 GB on 72)."""
