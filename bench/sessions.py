@@ -106,6 +106,8 @@ SESSION_LOAD = "bench.sessions_load"
 METRICS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
 PROBE_KEYS = 1000
 """Session keys probed through an idle aixds edge before and after the replica leaves."""
+PROBE_TRIES = 3
+"""Probes of one side of the mapping probe until the weights held still through one."""
 HOME_TURNS = 3
 """A session's home just before and just after the removal: the replica that served most
 of this many turns (one turn bounded load passed on does not move it)."""
@@ -142,6 +144,9 @@ class SessionResult(RunResult):
     """Of those, how many another replica served after it left than before."""
     probe_share: float = math.nan
     """The leaver's share of the affinity weight (healthy hosts) when probed."""
+    probe_settled: bool = True
+    """The weights were the same at the end of each probe as at its start (else the keys
+    were mapped by two tables and the count is not the removal's alone)."""
     window_share: float = math.nan
     """The leaver's share of the affinity weight at one edge as it left in the window (a
     shed replica's weight does not count: it is out of the table)."""
@@ -235,6 +240,8 @@ class SessionBench(Bench):
         replica leaves: the weights and health each host had then, for the logs."""
         self.window_share = math.nan
         """The leaver's affinity weight share at that edge then (``leaver_share``)."""
+        self.probe_settled = True
+        """The last ``mapping_churn``'s probes each saw the same weights from start to end."""
 
     def event_times(self) -> list[float]:
         return [SLOWED.at, REMOVED_AT]
@@ -290,14 +297,32 @@ class SessionBench(Bench):
         self.reset_and_wait_idle()
         gone = self.replicas[REMOVED]
         everyone = {r.port for r in self.replicas}
-        hosts = self._wait_affinity_hosts(edge, everyone, timeout=400.0)
-        before = self._probe(edge, keys)
+        hosts, before, settled = self._settled_probe(edge, everyone, keys, timeout=400.0)
         self.agents[REMOVED].signal(signal.SIGTERM)
-        self._wait_affinity_hosts(edge, everyone - {gone.port})
-        after = self._probe(edge, keys)
+        _, after, settled_after = self._settled_probe(edge, everyone - {gone.port}, keys)
+        self.probe_settled = settled and settled_after
         on_gone = sum(1 for rid in before.values() if rid == gone.replica_id)
         moved = sum(1 for k, rid in before.items() if after.get(k) != rid)
         return len(before), on_gone, moved, leaver_share(hosts, gone.port)
+
+    def _settled_probe(
+        self, edge: Edge, ports: set[int], keys: int, timeout: float = 90.0
+    ) -> tuple[dict[int, tuple[int, bool]], dict[str, str], bool]:
+        """``_probe`` once the affinity cluster has exactly ``ports`` healthy, repeated (up
+        to ``PROBE_TRIES`` times) until its weights were the same after the probe as
+        before it: a weight that changes mid-probe (the probe's own requests measure a
+        just-restarted replica's speed) rebuilds the Maglev table, and the keys probed
+        before and after the change map by different tables. (hosts, mapping, settled)."""
+        url = f"http://127.0.0.1:{edge.admin}/clusters?format=json"
+        hosts: dict[int, tuple[int, bool]] = {}
+        got: dict[str, str] = {}
+        for _ in range(PROBE_TRIES):
+            hosts = self._wait_affinity_hosts(edge, ports, timeout=timeout)
+            got = self._probe(edge, keys)
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                if affinity_hosts(self.http.get(url).json()) == hosts:
+                    return hosts, got, True
+        return hosts, got, False
 
     def _probe(self, edge: Edge, keys: int) -> dict[str, str]:
         url = f"http://127.0.0.1:{edge.port}/v1/completions"
@@ -389,6 +414,7 @@ class SessionBench(Bench):
         by_sid = {s.sid: s for s in sched.sessions}
         score_sessions(res, rows, by_sid, seed, warmup, window)
         res.probe_keys, res.probe_on_removed, res.probe_moved, res.probe_share = churn
+        res.probe_settled = self.probe_settled if policy == "aixds" else True
         res.window_share = self.window_share
         return res
 
@@ -470,7 +496,7 @@ def print_session_run(r: SessionResult) -> None:
             f"  mapping probe, idle edge: {r.probe_moved}/{r.probe_keys} keys moved when "
             f"gpu-{REMOVED} left ({r.probe_on_removed} were on it; its weight share "
             f"{r.probe_share:.1%}); in the window it held {r.window_share:.1%} of the weight "
-            f"as it left"
+            f"as it left" + ("" if r.probe_settled else "; WEIGHTS CHANGED DURING THE PROBE")
         )
     print_cpu(f"{r.policy} at {r.load * 100:.0f}%", r.cpu)
 
@@ -528,9 +554,10 @@ def report(results: list[SessionResult], plot: Path | None, window: float, n: in
                 _target(
                     f"sessions moved when 1 of {n} leaves <= {limit:.1%} (mapping, "
                     f"{a80.probe_keys} keys: {a80.probe_moved_share:.1%}, "
-                    f"{fraction(a80.probe_on_removed, a80.probe_keys):.1%} were on the leaver;"
+                    f"{fraction(a80.probe_on_removed, a80.probe_keys):.1%} were on the leaver"
+                    f"{'' if a80.probe_settled else ', WEIGHTS CHANGED DURING THE PROBE'};"
                     f" {live})",
-                    a80.probe_moved_share <= limit,
+                    a80.probe_moved_share <= limit and a80.probe_settled,
                 )
             )
         else:
