@@ -246,6 +246,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
                 zone,
                 "--server",
                 f"vllm=http://127.0.0.1:{port}",
+                "--gpu",
+                "sim",
                 "--reference-tps",
                 str(REFERENCE_TPS),
             )
