@@ -10,8 +10,9 @@ UV_VERSION := 0.13.9
 UV     := .tools/uv/bin/uv
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
+comma := ,
 
-.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server chromium clean
+.PHONY: demo test lint typecheck imports unit e2e bench bench-extra golden lock redis-server chromium prometheus clean
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q --disable-pip-version-check \
@@ -30,15 +31,19 @@ bench-extra: $(STAMP)
 lock: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)
 
+# $(call apt_install,PACKAGE,WHAT FOR,HOW ELSE): install a Debian package with apt-get
+# where root, else say what needs it and how to get it, and fail.
+apt_install = if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "$(1) missing: installing it with apt-get ($(2))"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); \
+	else \
+	  echo "$(1) is required ($(2)). Install it, e.g.: sudo apt-get install -y $(1) (Debian/Ubuntu)$(3)"; \
+	  exit 1; \
+	fi
+
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "redis-server missing: installing it with apt-get"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
-	  else \
-	    echo "redis-server is required. Install it, e.g.: sudo apt-get install -y redis-server (Debian/Ubuntu) or brew install redis (macOS)"; \
-	    exit 1; \
-	  fi; }
+	  $(call apt_install,redis-server,for every test and the demo,$(comma) or brew install redis (macOS)); }
 
 # The browser tests (tests/e2e/test_ui.py) drive the system's Chromium with Playwright
 # (Playwright's own browser download is not used). AIXDS_CHROMIUM=/path picks another one.
@@ -46,13 +51,14 @@ chromium:
 	@if [ -n "$$AIXDS_CHROMIUM" ]; then test -x "$$AIXDS_CHROMIUM" || { \
 	    echo "AIXDS_CHROMIUM=$$AIXDS_CHROMIUM is not an executable"; exit 1; }; \
 	elif ! command -v chromium >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "chromium missing: installing it with apt-get (for the dashboard's browser tests)"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
-	  else \
-	    echo "chromium is required by the dashboard's browser tests. Install it, e.g.: sudo apt-get install -y chromium (Debian/Ubuntu), or point AIXDS_CHROMIUM at a Chromium/Chrome binary"; \
-	    exit 1; \
-	  fi; fi
+	  $(call apt_install,chromium,for the dashboard's browser tests,$(comma) or point AIXDS_CHROMIUM at a Chromium/Chrome binary); \
+	fi
+
+# tests/e2e/test_prometheus_dashboard.py runs the Grafana dashboard's queries on a real
+# Prometheus (Debian's package) scraping a real fleet; it skips, saying why, without one.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { \
+	  $(call apt_install,prometheus,for the dashboard's query test,$(comma) or brew install prometheus (macOS)); }
 
 demo: $(STAMP) redis-server
 	$(VENV)/bin/aixds demo
@@ -70,7 +76,7 @@ imports: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/golden
 
-test: $(STAMP) redis-server chromium lint typecheck imports
+test: $(STAMP) redis-server chromium prometheus lint typecheck imports
 	$(PY) -m pytest -q -p no:cacheprovider
 
 golden: $(STAMP)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,6 +110,21 @@ class Fleet:
 
     def activator_args(self) -> tuple[str, ...]:
         return ("--activator", f"127.0.0.1:{self.activator_port}")
+
+    def start_serve_two_regions(self, tmp: Path) -> Proc:
+        """``aixds serve --region us`` of a fleet.yaml with a second region ``eu`` (its
+        registry: DB 1 of the same Redis), with the activator: every metric family the
+        metrics tests look for."""
+        fleet_yaml = tmp / "fleet.yaml"
+        other = self.redis.url.rsplit("/", 1)[0] + "/1"
+        fleet_yaml.write_text(
+            "regions:\n"
+            f"  us: {{redis: '{self.redis.url}', distance: {{eu: 80}}}}\n"
+            f"  eu: {{redis: '{other}', distance: {{us: 80}}}}\n"
+        )
+        return self.start_serve(
+            "--config", str(fleet_yaml), "--region", "us", *self.activator_args()
+        )
 
     def start_serve(self, *extra: str) -> Proc:
         self.serve_proc = self.procs.aixds(

@@ -22,15 +22,8 @@ pytestmark = pytest.mark.e2e
 def test_every_dashboard_name_is_in_a_real_scrape(
     procs: Procs, redis_srv: RedisServer, tmp_path: Path
 ) -> None:
-    fleet_yaml = tmp_path / "fleet.yaml"
-    other = redis_srv.url.rsplit("/", 1)[0] + "/1"
-    fleet_yaml.write_text(
-        "regions:\n"
-        f"  us: {{redis: '{redis_srv.url}', distance: {{eu: 80}}}}\n"
-        f"  eu: {{redis: '{other}', distance: {{us: 80}}}}\n"
-    )
     fleet = Fleet(procs, redis_srv)
-    fleet.start_serve("--config", str(fleet_yaml), "--region", "us", *fleet.activator_args())
+    fleet.start_serve_two_regions(tmp_path)
     rep = fleet.add_replica("llama")
     edge = fleet.add_edge()
     fleet.wait_routable(edge, "llama", 1)
