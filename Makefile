@@ -77,7 +77,7 @@ unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit tests/golden
 
 test: $(STAMP) redis-server chromium prometheus lint typecheck imports
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 golden: $(STAMP)
 	$(PY) -m pytest -q tests/golden --update-golden
