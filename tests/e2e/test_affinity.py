@@ -269,15 +269,20 @@ def test_drained_replica_hands_its_sessions_over_once_without_a_failed_turn(
     assert [(r.status_code, r.headers["x-replica"]) for r in in_flight] == [(200, target)]
     moved = [s for s in names if first[s] == target]
     assert moved
+    collateral = []
     for s in names:
         after = {rep for t, rep in load.turns[s] if t > drained_at + 0.5}
         assert after, s
+        # once, to one other replica, and it stays there (no ping-pong)
+        assert target not in after and len(after) == 1, (s, load.path(s))
         if s in moved:
-            # once, to one other replica, and it stays there (no ping-pong)
-            assert target not in after and len(after) == 1, (s, load.path(s))
             assert load.path(s) == [target, *after], load.path(s)
-        else:
-            assert load.path(s) == [first[s]], (s, load.path(s))  # the others never move
+        elif load.path(s) != [first[s]]:
+            # Maglev's table rebuild moves a few of the other keys too (0.1 % of 3,000
+            # keys when 1 of 8 left, docs/affinity.md): once, and then they stay
+            assert load.path(s) == [first[s], *after], load.path(s)
+            collateral.append(s)
+    assert len(collateral) <= 1, [load.path(s) for s in collateral]
 
 
 def test_one_of_n_leaving_moves_about_one_nth_of_the_sessions(fleet: Fleet) -> None:
@@ -374,7 +379,9 @@ def test_saturated_replica_sends_new_sessions_elsewhere_and_keeps_the_rest(
         t.join(60)
     assert hot not in set(landed.values()), Counter(landed.values())
     assert len(set(landed.values())) == 3  # the hot one's share went to several others
-    assert others == {s: first[s] for s in others}
+    # the others stay (but for Maglev's small rebuild disruption when the shed replica
+    # leaves the table: at most one of these ~30, see the drain test)
+    assert sum(others[s] != first[s] for s in others) <= 1, (others, first)
 
     # once it has recovered (the agent measures its speed again from the sessionless
     # turns it still gets, and the control plane stops shedding it), its sessions come
