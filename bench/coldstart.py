@@ -43,6 +43,12 @@ keeping models resident ahead of demand may cost at most 10 % more GPU time).
     python -m bench.coldstart                 # 6 days, seed 1
     python -m bench.coldstart --smoke         # 3 short days, 12 models (tests)
     python -m bench.coldstart --seed 7 --days 8 --pin
+    python -m bench.coldstart --seed 2 --explain   # also: why each of aixds' waits began
+
+``--explain`` sorts aixds' waits by how they began (the first request that found its model
+not awake; the others held with it wait on the same load): unforeseen (nothing wanted the
+model before), foreseen less than a load time ahead, foreseen but no GPU memory to load it,
+foreseen but loaded late for memory. The forecast's misses and placement's are told apart.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -105,6 +112,9 @@ class Stats:
     """Requests still held at the end (their wait: until the end)."""
     overcommit_s: int = 0
     """Ticks a replica held more than its GPU memory (should stay 0)."""
+    episodes: list[tuple[str, float]] = field(default_factory=list)
+    """Measured waits that began a wait: (model, arrival) of a request that found its model
+    not awake and no earlier request of it held (the others wait on the same load)."""
 
 
 class Sim:
@@ -171,6 +181,8 @@ class Sim:
             self.last_used[m] = at
             self.record(m, at, 0.0)
         else:
+            if not self.held[m] and self._measured(at):
+                self.stats.episodes.append((m, at))
             self.held[m].append(at)
 
     def finish(self, until: float) -> None:
@@ -370,6 +382,11 @@ class Aixds:
     intent: Intent = field(default_factory=Intent)
     histories: dict[str, DemandHistory] = field(default_factory=dict)
     previous: Placement | None = None
+    explain: bool = False
+    """Keep ``marks`` (for ``why_waited``)."""
+    marks: dict[tuple[str, int], Mark] = field(default_factory=dict)
+    _wanted: dict[str, int] = field(default_factory=dict)
+    _loading: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, sim: Sim, t: int, counts: Mapping[str, int]) -> None:
         demand = {}
@@ -383,6 +400,67 @@ class Aixds:
         p = place(sim.observed(t), self.intent, demand, self.previous, t, self.pc)
         self.previous = p
         apply_desired(sim, p, t)
+        if self.explain:
+            self._mark(sim, t, demand)
+
+    def _mark(self, sim: Sim, t: int, demand: Mapping[str, ModelDemand]) -> None:
+        """Since when each model is wanted (forecast or held requests) and since when a
+        replica loads or wakes it, as the tick's requests will find it."""
+        for m, d in demand.items():
+            wanted = d.waiting > 0 or (d.forecast is not None and d.forecast.wanted)
+            for since, on in ((self._wanted, wanted), (self._loading, sim.awake_at(m) < math.inf)):
+                if on:
+                    since.setdefault(m, t)
+                else:
+                    since.pop(m, None)
+            self.marks[(m, t)] = Mark(self._wanted.get(m), self._loading.get(m))
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """One model at one tick, after the policy ran."""
+
+    wanted_since: int | None
+    """First tick of the run of ticks in which the forecast or a held request wanted it."""
+    loading_since: int | None
+    """First tick of the run in which a replica had it loading, waking or awake."""
+
+
+WHY = (
+    "unforeseen",
+    "foreseen under a load time ahead",
+    "foreseen, no memory to load it",
+    "foreseen, loaded late for memory",
+    "other",
+)
+"""Why a wait began, most to least the forecast's fault (``why_waited``)."""
+
+
+def why_waited(
+    episodes: Sequence[tuple[str, float]],
+    marks: Mapping[tuple[str, int], Mark],
+    specs: Mapping[str, ModelSpec],
+) -> dict[str, Counter[str]]:
+    """Per demand shape, why each wait began (``WHY``): the model was not wanted before the
+    request came; wanted, but less than its load time before; wanted long enough, but
+    nothing was loading it when the request came, or its load began more than 2 s after
+    it was wanted (placement found no GPU memory for it in time)."""
+    out: dict[str, Counter[str]] = {}
+    for m, at in episodes:
+        mark = marks.get((m, int(at)), Mark(None, None))
+        w, ld = mark.wanted_since, mark.loading_since
+        if w is None or at - w < 1:
+            why = WHY[0]
+        elif ld is None:
+            why = WHY[2]
+        elif ld - w > 2:
+            why = WHY[3]
+        elif at - w < specs[m].load_s:
+            why = WHY[1]
+        else:
+            why = WHY[4]
+        out.setdefault(specs[m].kind, Counter())[why] += 1
+    return out
 
 
 def apply_desired(sim: Sim, p: Placement, t: float) -> None:
@@ -504,6 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--gpu-gb", type=int, default=80)
     ap.add_argument("--base-ttft", type=float, default=0.3, help="TTFT of a warm model (s)")
     ap.add_argument("--pin", action="store_true", help="aixds pins the steadiest model")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print why each of aixds' waits began (forecast, timing or memory)",
+    )
     args = ap.parse_args(argv)
     fc, pc = FORECAST, PLACEMENT
     models_n, days, learn, replicas = args.models, args.days, args.learn_days, args.replicas
@@ -535,14 +618,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("warm", None),
         ("oracle", oracle(trace, pc.mem_reserve)),
         ("reactive", reactive(fc.fixed_keep_alive_s, pc.mem_reserve)),
-        ("aixds", Aixds(fc, pc, intent)),
+        ("aixds", aixds := Aixds(fc, pc, intent, explain=args.explain)),
     ]
     rows: dict[str, Row] = {}
     kinds: list[str] = []
+    episodes: list[tuple[str, float]] = []
     print(HEADER, flush=True)
     for name, decide in policies:
         started = time.monotonic()
         st = run(decide, name, models, trace, nodes, gpu, end_s, measure_from)
+        if decide is aixds:
+            episodes = st.episodes
         rows[name] = score(st, args.base_ttft)
         kinds.append(by_kind(st, args.base_ttft))
         note = f"   ({time.monotonic() - started:.1f} s)"
@@ -558,6 +644,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("per demand shape (waited share, TTFT p99):")
     print("\n".join(kinds))
+    if args.explain:
+        why = why_waited(episodes, aixds.marks, {m.name: m for m in models})
+        print(
+            f"why aixds' {len(episodes)} waits began (each: a request that found its model "
+            "not awake, no earlier one held; the rest waited on the same load):"
+        )
+        for kind in KINDS:
+            if kind in why:
+                parts = ", ".join(f"{w} {why[kind][w]}" for w in WHY if why[kind][w])
+                print(f"  {kind:<9} {parts}")
     print(last_line(rows))
     return 0
 

@@ -11,7 +11,9 @@ import pytest
 from bench.coldstart import (
     FORECAST,
     PLACEMENT,
+    WHY,
     Aixds,
+    Mark,
     Row,
     fleet_nodes,
     last_line,
@@ -21,6 +23,7 @@ from bench.coldstart import (
     reactive,
     run,
     score,
+    why_waited,
 )
 from bench.coldstart_trace import GB, ModelSpec, make_models, make_trace
 
@@ -117,8 +120,32 @@ def test_trace_is_seeded_and_shaped() -> None:
             assert abs(min(day1) - min(day2)) < 30
 
 
+def test_why_a_wait_began_by_hand() -> None:
+    specs = {m.name: m for m in TWO}  # both load in 9.75 s
+    marks = {
+        ("a", 100): Mark(None, None),  # nobody wanted it
+        ("a", 200): Mark(190, 190),  # wanted 10.5 s ahead, loading at once: still loading?
+        ("a", 300): Mark(295, 295),  # wanted 5.5 s ahead: too late to load in time
+        ("b", 400): Mark(380, None),  # wanted 20 s ahead, never loaded: no memory
+        ("b", 500): Mark(470, 495),  # wanted 30 s ahead, loading 25 s later: memory
+    }
+    episodes = [("a", 100.5), ("a", 200.5), ("a", 300.5), ("b", 400.5), ("b", 500.5)]
+    why = why_waited(episodes, marks, specs)
+    assert why == {"rare": {WHY[0]: 1, WHY[4]: 1, WHY[1]: 1, WHY[2]: 1, WHY[3]: 1}}
+
+
+def test_explain_counts_every_wait_that_began() -> None:
+    # 0.5 begins a wait (3.0 waits on the same load); 100.5 finds it asleep: another
+    aixds = Aixds(FORECAST, PLACEMENT, explain=True)
+    slow_wake = [ModelSpec("a", "rare", 40 * GB, load_s=9.75, wake_s=3.0)]
+    st = run(aixds, "aixds", slow_wake, {"a": [0.5, 3.0, 100.5]}, fleet_nodes(1), 80 * GB, 110, 0.0)
+    assert st.episodes == [("a", 0.5), ("a", 100.5)]
+    why = why_waited(st.episodes, aixds.marks, {"a": slow_wake[0]})
+    assert why["rare"][WHY[0]] == 2  # nothing foresaw either request
+
+
 def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--smoke", "--seed", "2"]) == 0
+    assert main(["--smoke", "--seed", "2", "--explain"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(
         r"cold start: waited \d+\.\d%, TTFT p99 vs warm \d+\.\d\dx, "
@@ -127,6 +154,7 @@ def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
     ), lines[-1]
     assert any(line.startswith("aixds ") for line in lines)
     assert any(line.startswith("oracle ") for line in lines)
+    assert any(line.startswith("why aixds' ") for line in lines)
 
 
 def test_sleep_then_wake_through_real_place() -> None:
