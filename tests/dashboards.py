@@ -90,18 +90,36 @@ def expressions(dash: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for p in all_panels(dash):
         for t in p.get("targets", []):
             yield f"panel {p['id']} {p.get('title', '')!r} {t.get('refId')}", t["expr"]
+    for v in query_variables(dash):
+        q = variable_query(v)
+        lv = label_values(q)
+        # label_values(selector, label) is Grafana's, not PromQL: check its selector.
+        yield f"variable {v['name']}", lv[0] if lv else q
+
+
+def query_variables(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The dashboard's variables whose values come from a query."""
     for v in dash.get("templating", {}).get("list", []):
         if v.get("type") == "query":
-            q = v["query"]
-            q = q["query"] if isinstance(q, dict) else q
-            m = _LABEL_VALUES.match(q)
-            # label_values(selector, label) is Grafana's, not PromQL: check its selector.
-            yield f"variable {v['name']}", m.group(1) if m else q
+            yield v
 
 
-def substitute(expr: str) -> str:
-    expr = _INTERVAL_VARS.sub("5m", expr)
-    return _VARS.sub("x", expr)
+def variable_query(v: dict[str, Any]) -> str:
+    q = v["query"]
+    return str(q["query"] if isinstance(q, dict) else q)
+
+
+def label_values(query: str) -> tuple[str, str] | None:
+    """(selector, label) of Grafana's ``label_values(selector, label)``, else ``None``."""
+    m = _LABEL_VALUES.match(query)
+    return (m.group(1), m.group(2)) if m else None
+
+
+def substitute(expr: str, interval: str = "5m", value: str = "x") -> str:
+    """``expr`` with Grafana's interval variables as ``interval`` and every other variable
+    as ``value`` (``x`` parses as a label value; Grafana sends ``.*`` for "All")."""
+    expr = _INTERVAL_VARS.sub(interval, expr)
+    return _VARS.sub(value, expr)
 
 
 def metric_names(expr: str) -> set[str]:

@@ -25,7 +25,15 @@ import httpx
 import pytest
 import yaml
 
-from tests.dashboards import PROMETHEUS, all_panels, load_dashboard
+from tests.dashboards import (
+    PROMETHEUS,
+    all_panels,
+    label_values,
+    load_dashboard,
+    query_variables,
+    substitute,
+    variable_query,
+)
 from tests.e2e.fleet import Fleet, chat
 from tests.support import Procs, RedisServer, free_port, wait_until
 
@@ -44,23 +52,13 @@ QUIET_PANELS = {
 }
 """Panel title -> why it may be empty on this fleet."""
 
-_VAR = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
-_LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*(\w+)\s*\)\s*$", re.S)
+RATE_INTERVAL = "20s"
+"""Grafana's ``$__rate_interval`` for 1 s scrapes and a short range."""
 
 
-def grafana_expr(expr: str, rate_interval: str = "20s") -> str:
-    """``expr`` as Grafana sends it with every variable on "All" (``allValue`` ``.*``)."""
-
-    def one(m: re.Match[str]) -> str:
-        name = m.group(1) or m.group(2) or m.group(3)
-        return rate_interval if name in ("__rate_interval", "__interval", "__range") else ".*"
-
-    return _VAR.sub(one, expr)
-
-
-def local_config(targets: dict[str, list[tuple[str, dict[str, str]]]]) -> dict[str, Any]:
-    """The compose Prometheus config with each job's targets replaced (same job names,
-    paths and labels) and scrapes every second."""
+def local_config(targets: dict[str, list[str]]) -> dict[str, Any]:
+    """The compose Prometheus config with each job's targets replaced, one for one (same
+    job names, paths and labels), and scrapes every second."""
     doc: dict[str, Any] = yaml.safe_load(PROMETHEUS.read_text())
     doc["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
     for job in doc["scrape_configs"]:
@@ -68,8 +66,7 @@ def local_config(targets: dict[str, list[tuple[str, dict[str, str]]]]) -> dict[s
         compose = job["static_configs"]
         assert len(compose) == len(mine), job["job_name"]
         job["static_configs"] = [
-            {"targets": [addr], "labels": {**sc.get("labels", {}), **extra}}
-            for sc, (addr, extra) in zip(compose, mine, strict=True)
+            {**sc, "targets": [addr]} for sc, addr in zip(compose, mine, strict=True)
         ]
     assert not targets, f"jobs not in {PROMETHEUS}: {sorted(targets)}"
     return doc
@@ -99,9 +96,9 @@ def test_every_dashboard_query_runs_on_a_real_prometheus(
         yaml.safe_dump(
             local_config(
                 {
-                    "aixds-controlplane": [(fleet.api.removeprefix("http://"), {})],
-                    "envoy": [(f"127.0.0.1:{edge.admin}", {})],
-                    "model-servers": [(r.url.removeprefix("http://"), {}) for r in reps],
+                    "aixds-controlplane": [fleet.api.removeprefix("http://")],
+                    "envoy": [f"127.0.0.1:{edge.admin}"],
+                    "model-servers": [r.url.removeprefix("http://") for r in reps],
                 }
             )
         )
@@ -141,13 +138,10 @@ def test_every_dashboard_query_runs_on_a_real_prometheus(
         return result
 
     dash = load_dashboard()
-    for v in dash["templating"]["list"]:
-        if v.get("type") != "query":
-            continue
-        q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-        m = _LABEL_VALUES.match(q)
-        assert m, q
-        selector, label = m.groups()
+    for v in query_variables(dash):
+        lv = label_values(variable_query(v))
+        assert lv, variable_query(v)
+        selector, label = lv
         values = httpx.get(
             f"{prom}/api/v1/label/{label}/values", params={"match[]": selector}, timeout=5
         ).json()["data"]
@@ -157,14 +151,17 @@ def test_every_dashboard_query_runs_on_a_real_prometheus(
         expected = {"region": ["us"], "model": ["llama"]}[v["name"]]
         assert values == expected, (v["name"], values)
 
-    # rate() over 20 s needs two scrapes of the counters the requests moved
-    wait_until(lambda: bool(query("sum(rate(envoy_cluster_upstream_rq_total[20s])) > 0")), 15)
+    # rate() over RATE_INTERVAL needs two scrapes of the counters the requests moved
+    wait_until(
+        lambda: bool(query(f"sum(rate(envoy_cluster_upstream_rq_total[{RATE_INTERVAL}])) > 0")),
+        15,
+    )
     empty: list[str] = []
     for panel in all_panels(dash):
         exprs = [t["expr"] for t in panel.get("targets", [])]
         if not exprs:
             continue
-        shown = [bool(query(grafana_expr(e))) for e in exprs]
+        shown = [bool(query(substitute(e, RATE_INTERVAL, ".*"))) for e in exprs]
         if not any(shown) and panel["title"] not in QUIET_PANELS:
             empty.append(panel["title"])
     assert empty == [], f"panels with no data on a live fleet: {empty}"
