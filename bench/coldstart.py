@@ -58,7 +58,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from bench.coldstart_trace import GB, KINDS, ModelSpec, Trace, make_models, make_trace
@@ -89,6 +89,27 @@ PLACEMENT = PlacementConfig(hold_s=10.0, scale_down_after_s=10.0, unload_after_s
 """Scale-down compressed like the days (the loads are not)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How the simulated servers sit on each node's GPU."""
+
+    per_model: bool = True
+    """One server per model, all on the node's GPU (vLLM: one model per server, several
+    servers per GPU): asleep, a server's weights are in host memory and its GPU memory is
+    free. False: one server serves every model and sleeps only as a whole, so a model
+    asleep on it keeps its GPU memory."""
+    host_ratio: float = 2.0
+    """Host memory for sleeping weights, as a multiple of the GPU's (``PlacementConfig``'s
+    ``host_sleep_ratio``)."""
+
+
+PER_MODEL = Layout()
+
+
+def server_of(model: str, layout: Layout) -> str:
+    return f"vllm-{model}" if layout.per_model else SERVER
+
+
 @dataclass(slots=True)
 class Slot:
     """One model on one replica: ``loading``/``waking`` (until ``done_at``), ``ready`` or
@@ -106,6 +127,9 @@ class Stats:
     kinds: list[str] = field(default_factory=list)
     """Per measured request (as ``waits``), its model's demand shape."""
     resident_s: float = 0.0
+    """GPU model-seconds: loading, waking, awake, or asleep where sleep keeps GPU memory."""
+    asleep_s: float = 0.0
+    """Host model-seconds: asleep on a server of its own (weights in host memory)."""
     loads: int = 0
     wakes: int = 0
     censored: int = 0
@@ -128,10 +152,12 @@ class Sim:
         gpu_bytes: int,
         measure_from: float,
         policy: str,
+        layout: Layout,
     ) -> None:
         self.specs = {m.name: m for m in models}
         self.zones = dict(nodes)
         self.gpu_bytes = gpu_bytes
+        self.layout = layout
         self.slots: dict[str, dict[str, Slot]] = {n: {} for n, _ in nodes}
         self.held: dict[str, list[float]] = {m.name: [] for m in models}
         self.last_used: dict[str, float] = {}
@@ -163,7 +189,20 @@ class Sim:
         self.slots[node].pop(m, None)
 
     def used(self, node: str) -> int:
-        return sum(self.specs[m].mem_bytes for m in self.slots[node])
+        """GPU memory taken on ``node`` (asleep, a server of its own holds none)."""
+        return sum(
+            self.specs[m].mem_bytes
+            for m, s in self.slots[node].items()
+            if s.state != "sleeping" or not self.layout.per_model
+        )
+
+    def asleep_bytes(self, node: str) -> int:
+        """Host memory taken on ``node`` by servers asleep on their own."""
+        if not self.layout.per_model:
+            return 0
+        return sum(
+            self.specs[m].mem_bytes for m, s in self.slots[node].items() if s.state == "sleeping"
+        )
 
     def awake_at(self, m: str) -> float:
         """When the first replica has ``m`` awake (``-inf``: now; ``inf``: none is coming)."""
@@ -211,17 +250,25 @@ class Sim:
     def account(self, t: float) -> None:
         if not self._measured(t):
             return
+        host = self.gpu_bytes * self.layout.host_ratio
         for node, slots in self.slots.items():
-            self.stats.resident_s += len(slots)
+            asleep = (
+                sum(s.state == "sleeping" for s in slots.values()) if self.layout.per_model else 0
+            )
+            self.stats.resident_s += len(slots) - asleep
+            self.stats.asleep_s += asleep
             self.stats.overcommit_s += self.used(node) > self.gpu_bytes
+            self.stats.overcommit_s += self.asleep_bytes(node) > host
 
     # -- what the control plane sees -----------------------------------------------------
 
     def observed(self, t: float) -> dict[str, ObservedReplica]:
-        avail = tuple(
-            AvailableModel(m.name, "v1", m.mem_bytes, m.load_s, m.wake_s)
+        """The replica records: per node, one server per model on the node's GPU (its
+        uuid), or one server serving every model (``Layout.per_model`` False)."""
+        avail = {
+            m.name: AvailableModel(m.name, "v1", m.mem_bytes, m.load_s, m.wake_s)
             for m in self.specs.values()
-        )
+        }
         states = {
             "loading": ModelState.LOADING,
             "waking": ModelState.LOADING,
@@ -230,22 +277,29 @@ class Sim:
         }
         out = {}
         for node, slots in self.slots.items():
-            rid = f"{node}/{SERVER}"
-            models = tuple(ModelInfo(m, "v1", states[s.state]) for m, s in sorted(slots.items()))
-            rec = ReplicaRecord(
-                replica_id=rid,
-                node=node,
-                region="r0",
-                zone=self.zones[node],
-                address="10.0.0.1",
-                port=8000,
-                server_kind=ServerKind.VLLM,
-                models=models,
-                gpus=(GpuStats(index=0, mem_total_bytes=self.gpu_bytes),),
-                timestamp=t,
-                available=avail,
+            gpus = (GpuStats(index=0, uuid=f"GPU-{node}", mem_total_bytes=self.gpu_bytes),)
+            servers = (
+                [(server_of(m, self.layout), (m,)) for m in self.specs]
+                if self.layout.per_model
+                else [(SERVER, tuple(self.specs))]
             )
-            out[rid] = ObservedReplica(rec, expires_at=t + 1e9)
+            for server, names in servers:
+                rid = f"{node}/{server}"
+                held = sorted(m for m in names if m in slots)
+                rec = ReplicaRecord(
+                    replica_id=rid,
+                    node=node,
+                    region="r0",
+                    zone=self.zones[node],
+                    address="10.0.0.1",
+                    port=8000,
+                    server_kind=ServerKind.VLLM,
+                    models=tuple(ModelInfo(m, "v1", states[slots[m].state]) for m in held),
+                    gpus=gpus,
+                    timestamp=t,
+                    available=tuple(avail[m] for m in names),
+                )
+                out[rid] = ObservedReplica(rec, expires_at=t + 1e9)
         return out
 
 
@@ -262,9 +316,10 @@ def run(
     gpu_bytes: int,
     end_s: int,
     measure_from: float,
+    layout: Layout = PER_MODEL,
 ) -> Stats:
     """One policy over the trace (``decide`` None: ``warm``, every model always awake)."""
-    sim = Sim(models, nodes, gpu_bytes, measure_from, policy)
+    sim = Sim(models, nodes, gpu_bytes, measure_from, policy, layout)
     arrivals = sorted((a, m) for m, ats in trace.items() for a in ats)
     if decide is None:
         for at, m in arrivals:
@@ -390,6 +445,7 @@ class Aixds:
 
     def __call__(self, sim: Sim, t: int, counts: Mapping[str, int]) -> None:
         demand = {}
+        fleet = sim.observed(t)
         for m, spec in sim.specs.items():
             h = observe_demand(self.histories.get(m) or new_history(self.fc), t, counts[m], self.fc)
             self.histories[m] = h
@@ -397,7 +453,7 @@ class Aixds:
             held = sim.held[m]
             waited = t - min(held) if held else 0.0
             demand[m] = ModelDemand(f.recent_rate, len(held), waited, forecast=f)
-        p = place(sim.observed(t), self.intent, demand, self.previous, t, self.pc)
+        p = place(fleet, self.intent, demand, self.previous, t, self.pc)
         self.previous = p
         apply_desired(sim, p, t)
         if self.explain:
@@ -469,14 +525,14 @@ def apply_desired(sim: Sim, p: Placement, t: float) -> None:
         want = p.desired.get(node, {})
         for m, s in list(slots.items()):
             d = want.get(m)
-            if d is None or not d.loaded or d.server != SERVER:
+            if d is None or not d.loaded or d.server != server_of(m, sim.layout):
                 sim.unload(node, m)
             elif d.sleeping and s.state == "ready":
                 sim.sleep(node, m)
             elif not d.sleeping and s.state == "sleeping":
                 sim.wake(node, m, t)
         for m, d in want.items():
-            if d.loaded and d.server == SERVER and m not in slots:
+            if d.loaded and d.server == server_of(m, sim.layout) and m not in slots:
                 sim.load(node, m, t)
 
 
@@ -503,6 +559,7 @@ class Row:
     wait_mean: float
     wait_p99: float
     resident_s: float
+    asleep_s: float
     loads: int
     wakes: int
     overcommit_s: int
@@ -523,6 +580,7 @@ def score(st: Stats, base_ttft: float) -> Row:
         wait_mean=sum(waited) / len(waited) if waited else 0.0,
         wait_p99=percentile(waited, 0.99),
         resident_s=st.resident_s,
+        asleep_s=st.asleep_s,
         loads=st.loads,
         wakes=st.wakes,
         overcommit_s=st.overcommit_s,
@@ -532,7 +590,8 @@ def score(st: Stats, base_ttft: float) -> Row:
 
 HEADER = (
     f"{'policy':<9} {'requests':>8} {'waited':>7} {'TTFT p50':>8} {'p99':>7} "
-    f"{'wait mean':>9} {'p99':>7} {'>hold':>6} {'model-s':>9} {'loads':>6} {'wakes':>6}"
+    f"{'wait mean':>9} {'p99':>7} {'>hold':>6} {'model-s':>9} {'asleep-s':>9} {'loads':>6} "
+    f"{'wakes':>6}"
 )
 
 
@@ -540,7 +599,7 @@ def row_text(r: Row) -> str:
     return (
         f"{r.policy:<9} {r.requests:>8} {r.waited_pct:>6.1f}% {r.p50:>7.2f}s {r.p99:>6.2f}s "
         f"{r.wait_mean:>8.2f}s {r.wait_p99:>6.2f}s {r.over_hold:>6} {r.resident_s:>9.0f} "
-        f"{r.loads:>6} {r.wakes:>6}"
+        f"{r.asleep_s:>9.0f} {r.loads:>6} {r.wakes:>6}"
     )
 
 
@@ -583,12 +642,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--base-ttft", type=float, default=0.3, help="TTFT of a warm model (s)")
     ap.add_argument("--pin", action="store_true", help="aixds pins the steadiest model")
     ap.add_argument(
+        "--one-server",
+        action="store_true",
+        help="one server per node serves every model (it sleeps only as a whole, so a model "
+        "asleep keeps its GPU memory) instead of one server per model on the node's GPU",
+    )
+    ap.add_argument(
+        "--host-ratio",
+        type=float,
+        default=PLACEMENT.host_sleep_ratio,
+        help="host memory for sleeping weights, x the GPU's (%(default)s)",
+    )
+    ap.add_argument(
         "--explain",
         action="store_true",
         help="also print why each of aixds' waits began (forecast, timing or memory)",
     )
     args = ap.parse_args(argv)
-    fc, pc = FORECAST, PLACEMENT
+    fc, pc = FORECAST, replace(PLACEMENT, host_sleep_ratio=args.host_ratio)
+    layout = Layout(per_model=not args.one_server, host_ratio=args.host_ratio)
     models_n, days, learn, replicas = args.models, args.days, args.learn_days, args.replicas
     if args.smoke:
         fc = ForecastConfig(
@@ -609,6 +681,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{days} days of {fc.day_s:.0f} s, measured after day {learn}",
         flush=True,
     )
+    print(
+        "servers: one per node serving every model (asleep, a model keeps its GPU memory)"
+        if args.one_server
+        else "servers: one per model on each node's GPU (asleep: weights in host memory, "
+        f"{args.host_ratio:g}x the GPU's)",
+        flush=True,
+    )
     intent = Intent()
     if args.pin:
         pinned = steadiest(models, trace)
@@ -626,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(HEADER, flush=True)
     for name, decide in policies:
         started = time.monotonic()
-        st = run(decide, name, models, trace, nodes, gpu, end_s, measure_from)
+        st = run(decide, name, models, trace, nodes, gpu, end_s, measure_from, layout)
         if decide is aixds:
             episodes = st.episodes
         rows[name] = score(st, args.base_ttft)
@@ -640,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  (TTFT = base + wait; waited: the model was not awake on arrival; wait: of those;")
     print(
         f"   >hold: waits over the activator's {HOLD_S:.0f} s bound (a 503 in the real path);"
-        "\n   model-s: GPU model-seconds resident, loading/awake/asleep; loads, wakes: measured)"
+        "\n   model-s: GPU model-seconds resident (loading, awake, or asleep on a server that"
+        "\n   serves other models); asleep-s: host model-seconds asleep; loads, wakes: measured)"
     )
     print("per demand shape (waited share, TTFT p99):")
     print("\n".join(kinds))

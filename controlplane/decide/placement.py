@@ -91,6 +91,11 @@ class PlacementConfig:
     rather than the request timing out. Before that it waits for memory a serving model
     gives up (``bench.coldstart``: without this bound, 41 requests of one seed waited more
     than 120 s; with it none, and fewer requests waited in all)."""
+    host_sleep_ratio: float = 2.0
+    """Host memory for the weights of servers asleep on their own (one model each: vLLM's
+    level-1 sleep moves them off the GPU), as a multiple of the node's GPU memory (an
+    8 x H100 node has 2 TB: 3.2x its 640 GB). Asleep, such a model takes host memory, not
+    GPU memory, and is unloaded only when that memory is needed."""
     max_load_failures: int = 3
     """A replica that failed to load a model this many times in a row is not asked again
     (a permanent failure counts at once)."""
@@ -188,6 +193,7 @@ def place(
         cfg.mem_reserve,
         cfg.max_load_failures,
         cfg.default_load_s,
+        cfg.host_sleep_ratio,
     )
     regions = sorted({o.record.region for o in fleet.values()})
     needs: list[_Need] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -50,6 +50,19 @@ _PRESENT = {
 
 
 @dataclass(slots=True)
+class Memory:
+    """A memory budget the replicas in ``members`` share: the GPUs they run on (replicas
+    whose GPUs have the same uuids share them), or a node's host memory for sleeping
+    weights."""
+
+    cap: float
+    """What models may take (``inf``: none reported, so none is checked)."""
+    used: float = 0.0
+    """Taken by models committed to needs, and by what ineligible members keep."""
+    members: list[Replica] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Replica:
     """One replica during one ``place`` run (mutable scratch state)."""
 
@@ -59,15 +72,18 @@ class Replica:
     region: str
     zone: str
     eligible: bool
-    cap: float
-    """GPU memory its models may take (``inf``: it reports none, so none is checked)."""
+    gpu: Memory
+    """The GPU memory its models take, shared with the replicas on the same GPUs."""
+    host: Memory
+    """Its node's host memory for the weights of servers asleep on their own."""
     available: dict[str, AvailableModel]
     fleet_mem: Mapping[str, int]
     held: dict[str, Holding] = field(default_factory=dict)
     committed: set[str] = field(default_factory=set)
-    committed_mem: float = 0.0
     unloads: dict[str, str] = field(default_factory=dict)
     """Models to ask unloaded (model -> version)."""
+    present: dict[str, ModelState] = field(default_factory=dict)
+    """What the server reports of the models it has (whatever it was asked)."""
 
     def mem(self, model: str) -> float:
         a = self.available.get(model)
@@ -82,6 +98,29 @@ class Replica:
     def wake_s(self, model: str) -> float:
         a = self.available.get(model)
         return a.wake_s if a is not None else 0.0
+
+    def sleeps_apart(self, model: str) -> bool:
+        """Asleep, ``model`` frees its GPU memory: its server sleeps (a wake time) and
+        serves no other model (sleep is per server: vLLM's level 1 moves the weights to
+        host memory and drops the KV cache; a server that also serves an awake model stays
+        awake, its sleeping models' weights on the GPU)."""
+        return self.wake_s(model) > 0 and self.available.keys() | self.held.keys() <= {model}
+
+    def gpu_cost(self, model: str, holding: Holding) -> float:
+        """GPU memory ``model`` takes here: none once asleep on its own (asked to sleep while
+        still loading or awake, it takes its memory until the server says it sleeps)."""
+        if (
+            holding.state is Hold.SLEEPING
+            and self.sleeps_apart(model)
+            and self.present.get(model, ModelState.SLEEPING) is ModelState.SLEEPING
+        ):
+            return 0.0
+        return self.mem(model)
+
+    def host_cost(self, model: str, holding: Holding) -> float:
+        if holding.state is Hold.SLEEPING and self.sleeps_apart(model):
+            return self.mem(model)
+        return 0.0
 
 
 Level = tuple[bool, int, int]
@@ -158,16 +197,20 @@ class Pool:
         self, rep: Replica, model: str, level: Level, levels: Levels, now: float,
         hold_s: float,
     ) -> bool:  # fmt: skip
-        """``model`` fits ``rep`` next to what it has for needs and what it keeps: models held
-        within ``hold_s`` of their last change, or whose own need is of ``level`` or higher."""
-        used = rep.committed_mem + rep.mem(model)
-        for h, holding in rep.held.items():
-            if h == model or h in rep.committed:
-                continue
-            lv = levels.get(h)
-            if now - holding.since < hold_s or (lv is not None and lv >= level):
-                used += rep.mem(h)
-        return used <= rep.cap
+        """``model`` fits ``rep``'s GPUs next to what they have for needs and what their
+        replicas keep awake: models held within ``hold_s`` of their last change, or whose
+        own need is of ``level`` or higher (the others go to sleep or are unloaded)."""
+        used = rep.gpu.used + rep.mem(model)
+        for other in rep.gpu.members:
+            if not other.eligible:
+                continue  # counted in ``used``
+            for h, holding in other.held.items():
+                if (other is rep and h == model) or h in other.committed:
+                    continue
+                lv = levels.get(h)
+                if now - holding.since < hold_s or (lv is not None and lv >= level):
+                    used += other.gpu_cost(h, holding)
+        return used <= rep.gpu.cap
 
     def commit(self, rep: Replica, model: str, version: str, now: float) -> None:
         """``rep`` holds ``model`` loaded and awake for a need."""
@@ -180,7 +223,7 @@ class Pool:
             rep.held[model] = replace(held, idle_since=None)
         rep.unloads.pop(model, None)
         rep.committed.add(model)
-        rep.committed_mem += rep.mem(model)
+        rep.gpu.used += rep.mem(model)
         self._node[(rep.node, model)] = rep.rid
         self._count[model] = self._count.get(model, 0) + 1
         key = (model, rep.region, rep.zone)
@@ -189,38 +232,57 @@ class Pool:
     def settle(
         self, levels: Levels, now: float, hold_s: float, idle_s: float, unload_s: float
     ) -> list[tuple[str, str]]:
-        """Decide what happens to held models no need took; (model, why) per change."""
+        """Decide what happens to held models no need took; (model, why) per change.
+
+        Per GPU, the spare models keep their memory in order (those within ``hold_s`` of
+        their last change first, then by the level of their need, then the most recently
+        needed): one that no longer fits goes to sleep where that frees its GPU memory,
+        else it is unloaded. Then per node, the servers asleep on their own keep host memory
+        in the same order; one that does not fit is unloaded."""
         changes: list[tuple[str, str]] = []
-        for rep in self.reps:
-            if not rep.eligible:
-                continue
-            used = rep.committed_mem
-            spare = [h for h in rep.held if h not in rep.committed]
-
-            # models that may not change yet (within hold_s) take their memory first, so a
-            # later-ranked one that can is the one unloaded when memory is short
-            def order(h: str, rep: Replica = rep) -> tuple[bool, tuple[int, int, int, int], str]:
-                return (now - rep.held[h].since >= hold_s, _rank(levels.get(h)), h)
-
-            for h in sorted(spare, key=order):
+        apart: dict[int, list[tuple[Replica, str, bool]]] = {}
+        for gpu in self._memories(lambda r: r.gpu):
+            used = gpu.used
+            spare = [
+                (rep, h) for rep in gpu.members if rep.eligible
+                for h in rep.held if h not in rep.committed
+            ]  # fmt: skip
+            for rep, h in sorted(spare, key=lambda x: self._order(x[0], x[1], levels, now, hold_s)):
                 holding, mem = rep.held[h], rep.mem(h)
                 idle = now if holding.idle_since is None else holding.idle_since
                 if now - holding.since < hold_s:
                     rep.held[h] = replace(holding, idle_since=idle)
-                    used += mem
+                    used += rep.gpu_cost(h, holding)
                     self._count[h] = self._count.get(h, 0) + 1
+                    if rep.host_cost(h, holding):
+                        apart.setdefault(id(rep.host), []).append((rep, h, True))
                     continue
                 limit = self.limit.get(h, 0)
-                if used + mem > rep.cap or (limit and self._count.get(h, 0) >= limit):
-                    why = "memory needed" if used + mem > rep.cap else f"max_replicas {limit}"
-                    self._drop(rep, h, f"{rep.rid}: {why} → unload", changes)
+                if limit and self._count.get(h, 0) >= limit:
+                    self._drop(rep, h, f"{rep.rid}: max_replicas {limit} → unload", changes)
                     continue
                 new = replace(holding, idle_since=idle)
                 asleep = now - max(holding.since, idle)  # adopted asleep: from now on
-                if holding.state is Hold.SLEEPING and asleep >= unload_s:
+                cost = rep.gpu_cost(h, holding)
+                if cost and used + cost > gpu.cap:
+                    if (
+                        holding.state is Hold.LOADED
+                        and rep.sleeps_apart(h)
+                        and rep.present.get(h) is ModelState.READY
+                    ):  # a load still under way is cut short (a sleep would wait for it)
+                        rep.held[h] = Holding(Hold.SLEEPING, now, idle, holding.version)
+                        changes.append((h, f"{rep.rid}: GPU memory needed → sleep"))
+                        self._count[h] = self._count.get(h, 0) + 1
+                        apart.setdefault(id(rep.host), []).append((rep, h, False))
+                    else:
+                        self._drop(rep, h, f"{rep.rid}: memory needed → unload", changes)
+                    continue
+                if holding.state is Hold.SLEEPING and not cost:
+                    pass  # asleep on its own: only host memory unloads it
+                elif holding.state is Hold.SLEEPING and asleep >= unload_s:
                     self._drop(rep, h, f"{rep.rid}: asleep {asleep:.0f} s → unload", changes)
                     continue
-                if holding.state is Hold.LOADED and now - idle >= idle_s:
+                elif holding.state is Hold.LOADED and now - idle >= idle_s:
                     if rep.wake_s(h) > 0:
                         new = Holding(Hold.SLEEPING, now, idle, holding.version)
                         changes.append((h, f"{rep.rid}: no need for {now - idle:.0f} s → sleep"))
@@ -229,9 +291,64 @@ class Pool:
                         self._drop(rep, h, why, changes)
                         continue
                 rep.held[h] = new
-                used += mem
+                used += rep.gpu_cost(h, new)
                 self._count[h] = self._count.get(h, 0) + 1
+                if rep.host_cost(h, new):
+                    apart.setdefault(id(rep.host), []).append((rep, h, False))
+        copies = self._spare_copies(apart)
+        for host in self._memories(lambda r: r.host):
+            used = host.used
+            entries = apart.get(id(host), [])
+            entries.sort(
+                key=lambda x: (
+                    not x[2],
+                    (x[0].rid, x[1]) in copies,
+                    *self._order(x[0], x[1], levels, now, hold_s),
+                )
+            )
+            for rep, h, fixed in entries:
+                mem = rep.host_cost(h, rep.held[h])
+                if not fixed and used + mem > host.cap:
+                    self._drop(rep, h, f"{rep.rid}: host memory needed → unload", changes)
+                    self._count[h] -= 1
+                    continue
+                used += mem
         return changes
+
+    def _spare_copies(
+        self, apart: Mapping[int, list[tuple[Replica, str, bool]]]
+    ) -> set[tuple[str, str]]:
+        """(replica id, model) asleep on its own where the model is also awake elsewhere,
+        or asleep on an earlier replica: host memory keeps one copy of each model first."""
+        awake = {m for r in self.reps for m, h in r.held.items() if h.state is Hold.LOADED}
+        first: dict[str, str] = {}
+        for entries in apart.values():
+            for rep, m, _ in entries:
+                if m not in awake and (m not in first or rep.rid < first[m]):
+                    first[m] = rep.rid
+        return {
+            (rep.rid, m)
+            for entries in apart.values()
+            for rep, m, _ in entries
+            if first.get(m) != rep.rid
+        }
+
+    def _memories(self, which: Callable[[Replica], Memory]) -> list[Memory]:
+        """The distinct budgets of the replicas, in replica order."""
+        seen: dict[int, Memory] = {}
+        for rep in self.reps:
+            seen.setdefault(id(which(rep)), which(rep))
+        return list(seen.values())
+
+    @staticmethod
+    def _order(
+        rep: Replica, h: str, levels: Levels, now: float, hold_s: float
+    ) -> tuple[bool, tuple[int, int, int, int], float, str, str]:
+        """Which spare model keeps memory first: within ``hold_s`` (it may not change yet),
+        then the higher-level need, then the most recently needed, then by id."""
+        holding = rep.held[h]
+        idle = now if holding.idle_since is None else holding.idle_since
+        return (now - holding.since >= hold_s, _rank(levels.get(h)), -idle, rep.rid, h)
 
     def _drop(self, rep: Replica, model: str, why: str, changes: list[tuple[str, str]]) -> None:
         rep.unloads[model] = rep.held.pop(model).version
@@ -283,6 +400,7 @@ def build_pool(
     mem_reserve: float,
     max_failures: int,
     default_load_s: float,
+    host_sleep_ratio: float = 0.0,
 ) -> Pool:
     """The pool for one run: what each replica holds (as last asked, else as observed)."""
     names = set(managed)
@@ -290,12 +408,12 @@ def build_pool(
     for o in fleet.values():
         for a in o.record.available:
             fleet_mem[a.name] = max(fleet_mem.get(a.name, 0), a.mem_bytes)
+    gpus, hosts = _memories(fleet, mem_reserve, host_sleep_ratio)
     reps: list[Replica] = []
     failed: dict[str, set[str]] = {}
     for rid in sorted(fleet):
         rec = fleet[rid].record
         server = rid.split("/", 1)[1] if "/" in rid else rid
-        total = sum(g.mem_total_bytes for g in rec.gpus)
         rep = Replica(
             rid=rid,
             node=rec.node,
@@ -303,18 +421,25 @@ def build_pool(
             region=rec.region,
             zone=rec.zone,
             eligible=eligible[rid],
-            cap=total * (1 - mem_reserve) if total > 0 else math.inf,
+            gpu=gpus[rid],
+            host=hosts[rec.node],
             available={a.name: a for a in rec.available},
             fleet_mem=fleet_mem,
         )
+        rep.gpu.members.append(rep)
+        rep.host.members.append(rep)
         prev = prev_holdings.get(rid)
         node_prev = prev_desired.get(rec.node, {})
         present = {mi.name: mi for mi in rec.models if mi.name in names}
+        rep.present = {m: mi.state for m, mi in present.items()}
         for m, d in node_prev.items():
             if d.server == server and not d.loaded and m in present:
                 rep.unloads[m] = d.version  # asked before, not gone yet
         if not rep.eligible:
             rep.held = dict(prev) if prev is not None else {}
+            for m, h in rep.held.items():  # kept as they are: their memory is taken
+                rep.gpu.used += rep.gpu_cost(m, h)
+                rep.host.used += rep.host_cost(m, h)
             reps.append(rep)
             continue
         failed[rid] = _failed(rec, max_failures) & names
@@ -329,6 +454,57 @@ def build_pool(
             rep.held[m] = holding
         reps.append(rep)
     return Pool(reps, failed, default_load_s)
+
+
+def _memories(
+    fleet: FleetView, mem_reserve: float, host_sleep_ratio: float
+) -> tuple[dict[str, Memory], dict[str, Memory]]:
+    """Per replica id its GPU budget, per node its host budget for sleeping weights.
+
+    Replicas of one node whose GPUs share a uuid share one budget: the sum of those GPUs'
+    memory, less the reserve. A replica whose GPUs have no uuid has its own. A node's host
+    budget is ``host_sleep_ratio`` times its GPUs' memory."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(k: tuple[str, str]) -> tuple[str, str]:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    total: dict[tuple[str, str], int] = {}
+    first: dict[str, tuple[str, str]] = {}
+    for rid, o in fleet.items():
+        rec = o.record
+        keys = [(rec.node, g.uuid) if g.uuid else (rid, str(g.index)) for g in rec.gpus]
+        keys = keys or [(rid, "")]
+        first[rid] = keys[0]
+        for k, g in zip(keys, rec.gpus or (None,), strict=True):
+            parent.setdefault(k, k)
+            total[k] = max(total.get(k, 0), g.mem_total_bytes if g is not None else 0)
+        for k in keys[1:]:
+            parent[root(k)] = root(keys[0])
+    group_bytes: dict[tuple[str, str], int] = {}
+    node_bytes: dict[str, int] = {}
+    for k, b in total.items():
+        group_bytes[root(k)] = group_bytes.get(root(k), 0) + b
+    gpus: dict[tuple[str, str], Memory] = {}
+    by_rid: dict[str, Memory] = {}
+    for rid, o in fleet.items():
+        rec = o.record
+        k = root(first[rid])
+        if k not in gpus:
+            b = group_bytes[k]
+            gpus[k] = Memory(b * (1 - mem_reserve) if b > 0 else math.inf)
+            node_bytes[rec.node] = node_bytes.get(rec.node, 0) + b
+        by_rid[rid] = gpus[k]
+    hosts = {
+        o.record.node: Memory(
+            host_sleep_ratio * node_bytes[o.record.node] if node_bytes[o.record.node] else math.inf
+        )
+        for o in fleet.values()
+    }
+    return by_rid, hosts
 
 
 def _holding(

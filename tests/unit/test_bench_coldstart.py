@@ -13,8 +13,10 @@ from bench.coldstart import (
     PLACEMENT,
     WHY,
     Aixds,
+    Layout,
     Mark,
     Row,
+    Stats,
     fleet_nodes,
     last_line,
     main,
@@ -173,7 +175,7 @@ def test_last_line_ratios_are_the_issues() -> None:
     """X: aixds waited; Y: aixds TTFT p99 / warm's; Z: aixds resident model-s / reactive's."""
 
     def row(policy: str, waited: float, p99: float, resident: float) -> Row:
-        return Row(policy, 100, waited, 0.3, p99, 0.0, 0.0, resident, 0, 0, 0)
+        return Row(policy, 100, waited, 0.3, p99, 0.0, 0.0, resident, 0.0, 0, 0, 0)
 
     rows = {
         "warm": row("warm", 0.0, 0.3, 9000.0),
@@ -183,3 +185,25 @@ def test_last_line_ratios_are_the_issues() -> None:
     assert last_line(rows) == (
         "cold start: waited 1.5%, TTFT p99 vs warm 1.50x, resident vs reactive 1.10x"
     )
+
+
+def test_a_server_asleep_on_its_own_frees_the_gpu_and_wakes_instead_of_a_reload() -> None:
+    # two 40 GB models on one 80 GB GPU (72 GB usable): not both awake. a sleeps after its
+    # keep-alive; b then loads next to it; a's second request wakes it (b asleep by then)
+    two = [ModelSpec(m, "rare", 40 * GB, load_s=9.75, wake_s=1.0) for m in "ab"]
+    trace = {"a": [0.5, 200.5], "b": [100.5]}
+
+    def once(layout: Layout) -> Stats:
+        return run(
+            Aixds(FORECAST, PLACEMENT), "aixds", two, trace, fleet_nodes(1), 80 * GB, 230, 0.0,
+            layout,
+        )  # fmt: skip
+
+    apart = once(Layout())
+    assert (apart.loads, apart.wakes) == (2, 1)
+    assert apart.waits == [10.25, 10.25, 1.5]  # a, b: loads; a again: a wake
+    assert apart.overcommit_s == 0 and apart.asleep_s > 0
+    shared = once(Layout(per_model=False))  # asleep, a keeps its GPU memory: reloaded
+    assert (shared.loads, shared.wakes) == (3, 0)
+    assert shared.waits == [10.25, 10.25, 10.25]
+    assert shared.overcommit_s == 0 and shared.asleep_s == 0

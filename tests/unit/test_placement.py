@@ -50,6 +50,7 @@ def rep(
     expires_at: float = 1e12,
     faulty: bool = False,
     failures: tuple[ModelFailure, ...] = (),
+    gpu: str = "",
 ) -> ObservedReplica:
     return ObservedReplica(
         record=ReplicaRecord(
@@ -61,7 +62,7 @@ def rep(
             port=8000,
             server_kind=ServerKind.VLLM,
             models=tuple(ModelInfo(n, "v1", s) for n, s in loaded),
-            gpus=(GpuStats(index=0, mem_total_bytes=mem_gb * GB, faulty=faulty),),
+            gpus=(GpuStats(index=0, uuid=gpu, mem_total_bytes=mem_gb * GB, faulty=faulty),),
             available=available,
             failures=failures,
         ),
@@ -346,7 +347,9 @@ def run_idle(f: dict[str, ObservedReplica], until: float, p: Placement, start: f
 
 
 def test_idle_model_sleeps_then_unloads_after_the_times_not_before() -> None:
-    f = fleet(rep("n1/s", av("m", wake=1.5)))
+    # a server that can serve two models: asleep, "m" keeps its GPU memory (sleep is per
+    # server), so it is unloaded after the time
+    f = fleet(rep("n1/s", av("m", wake=1.5), av("other")))
     p = place(f, Intent(), waiting("m"), None, 0.0, CFG)
     assert state(p, "n1/s", "m") == "loaded"
     states = run_idle(f, 800.0, p, 1.0)  # idle from t=1
@@ -367,7 +370,7 @@ def test_a_server_that_cannot_sleep_keeps_it_loaded_then_unloads() -> None:
 
 
 def test_a_forecast_keeps_it_awake_and_the_unload_entry_ends_once_it_is_gone() -> None:
-    f = fleet(rep("n1/s", av("m"), loaded=(("m", READY),)))
+    f = fleet(rep("n1/s", av("m"), av("other"), loaded=(("m", READY),)))
     keep = Forecast(True, "idle 30 s < keep-alive 600 s", 600.0, 0.0, False, 0.0, None, 0.0, 30)
     p = place(f, Intent(), {"m": ModelDemand(forecast=keep)}, None, 0.0, CFG)
     p = place(f, Intent(), {"m": ModelDemand(forecast=keep)}, p, 500.0, CFG)
@@ -376,7 +379,7 @@ def test_a_forecast_keeps_it_awake_and_the_unload_entry_ends_once_it_is_gone() -
     for t in range(501, 1300, 10):
         p = place(f, Intent(), {}, p, float(t), CFG)
     assert state(p, "n1/s", "m") == "unloaded"  # still on the server: keep asking
-    gone = fleet(rep("n1/s", av("m")))
+    gone = fleet(rep("n1/s", av("m"), av("other")))
     p = place(gone, Intent(), {}, p, 1300.0, CFG)
     assert p.desired == {} and p.holdings == {}
 
@@ -386,6 +389,72 @@ def test_a_restart_adopts_what_the_servers_hold() -> None:
     p = place(f, Intent(), {}, None, 0.0, CFG)
     assert state(p, "n1/s", "m") == "sleeping"
     assert p.holdings["n1/s"]["m"].idle_since == 0.0
+
+
+# -- servers that share a GPU, and sleep on their own ----------------------------------
+
+
+def one_gpu(*models: tuple[str, int], loaded: tuple[str, ...] = ()) -> dict[str, ObservedReplica]:
+    """One server per model on node n1, all on the same 80 GB GPU (its uuid)."""
+    return fleet(
+        *(
+            rep(f"n1/{m}", av(m, gb), gpu="GPU-1", loaded=((m, READY),) if m in loaded else ())
+            for m, gb in models
+        )
+    )
+
+
+def test_servers_on_one_gpu_share_its_memory() -> None:
+    f = one_gpu(("a", 40), ("b", 40))
+    p = place(f, Intent(), waiting("a", "b"), None, 0.0, CFG)
+    # each server reports the whole GPU: counted once, 72 GB usable, one 40 GB model fits
+    assert sorted(state(p, f"n1/{m}", m) for m in "ab") == ["-", "loaded"]
+    assert "no GPU memory for it on any replica" in p.decisions["b"].reasons
+    apart = fleet(rep("n1/a", av("a", 40), gpu="GPU-1"), rep("n1/b", av("b", 40), gpu="GPU-2"))
+    p = place(apart, Intent(), waiting("a", "b"), None, 0.0, CFG)
+    assert [state(p, f"n1/{m}", m) for m in "ab"] == ["loaded", "loaded"]
+
+
+def test_a_server_asleep_on_its_own_frees_the_gpu_for_another() -> None:
+    f = one_gpu(("a", 40), ("b", 40), loaded=("a",))
+    p = place(f, Intent(), waiting("a"), None, 0.0, CFG)
+    assert state(p, "n1/a", "a") == "loaded"
+    p = place(f, Intent(), waiting("b"), p, 100.0, CFG)  # a: no need, past hold_s
+    assert state(p, "n1/a", "a") == "sleeping"  # not unloaded: its wake is 1 s, not 30
+    assert state(p, "n1/b", "b") == "loaded"
+    assert "n1/a: GPU memory needed → sleep" in p.decisions["a"].reasons
+    for t in range(101, 2000, 50):  # long past unload_after_s: host memory is not needed
+        p = place(f, Intent(), {"b": ModelDemand(waiting=1)}, p, float(t), CFG)
+    assert state(p, "n1/a", "a") == "sleeping"
+    p = place(f, Intent(), waiting("a", "b"), p, 2000.0, CFG)  # b is needed too: a waits
+    assert [state(p, f"n1/{m}", m) for m in "ab"] == ["sleeping", "loaded"]
+    p = place(f, Intent(), waiting("a"), p, 2001.0, CFG)  # b is not: a wakes in its place
+    assert [state(p, f"n1/{m}", m) for m in "ab"] == ["loaded", "sleeping"]
+
+
+def test_a_server_serving_two_models_keeps_a_sleeping_ones_memory() -> None:
+    f = fleet(rep("n1/s", av("a", 40), av("b", 40), loaded=(("a", READY),)))
+    p = place(f, Intent(), waiting("a"), None, 0.0, CFG)
+    p = place(f, Intent(), waiting("b"), p, 100.0, CFG)
+    assert state(p, "n1/s", "a") == "unloaded"  # asleep it would still hold the GPU
+    assert state(p, "n1/s", "b") == "loaded"
+
+
+def test_host_memory_keeps_the_most_recently_needed_asleep() -> None:
+    cfg = replace(CFG, host_sleep_ratio=1.0)  # 80 GB of host memory for sleeping weights
+    f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
+    p: Placement | None = None
+    for t, m in ((0.0, "a"), (100.0, "b"), (200.0, "c"), (300.0, "d")):
+        p = place(f, Intent(), waiting(m), p, t, cfg)
+        assert state(p, f"n1/{m}", m) == "loaded"
+    # d's 60 GB sent c to sleep (b and a before it); asleep: 30 + 30 of 80 GB, a went first
+    assert [state(p, f"n1/{m}", m) for m in "abcd"] == [
+        "unloaded",
+        "sleeping",
+        "sleeping",
+        "loaded",
+    ]
+    assert "n1/a: host memory needed → unload" in p.decisions["a"].reasons
 
 
 # -- properties ----------------------------------------------------------------------------
