@@ -141,7 +141,8 @@ class NodeAgent:
             cfg.exec_timing.call_timeout_s,
             lambda: {a.name for a in (pub.raw_probe.available if pub.raw_probe else ())},
         )
-        self.replicas[name] = _Replica(spec, pub, ServerHandle(loader, lambda: pub.raw_probe))
+        handle = ServerHandle(loader, lambda: pub.raw_probe, lambda: pub.gpu_uuids)
+        self.replicas[name] = _Replica(spec, pub, handle)
         self.agent.add(pub)
         log.info(
             "publishing %s <- %s %s (%s) as %s:%d",

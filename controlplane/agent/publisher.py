@@ -209,6 +209,11 @@ class ReplicaPublisher:
         """The latest probe as the server answered it (before the overlay); None at first."""
         return self._raw
 
+    @property
+    def gpu_uuids(self) -> frozenset[str]:
+        """The uuids of the GPUs the latest read saw (empty at first or when unknown)."""
+        return frozenset(g.uuid for g in self._latest[1] if g.uuid) if self._latest else frozenset()
+
     async def probe_loop(self) -> None:
         loop = asyncio.get_running_loop()
         failing = overlay_failing = False

@@ -360,6 +360,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         help="the base model's weights on the GPU, GiB (%(default)s)",
     )
     gpu.add_argument(
+        "--gpu-uuid",
+        default="",
+        metavar="UUID",
+        help="the GPU's uuid (default: derived from --replica-id); servers given the same one "
+        "share that GPU's memory in placement's eyes (e.g. one vLLM per model on one GPU)",
+    )
+    gpu.add_argument(
         "--gpu-power-w",
         type=_positive_float,
         default=d.gpu.power_limit_w,
@@ -468,6 +475,7 @@ def config_from_args(
             mem_total_bytes=int(args.gpu_mem_gib * GiB),
             weights_bytes=int(args.weights_gib * GiB),
             power_limit_w=args.gpu_power_w,
+            uuid=args.gpu_uuid,
         ),
     )
     return config, host, port

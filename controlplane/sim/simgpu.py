@@ -65,6 +65,10 @@ class GpuSpec:
     power_limit_w: float = 700.0
     mem_utilization: float = 0.9
     """vLLM's ``gpu_memory_utilization``: weights + KV pool take this share of memory."""
+    uuid: str = ""
+    """The GPU's uuid; empty: one derived from the replica id. Servers given the same uuid
+    stand for servers sharing one GPU (placement counts its memory once); each still
+    reports only its own memory use."""
 
 
 _FAULT = re.compile(r"^(xid (\d{1,4})|ecc(?: (\d{1,6}))?|remap|lost)$")
@@ -99,7 +103,7 @@ class SimGpu:
         weights and a KV pool, always)."""
         self._knobs = knobs
         self.spec = spec
-        self.uuid = f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, 'aixds-sim/' + replica_id)}"
+        self.uuid = spec.uuid or f"GPU-{uuid.uuid5(uuid.NAMESPACE_URL, 'aixds-sim/' + replica_id)}"
         self.boot_id = uuid.uuid4().hex
         """Changes when the server restarts, so a reader knows its event numbers restarted."""
         self.ecc_uncorrected = 0

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from controlplane.proxy.runner import envoy_binary
-from tests.e2e.fleet import Edge, Fleet, Replica, chat
+from tests.e2e.fleet import AGENT_INTERVAL_S, AGENT_TTL_S, Edge, Fleet, Replica, chat
 from tests.e2e.test_model_loading import TOKEN, desire, models_cli
 from tests.support import Procs, RedisServer, free_port, wait_port, wait_until
 
@@ -211,6 +211,65 @@ def test_a_model_loaded_nowhere_is_placed_on_demand_slept_when_idle_and_woken(
     assert "pinned" in " ".join(placement(fleet)["decision"]["models"][COLD]["reasons"])
     models_cli(fleet, "unpin", COLD)
     assert placement(fleet)["pinned"] == []
+
+
+def test_two_servers_on_one_gpu_take_turns_and_never_both_hold_it(placing: Fleet) -> None:
+    """One vLLM per model on one 80 GB GPU (same GPU uuid), 40 GB of weights each: not both
+    awake (72 GB usable). Placement puts one to sleep (its weights go to host memory, not
+    unloaded); a request for it is held while the other sleeps and it wakes; the agent
+    wakes it only once the other is asleep."""
+    fleet = placing
+    shared = ("--enable-sleep-mode", "--wake-ms", "300", "--weights-gib", "40")
+    shared += ("--gpu-mem-gib", "80", "--gpu-uuid", "GPU-e2e-shared")
+    reps = {
+        m: fleet.add_replica(m, "v1", node="gpu-1", agent=False, server_args=shared)
+        for m in ("alpha", "beta")
+    }
+    fleet.procs.aixds(
+        "agent-gpu-1",
+        "agent",
+        "--redis", fleet.registry_url, "--node", "gpu-1", "--region", "us", "--zone", "us-a",
+        "--server", f"vllm={reps['alpha'].url}", "--server", f"vllm={reps['beta'].url}",
+        "--interval", str(AGENT_INTERVAL_S), "--ttl", str(AGENT_TTL_S), "--gpu", "sim",
+        "--warmup", "1", "--drain", "1",
+    )  # fmt: skip
+    edge = fleet.add_edge()
+
+    def asleep(m: str) -> bool:
+        doc = httpx.get(f"{reps[m].url}/is_sleeping", timeout=3).json()
+        return bool(doc["is_sleeping"])
+
+    wait_until(lambda: asleep("alpha") != asleep("beta"), 30, what="one of the two asleep")
+    samples: list[tuple[bool, bool]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((asleep("alpha"), asleep("beta")))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        first = "alpha" if asleep("alpha") else "beta"
+        other = "beta" if first == "alpha" else "alpha"
+        for m in (first, other):  # each asleep when asked for: held, woken, served
+            wait_until(lambda m=m: asleep(m), 30, what=f"{m} asleep")
+            started = time.monotonic()
+            r = chat(edge.url, m, timeout=40)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-replica"] == reps[m].replica_id
+            assert int(r.headers.get("x-aixds-waited-ms", "0")) > 0
+            assert time.monotonic() - started < 25  # the other's active gap (10 s) + swap
+            assert not asleep(m)
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+    assert len(samples) > 100
+    assert (False, False) not in samples, "both servers awake on the one GPU"
+    state = placement(fleet)["decision"]["models"]
+    assert state[other]["awake"] == [reps[other].replica_id]
+    assert state[first]["sleeping"] == [reps[first].replica_id]  # asleep, not unloaded
 
 
 def test_a_fallback_model_answers_at_once_while_the_model_loads(placing: Fleet) -> None:

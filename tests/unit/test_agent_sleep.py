@@ -163,3 +163,60 @@ def test_available_shows_measured_load_and_wake_times_over_the_estimates() -> No
         AvailableModel("y", load_s=9.0, wake_s=0.31),
     )
     assert c.available("other", listed) == listed
+
+
+# -- servers that share a GPU -------------------------------------------------------------
+
+A, B = "vllm-a", "vllm-b"
+
+
+def on_gpu(model: str, asleep: bool, gpu: str = "GPU-1") -> Observed:
+    state = Z if asleep else R
+    return Observed(True, {model: state}, True, True, asleep, frozenset({gpu}))
+
+
+def swap() -> dict[str, Desired]:
+    return {
+        "a": Desired("a", A, sleeping=True, path="/p"),
+        "b": Desired("b", B, path="/p"),
+    }
+
+
+def test_a_wake_waits_until_the_other_server_on_its_gpu_is_asleep() -> None:
+    # placement asks a to sleep and b to wake in one go: b's weights would not fit next to
+    # a's (vLLM: out of memory at /wake_up), so b waits for a's drain and sleep call
+    c = Converger(T)
+    d = swap()
+    assert c.tick(d, {A: on_gpu("a", False), B: on_gpu("b", True)}, 0.0) == []
+    assert c.rest[A].phase is Rest.DRAINING
+    (s,) = c.tick(d, {A: on_gpu("a", False), B: on_gpu("b", True)}, 2.0)
+    assert (s.op, s.server) == (Op.SLEEP, A)
+    assert c.tick(d, {A: on_gpu("a", False), B: on_gpu("b", True)}, 2.1) == []
+    c.finished(s, None, 2.5)
+    (w,) = c.tick(d, {A: on_gpu("a", True), B: on_gpu("b", True)}, 2.6)
+    assert (w.op, w.server) == (Op.WAKE, B)
+
+
+def test_servers_on_different_gpus_do_not_wait_for_each_other() -> None:
+    c = Converger(T)
+    acts = c.tick(swap(), {A: on_gpu("a", False), B: on_gpu("b", True, gpu="GPU-2")}, 0.0)
+    assert [(a.op, a.server) for a in acts] == [(Op.WAKE, B)]
+
+
+def test_a_load_waits_while_another_server_on_its_gpu_unloads() -> None:
+    c = Converger(T)
+    d = {
+        "a": Desired("a", A, loaded=False, path="/p"),
+        "b": Desired("b", B, path="/p"),
+    }
+    servers = {
+        A: Observed(True, {"a": R}, True, False, None, frozenset({"GPU-1"})),
+        B: Observed(True, {}, True, False, None, frozenset({"GPU-1"})),
+    }
+    assert c.tick(d, servers, 0.0) == []  # a drains first (drain_s 2)
+    (u,) = c.tick(d, servers, 2.0)
+    assert (u.op, u.server) == (Op.UNLOAD, A)
+    c.finished(u, None, 2.5)
+    servers[A] = Observed(True, {}, True, False, None, frozenset({"GPU-1"}))
+    (ld,) = c.tick(d, servers, 2.6)
+    assert (ld.op, ld.server, ld.model) == (Op.LOAD, B, "b")

@@ -22,8 +22,12 @@ but not there yet: it wakes to load it, then sleeps again). Phases::
     ASLEEP -> WAKING (call) -> WARMING (published warming, ``wake_warmup_s``) -> AWAKE
 
 A server that sleeps is published with every model ``sleeping``. No load starts on a
-sleeping server (unloads do). A kind that cannot sleep keeps its models loaded, with no
-error. ``available`` lays the load and wake times this agent measured over the server's.
+sleeping server (unloads do). Servers that share a GPU (the same GPU uuid: one vLLM per
+model on one GPU) share its memory: a load or a wake on one waits while another gives
+memory back (draining or asleep-bound, unloading or asked to unload), so the weights
+coming up never meet the weights going down on the GPU. A kind that cannot sleep keeps
+its models loaded, with no error. ``available`` lays the load and wake times this agent
+measured over the server's.
 """
 
 from __future__ import annotations
@@ -118,6 +122,8 @@ class Observed:
     """The server kind has a sleep API."""
     sleeping: bool | None = None
     """The server says it sleeps; ``None``: it cannot say (the converger's phase counts)."""
+    gpus: frozenset[str] = frozenset()
+    """The uuids of the GPUs it runs on (servers that share one share its memory)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +174,11 @@ _ASLEEPISH = (Rest.DRAINING, Rest.SLEEPING, Rest.ASLEEP, Rest.WAKING)
 """Phases published as sleeping, in which no load starts."""
 
 
+def _shares(server: str, obs: Observed, freeing: Mapping[str, frozenset[str]]) -> bool:
+    """Another server on one of ``server``'s GPUs is giving memory back."""
+    return any(s != server and obs.gpus & g for s, g in freeing.items())
+
+
 @dataclass(slots=True)
 class Converger:
     """Decides the load/unload calls. Bounded: tracks exist only for desired entries."""
@@ -207,6 +218,7 @@ class Converger:
                 if not t.in_flight:
                     del self.tracks[key]
         actions = []
+        freeing = self._freeing(servers, wanted)
         for key, d in wanted.items():
             obs = servers[key[0]]
             if obs is None:
@@ -219,6 +231,8 @@ class Converger:
             if t.in_flight:
                 continue
             op = self._step(t, obs, key[1], now, path_changed)
+            if op is Op.LOAD and _shares(key[0], obs, freeing):
+                op = None  # its memory is still being freed by another server on its GPU
             if op is not None:
                 t.in_flight = True
                 t.phase = Phase.UNLOADING if op is Op.UNLOAD else Phase.LOADING
@@ -231,12 +245,57 @@ class Converger:
             if obs is None:
                 continue
             sop = self._rest_step(server, obs, wanted, now)
+            if sop is Op.WAKE and _shares(server, obs, freeing):
+                sop = None
             if sop is not None:
                 r = self.rest[server]
                 r.in_flight, r.started = True, now
                 self._enter_rest(r, Rest.SLEEPING if sop is Op.SLEEP else Rest.WAKING, now)
                 actions.append(Action(sop, server, "", Desired(model="", server=server)))
         return actions
+
+    def _freeing(
+        self, servers: Mapping[str, Observed | None], wanted: Mapping[tuple[str, str], Desired]
+    ) -> dict[str, frozenset[str]]:
+        """Servers that give GPU memory back now or are asked to (draining or sleeping,
+        asked to sleep, unloading or asked to unload), with their GPUs: a load or a wake on
+        another server of the same GPU waits until they are done, or it would find the memory
+        still taken (vLLM: out of memory at ``/wake_up``)."""
+        out: dict[str, frozenset[str]] = {}
+        for server, obs in servers.items():
+            if obs is None or not obs.gpus:
+                continue
+            r = self.rest.get(server)
+            going = r is not None and r.phase in (Rest.DRAINING, Rest.SLEEPING)
+            going = going or any(
+                t.phase in (Phase.DRAINING, Phase.UNLOADING) or (t.in_flight and not t.want.loaded)
+                for (s, _), t in self.tracks.items()
+                if s == server
+            )
+            going = going or any(
+                s == server and not d.loaded and m in obs.models for (s, m), d in wanted.items()
+            )
+            asleep = obs.sleeping or (r is not None and r.phase in (Rest.ASLEEP, Rest.WAKING))
+            going = going or (not asleep and self._wants_sleep(server, obs, wanted))
+            if going:
+                out[server] = obs.gpus
+        return out
+
+    @staticmethod
+    def _wants_sleep(server: str, obs: Observed, wanted: Mapping[tuple[str, str], Desired]) -> bool:
+        """Every model the desired key manages on ``server`` is there and asked to sleep,
+        it holds none the key does not manage, and it can sleep."""
+        entries = [(m, d) for (s, m), d in wanted.items() if s == server and d.loaded]
+        if not entries or not obs.can_sleep:
+            return False
+        managed = {m for m, _ in entries}
+        # A model the desired key does not manage (a base model nobody placed) may be
+        # serving: sleep would take it down, so a server holding one stays awake.
+        return (
+            all(m in managed for m in obs.models)
+            and all(d.sleeping for _, d in entries)
+            and all(m in obs.models for m, _ in entries)
+        )
 
     def _step(
         self, t: Track, obs: Observed, model: str, now: float, path_changed: bool
@@ -264,15 +323,7 @@ class Converger:
             if r.phase is Rest.DRAINING:
                 self._enter_rest(r, Rest.AWAKE, now)
             return None
-        managed = {m for m, _ in entries}
-        # A model the desired key does not manage (a base model nobody placed) may be
-        # serving: sleep would take it down, so a server holding one stays awake.
-        others = any(m not in managed for m in obs.models)
-        if (
-            not others
-            and all(d.sleeping for _, d in entries)
-            and all(m in obs.models for m, _ in entries)
-        ):
+        if self._wants_sleep(server, obs, wanted):
             return self._towards_asleep(server, r, obs, asleep, now)
         return self._towards_awake(r, obs, asleep, now)
 

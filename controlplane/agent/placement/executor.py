@@ -38,9 +38,17 @@ class ServerHandle:
 
     loader: Loader | None
     latest: Callable[[], Probe | None]
+    gpus: Callable[[], frozenset[str]] = frozenset
+    """The uuids of its GPUs (a load or wake waits while another server of the same GPU
+    gives memory back)."""
 
 
-def observe(probe: Probe | None, can_load: bool, can_sleep: bool = False) -> Observed | None:
+def observe(
+    probe: Probe | None,
+    can_load: bool,
+    can_sleep: bool = False,
+    gpus: frozenset[str] = frozenset(),
+) -> Observed | None:
     """A probe reduced to reachability, sleep and model name -> state (the best per name)."""
     if probe is None:
         return None
@@ -49,7 +57,7 @@ def observe(probe: Probe | None, can_load: bool, can_sleep: bool = False) -> Obs
         seen = models.get(m.name)
         if seen is None or _PREFER.get(m.state, 9) < _PREFER.get(seen, 9):
             models[m.name] = m.state
-    return Observed(probe.reachable, models, can_load, can_sleep, probe.sleeping)
+    return Observed(probe.reachable, models, can_load, can_sleep, probe.sleeping, gpus)
 
 
 class Executor:
@@ -112,6 +120,7 @@ class Executor:
                 h.latest(),
                 h.loader is not None and h.loader.can_load,
                 h.loader is not None and h.loader.can_sleep,
+                h.gpus(),
             )
             for name, h in handles.items()
         }
