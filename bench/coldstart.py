@@ -5,9 +5,13 @@ A discrete-time simulation (1 s ticks) that drives the REAL pure decision code,
 fleet. It starts no processes: the real path (agents, servers, Redis, the placement loop) is
 covered by the e2e tests; this measures the policy over days of demand in a minute.
 
-Fleet: 6 replicas (one per node, 2 zones) with 80 GB of GPU memory each; 40 models of
-8-40 GB (about twice the fleet's memory, so not all fit at once), loads of 15-60 s, wakes of
-1 s. Demand (``coldstart_trace``): a seeded trace per model over compressed days of 600 s
+Fleet: 6 nodes (2 zones) with one 80 GB GPU each; 40 models of 8-40 GB (about twice the
+fleet's GPU memory, so not all fit at once), loads of 15-60 s, wakes of 1 s. On each GPU,
+one server per model (vLLM: one model per server), all sharing its memory: asleep, a
+server's weights are in host memory (``--host-ratio``, 2x the GPU's) and its GPU memory is
+free. ``--one-server``: one server per node serves every model instead, and sleeps only as
+a whole, so a model asleep on it keeps its GPU memory (the layout before shared GPUs).
+Demand (``coldstart_trace``): a seeded trace per model over compressed days of 600 s
 (steady Poisson, a daily peak, periodic bursts, rare requests). The first ``--learn-days``
 are learning; requests after them are measured.
 
@@ -21,7 +25,8 @@ Policies, on the same trace:
 - ``warm``: every model always resident (infinite memory): the TTFT floor;
 - ``oracle``: knows every arrival ahead (not an online policy): loads each model just in
   time for its next request, unloads it when a reload would come in time: what the
-  fleet's memory allows with a perfect forecast (greedy, so a reference, not a bound);
+  fleet's memory allows with a perfect forecast and loads alone (it never sleeps a model,
+  so aixds, which can, may beat it; greedy, so a reference, not a bound);
 - ``reactive``: a plain on-demand loader: a held request starts a load (on the replica with
   room, else evicting least-recently-used models), a model is unloaded
   ``fixed_keep_alive_s`` after its last request; no pre-warm, no sleep;
@@ -31,8 +36,8 @@ Policies, on the same trace:
   pinned unless ``--pin`` (the steadiest model, one replica).
 
 The table per policy: measured requests, waited %, TTFT p50/p99, mean/p99 wait of the waited
-requests, GPU model-seconds resident (loading, awake or asleep: a cost), loads, wakes. The
-last line:
+requests, GPU model-seconds resident (loading, awake, or asleep where that keeps GPU
+memory: a cost), host model-seconds asleep, loads, wakes. The last line:
 
     cold start: waited X.X%, TTFT p99 vs warm Y.YYx, resident vs reactive Z.ZZx
 

@@ -236,6 +236,14 @@ def _placement_args(c: Any) -> None:
         c.add_argument(
             flag, type=_positive, default=default, metavar="S", help=f"{what} ({default:g})"
         )
+    c.add_argument(
+        "--host-sleep-ratio",
+        type=_positive,
+        default=2.0,
+        metavar="X",
+        help="host memory for the weights of servers asleep on their own (one model per "
+        "server), x the node's GPU memory (2)",
+    )
 
 
 def placement_settings(args: argparse.Namespace) -> Any:
@@ -250,6 +258,7 @@ def placement_settings(args: argparse.Namespace) -> Any:
             scale_down_after_s=args.scale_down_after,
             unload_after_s=args.unload_after,
             hold_s=args.placement_hold,
+            host_sleep_ratio=args.host_sleep_ratio,
         ),
         forecast=ForecastConfig(
             fixed_keep_alive_s=args.keep_alive,

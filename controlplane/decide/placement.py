@@ -23,10 +23,17 @@ recurring peak) outranks one kept only by the fixed keep-alive after a request t
 predicts nothing: ``bench.coldstart`` waited 3.2 / 8.8 / 7.8 % -> 2.6 / 8.4 / 6.7 % on
 seeds 1-3), and never within ``hold_s`` of its last change.
 
+GPU memory is counted per GPU: replicas of a node whose GPUs have the same uuid share
+it. A server asleep on its own (one model, ``wake_s > 0``: vLLM's level-1 sleep moves the
+weights to host memory) takes none; it takes host memory, ``host_sleep_ratio`` times the
+node's GPU memory in all.
+
 What no need keeps goes to sleep after ``scale_down_after_s`` (where its server can sleep:
 ``wake_s > 0``) and is unloaded ``unload_after_s`` later, or at once when its memory is
-needed. Nothing changes state within ``hold_s`` of its last change, except upward (a load or
-a wake for a need). Replicas that are stale, GPU-faulty or drained keep what they were last
+needed; a model that no longer fits the GPU goes to sleep instead where that frees its GPU
+memory, and asleep on its own it is unloaded only when its host memory is needed.
+Nothing changes state within ``hold_s`` of its last change, except upward (a load or a
+wake for a need). Replicas that are stale, GPU-faulty or drained keep what they were last
 asked for and get nothing new. A node has one desired entry per model, so at most one of
 its replicas holds a given model.
 """
