@@ -225,6 +225,12 @@ def place(
         wanted[m][region] = wanted[m].get(region, 0) + 1
     for m, cap in ((m, _placement(intent, m).max_replicas) for m in managed):
         pool.limit[m] = cap
+    for m in managed:
+        f = demand.get(m, ModelDemand()).forecast
+        if f is not None and f.representative and f.idle_s is not None:
+            pool.due[m] = max(0.0, f.prewarm_s - f.idle_s)
+        elif f is not None and f.peak_in_s is not None:
+            pool.due[m] = f.peak_in_s
     changes = pool.settle(levels, now, cfg.hold_s, cfg.scale_down_after_s, cfg.unload_after_s)
     for m, why in changes:
         reasons[m].append(why)

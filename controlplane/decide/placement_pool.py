@@ -140,6 +140,8 @@ class Pool:
         self.reps = reps
         self.default_load_s = default_load_s
         self.limit: dict[str, int] = {}
+        self.due: dict[str, float] = {}
+        """Per model, seconds until the forecast expects its next request (absent: unknown)."""
         self._count: dict[str, int] = {}
         self._zone: dict[tuple[str, str, str], int] = {}
         self._node: dict[tuple[str, str], str] = {}
@@ -247,7 +249,13 @@ class Pool:
                 (rep, h) for rep in gpu.members if rep.eligible
                 for h in rep.held if h not in rep.committed
             ]  # fmt: skip
-            for rep, h in sorted(spare, key=lambda x: self._order(x[0], x[1], levels, now, hold_s)):
+            spare.sort(
+                key=lambda x: (
+                    now - x[0].held[x[1]].since >= hold_s,  # may not change yet: first
+                    *self._order(x[0], x[1], levels, now),
+                )
+            )
+            for rep, h in spare:
                 holding, mem = rep.held[h], rep.mem(h)
                 idle = now if holding.idle_since is None else holding.idle_since
                 if now - holding.since < hold_s:
@@ -303,7 +311,7 @@ class Pool:
                 key=lambda x: (
                     not x[2],
                     (x[0].rid, x[1]) in copies,
-                    *self._order(x[0], x[1], levels, now, hold_s),
+                    *self._order(x[0], x[1], levels, now),
                 )
             )
             for rep, h, fixed in entries:
@@ -340,15 +348,15 @@ class Pool:
             seen.setdefault(id(which(rep)), which(rep))
         return list(seen.values())
 
-    @staticmethod
     def _order(
-        rep: Replica, h: str, levels: Levels, now: float, hold_s: float
-    ) -> tuple[bool, tuple[int, int, int, int], float, str, str]:
-        """Which spare model keeps memory first: within ``hold_s`` (it may not change yet),
-        then the higher-level need, then the most recently needed, then by id."""
+        self, rep: Replica, h: str, levels: Levels, now: float
+    ) -> tuple[tuple[int, int, int, int], float, float, str, str]:
+        """Which spare model keeps memory first (after those that may not change yet): the
+        higher-level need, then the sooner the forecast expects its next request, then the
+        most recently needed, then by id."""
         holding = rep.held[h]
         idle = now if holding.idle_since is None else holding.idle_since
-        return (now - holding.since >= hold_s, _rank(levels.get(h)), -idle, rep.rid, h)
+        return (_rank(levels.get(h)), self.due.get(h, math.inf), -idle, rep.rid, h)
 
     def _drop(self, rep: Replica, model: str, why: str, changes: list[tuple[str, str]]) -> None:
         rep.unloads[model] = rep.held.pop(model).version

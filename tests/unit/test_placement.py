@@ -404,6 +404,33 @@ def one_gpu(*models: tuple[str, int], loaded: tuple[str, ...] = ()) -> dict[str,
     )
 
 
+def acted(f: dict[str, ObservedReplica], p: Placement) -> dict[str, ObservedReplica]:
+    """``f`` once the agents did what ``p`` asks (loads ready, sleeps asleep, unloads gone)."""
+    out = {}
+    for rid, o in f.items():
+        node, server = rid.split("/")
+        want = p.desired.get(node, {})
+        models = tuple(
+            ModelInfo(m, "v1", ModelState.SLEEPING if d.sleeping else READY)
+            for m, d in want.items()
+            if d.server == server and d.loaded
+        )
+        out[rid] = replace(o, record=replace(o.record, models=models))
+    return out
+
+
+def test_a_sleep_frees_the_gpu_once_the_server_says_it_sleeps() -> None:
+    f = one_gpu(("a", 40), ("b", 40), loaded=("a",))
+    p = place(f, Intent(), waiting("a"), None, 0.0, CFG)
+    p = place(f, Intent(), waiting("b"), p, 100.0, CFG)
+    assert [state(p, f"n1/{m}", m) for m in "ab"] == ["sleeping", "loaded"]
+    # the server still says a is awake (its drain, or an agent that is slow): a's weights
+    # still take the GPU, so when it is needed it is unloaded rather than kept asleep
+    p = place(f, Intent(), {"b": ModelDemand(waiting=1)}, p, 200.0, CFG)
+    assert [state(p, f"n1/{m}", m) for m in "ab"] == ["unloaded", "loaded"]
+    assert "n1/a: memory needed → unload" in p.decisions["a"].reasons
+
+
 def test_servers_on_one_gpu_share_its_memory() -> None:
     f = one_gpu(("a", 40), ("b", 40))
     p = place(f, Intent(), waiting("a", "b"), None, 0.0, CFG)
@@ -424,11 +451,11 @@ def test_a_server_asleep_on_its_own_frees_the_gpu_for_another() -> None:
     assert state(p, "n1/b", "b") == "loaded"
     assert "n1/a: GPU memory needed → sleep" in p.decisions["a"].reasons
     for t in range(101, 2000, 50):  # long past unload_after_s: host memory is not needed
-        p = place(f, Intent(), {"b": ModelDemand(waiting=1)}, p, float(t), CFG)
+        p = place(acted(f, p), Intent(), {"b": ModelDemand(waiting=1)}, p, float(t), CFG)
     assert state(p, "n1/a", "a") == "sleeping"
-    p = place(f, Intent(), waiting("a", "b"), p, 2000.0, CFG)  # b is needed too: a waits
+    p = place(acted(f, p), Intent(), waiting("a", "b"), p, 2000.0, CFG)  # b is needed too
     assert [state(p, f"n1/{m}", m) for m in "ab"] == ["sleeping", "loaded"]
-    p = place(f, Intent(), waiting("a"), p, 2001.0, CFG)  # b is not: a wakes in its place
+    p = place(acted(f, p), Intent(), waiting("a"), p, 2001.0, CFG)  # b is not: a wakes
     assert [state(p, f"n1/{m}", m) for m in "ab"] == ["loaded", "sleeping"]
 
 
@@ -445,7 +472,7 @@ def test_host_memory_keeps_the_most_recently_needed_asleep() -> None:
     f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
     p: Placement | None = None
     for t, m in ((0.0, "a"), (100.0, "b"), (200.0, "c"), (300.0, "d")):
-        p = place(f, Intent(), waiting(m), p, t, cfg)
+        p = place(f if p is None else acted(f, p), Intent(), waiting(m), p, t, cfg)
         assert state(p, f"n1/{m}", m) == "loaded"
     # d's 60 GB sent c to sleep (b and a before it); asleep: 30 + 30 of 80 GB, a went first
     assert [state(p, f"n1/{m}", m) for m in "abcd"] == [
@@ -455,6 +482,25 @@ def test_host_memory_keeps_the_most_recently_needed_asleep() -> None:
         "loaded",
     ]
     assert "n1/a: host memory needed → unload" in p.decisions["a"].reasons
+
+
+def test_host_memory_keeps_first_the_model_the_forecast_expects_soonest() -> None:
+    cfg = replace(CFG, host_sleep_ratio=1.0)
+    f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
+    p: Placement | None = None
+    for t, m in ((0.0, "a"), (100.0, "b"), (200.0, "c")):
+        p = place(f if p is None else acted(f, p), Intent(), waiting(m), p, t, cfg)
+    # a's idle times say its next request comes 400 s after its last (300 s ago): not
+    # wanted yet, but due in 100 s; b and c predict nothing
+    due = Forecast(False, "pre-warm at 400 s", 600.0, 400.0, True, 0.0, None, 0.0, 300.0)
+    demand = {"a": ModelDemand(forecast=due), "d": ModelDemand(waiting=1)}
+    p = place(acted(f, p), Intent(), demand, p, 300.0, cfg)
+    assert [state(p, f"n1/{m}", m) for m in "abcd"] == [
+        "sleeping",
+        "unloaded",
+        "sleeping",
+        "loaded",
+    ]
 
 
 # -- properties ----------------------------------------------------------------------------
