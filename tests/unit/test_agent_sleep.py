@@ -220,3 +220,44 @@ def test_a_load_waits_while_another_server_on_its_gpu_unloads() -> None:
     servers[A] = Observed(True, {}, True, False, None, frozenset({"GPU-1"}))
     (ld,) = c.tick(d, servers, 2.6)
     assert (ld.op, ld.server, ld.model) == (Op.LOAD, B, "b")
+
+
+def test_a_server_whose_sleep_failed_holds_no_one_back() -> None:
+    # vLLM without dev mode answers /sleep 404: a permanent failure. Its weights stay, but
+    # waiting for it would hold the other server forever: the wake goes ahead (and fails
+    # for memory on a real GPU, reported like any failure)
+    c = Converger(T)
+    d = swap()
+    servers = {A: on_gpu("a", False), B: on_gpu("b", True)}
+    assert c.tick(d, servers, 0.0) == []
+    (s,) = c.tick(d, servers, 2.0)
+    c.finished(s, "404 Not Found", 2.1, permanent=True)
+    (w,) = c.tick(d, servers, 2.2)
+    assert (w.op, w.server) == (Op.WAKE, B)
+
+
+def test_an_asleep_server_asked_to_unload_holds_no_one_back() -> None:
+    # asleep, its weights are in host memory: an unload it cannot do (a vLLM base model)
+    # must not stop another server of its GPU from loading
+    c = Converger(T)
+    d = {"a": Desired("a", A, loaded=False, path="/p"), "b": Desired("b", B, path="/p")}
+    servers = {
+        A: on_gpu("a", True),
+        B: Observed(True, {}, True, False, None, frozenset({"GPU-1"})),
+    }
+    acts = c.tick(d, servers, 0.0)
+    assert (Op.LOAD, B, "b") in [(a.op, a.server, a.model) for a in acts]
+
+
+def test_a_failed_unload_stops_holding_the_others_until_it_is_retried() -> None:
+    c = Converger(T)
+    d = {"a": Desired("a", A, loaded=False, path="/p"), "b": Desired("b", B, path="/p")}
+    servers = {
+        A: Observed(True, {"a": R}, True, False, None, frozenset({"GPU-1"})),
+        B: Observed(True, {}, True, False, None, frozenset({"GPU-1"})),
+    }
+    assert c.tick(d, servers, 0.0) == []
+    (u,) = c.tick(d, servers, 2.0)
+    c.finished(u, "500 busy", 2.1)
+    (ld,) = c.tick(d, servers, 2.2)
+    assert (ld.op, ld.server) == (Op.LOAD, B)

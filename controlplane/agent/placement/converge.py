@@ -257,26 +257,33 @@ class Converger:
     def _freeing(
         self, servers: Mapping[str, Observed | None], wanted: Mapping[tuple[str, str], Desired]
     ) -> dict[str, frozenset[str]]:
-        """Servers that give GPU memory back now or are asked to (draining or sleeping,
-        asked to sleep, unloading or asked to unload), with their GPUs: a load or a wake on
-        another server of the same GPU waits until they are done, or it would find the memory
-        still taken (vLLM: out of memory at ``/wake_up``)."""
+        """Awake servers that give GPU memory back now or are asked to (draining or
+        sleeping, asked to sleep, unloading or asked to unload), with their GPUs: a load or a
+        wake on another server of the same GPU waits until they are done, or it would find
+        the memory still taken (vLLM: out of memory at ``/wake_up``). A server asleep holds
+        none; one whose sleep or unload failed no longer counts (it may never succeed: a
+        vLLM base model cannot be unloaded), so the others are not held forever."""
         out: dict[str, frozenset[str]] = {}
         for server, obs in servers.items():
             if obs is None or not obs.gpus:
                 continue
             r = self.rest.get(server)
+            if obs.sleeping or (r is not None and r.phase in (Rest.ASLEEP, Rest.WAKING)):
+                continue
+            tracks = {m: t for (s, m), t in self.tracks.items() if s == server}
             going = r is not None and r.phase in (Rest.DRAINING, Rest.SLEEPING)
             going = going or any(
-                t.phase in (Phase.DRAINING, Phase.UNLOADING) or (t.in_flight and not t.want.loaded)
-                for (s, _), t in self.tracks.items()
-                if s == server
+                not t.want.loaded
+                and t.failures == 0
+                and (t.in_flight or t.phase in (Phase.NEW, Phase.DRAINING, Phase.UNLOADING))
+                for t in tracks.values()
             )
             going = going or any(
-                s == server and not d.loaded and m in obs.models for (s, m), d in wanted.items()
+                s == server and not d.loaded and m in obs.models and m not in tracks
+                for (s, m), d in wanted.items()
             )
-            asleep = obs.sleeping or (r is not None and r.phase in (Rest.ASLEEP, Rest.WAKING))
-            going = going or (not asleep and self._wants_sleep(server, obs, wanted))
+            failed = r is not None and r.phase is Rest.FAILED and r.failed_op is Op.SLEEP
+            going = going or (not failed and self._wants_sleep(server, obs, wanted))
             if going:
                 out[server] = obs.gpus
         return out
