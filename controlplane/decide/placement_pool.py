@@ -237,10 +237,12 @@ class Pool:
         """Decide what happens to held models no need took; (model, why) per change.
 
         Per GPU, the spare models keep their memory in order (those within ``hold_s`` of
-        their last change first, then by the level of their need, then the most recently
-        needed): one that no longer fits goes to sleep where that frees its GPU memory,
-        else it is unloaded. Then per node, the servers asleep on their own keep host memory
-        in the same order; one that does not fit is unloaded."""
+        their last change first, then ``_order``: the level of their need, when the
+        forecast expects them, how recently they were needed): one that no longer fits goes
+        to sleep where that frees its GPU memory, else it is unloaded. Then per node, the
+        servers asleep on their own keep host memory: those within ``hold_s`` first, then
+        one copy of each model before extra copies, then ``_order``; one that does not fit
+        is unloaded."""
         changes: list[tuple[str, str]] = []
         apart: dict[int, list[tuple[Replica, str, bool]]] = {}
         for gpu in self._memories(lambda r: r.gpu):
