@@ -129,6 +129,8 @@ it past ``starving_after_s``, 2 = requests wait for it or it serves requests now
 forecast expects a request (a representative idle-time histogram's window, a recurring
 peak), 0 = only the fixed keep-alive after a request that predicts nothing keeps it."""
 Levels = Mapping[str, Level]
+_Asleep = tuple[Replica, str, bool]
+"""A model asleep on its own server: (replica, model, may not change yet)."""
 
 
 class Pool:
@@ -244,90 +246,113 @@ class Pool:
         one copy of each model before extra copies, then ``_order``; one that does not fit
         is unloaded."""
         changes: list[tuple[str, str]] = []
-        apart: dict[int, list[tuple[Replica, str, bool]]] = {}
+        apart: dict[int, list[_Asleep]] = {}
+        timing = (now, hold_s, idle_s, unload_s)
         for gpu in self._memories(lambda r: r.gpu):
-            used = gpu.used
-            spare = [
-                (rep, h) for rep in gpu.members if rep.eligible
-                for h in rep.held if h not in rep.committed
-            ]  # fmt: skip
-            spare.sort(
-                key=lambda x: (
-                    now - x[0].held[x[1]].since >= hold_s,  # may not change yet: first
-                    *self._order(x[0], x[1], levels, now),
-                )
-            )
-            for rep, h in spare:
-                holding, mem = rep.held[h], rep.mem(h)
-                idle = now if holding.idle_since is None else holding.idle_since
-                if now - holding.since < hold_s:
-                    rep.held[h] = replace(holding, idle_since=idle)
-                    used += rep.gpu_cost(h, holding)
-                    self._count[h] = self._count.get(h, 0) + 1
-                    if rep.host_cost(h, holding):
-                        apart.setdefault(id(rep.host), []).append((rep, h, True))
-                    continue
-                limit = self.limit.get(h, 0)
-                if limit and self._count.get(h, 0) >= limit:
-                    self._drop(rep, h, f"{rep.rid}: max_replicas {limit} → unload", changes)
-                    continue
-                new = replace(holding, idle_since=idle)
-                asleep = now - max(holding.since, idle)  # adopted asleep: from now on
-                cost = rep.gpu_cost(h, holding)
-                if cost and used + cost > gpu.cap:
-                    if (
-                        holding.state is Hold.LOADED
-                        and rep.sleeps_apart(h)
-                        and rep.present.get(h) is ModelState.READY
-                    ):  # a load still under way is cut short (a sleep would wait for it)
-                        rep.held[h] = Holding(Hold.SLEEPING, now, idle, holding.version)
-                        changes.append((h, f"{rep.rid}: GPU memory needed → sleep"))
-                        self._count[h] = self._count.get(h, 0) + 1
-                        apart.setdefault(id(rep.host), []).append((rep, h, False))
-                    else:
-                        self._drop(rep, h, f"{rep.rid}: memory needed → unload", changes)
-                    continue
-                if holding.state is Hold.SLEEPING and not cost:
-                    pass  # asleep on its own: only host memory unloads it
-                elif holding.state is Hold.SLEEPING and asleep >= unload_s:
-                    self._drop(rep, h, f"{rep.rid}: asleep {asleep:.0f} s → unload", changes)
-                    continue
-                elif holding.state is Hold.LOADED and now - idle >= idle_s:
-                    if rep.wake_s(h) > 0:
-                        new = Holding(Hold.SLEEPING, now, idle, holding.version)
-                        changes.append((h, f"{rep.rid}: no need for {now - idle:.0f} s → sleep"))
-                    elif now - idle >= idle_s + unload_s:
-                        why = f"{rep.rid}: no need for {now - idle:.0f} s (cannot sleep) → unload"
-                        self._drop(rep, h, why, changes)
-                        continue
-                rep.held[h] = new
-                used += rep.gpu_cost(h, new)
-                self._count[h] = self._count.get(h, 0) + 1
-                if rep.host_cost(h, new):
-                    apart.setdefault(id(rep.host), []).append((rep, h, False))
+            for rep, h, fixed in self._settle_gpu(gpu, levels, timing, changes):
+                apart.setdefault(id(rep.host), []).append((rep, h, fixed))
         copies = self._spare_copies(apart)
         for host in self._memories(lambda r: r.host):
-            used = host.used
-            entries = apart.get(id(host), [])
-            entries.sort(
-                key=lambda x: (
-                    not x[2],
-                    (x[0].rid, x[1]) in copies,
-                    *self._order(x[0], x[1], levels, now),
-                )
-            )
-            for rep, h, fixed in entries:
-                mem = rep.host_cost(h, rep.held[h])
-                if not fixed and used + mem > host.cap:
-                    self._drop(rep, h, f"{rep.rid}: host memory needed → unload", changes)
-                    self._count[h] -= 1
-                    continue
-                used += mem
+            self._settle_host(host, apart.get(id(host), []), copies, levels, now, changes)
         return changes
 
-    def _spare_copies(
-        self, apart: Mapping[int, list[tuple[Replica, str, bool]]]
-    ) -> set[tuple[str, str]]:
+    def _settle_gpu(
+        self,
+        gpu: Memory,
+        levels: Levels,
+        timing: tuple[float, float, float, float],
+        changes: list[tuple[str, str]],
+    ) -> list[_Asleep]:
+        """One GPU's spare models (see ``settle``); those left asleep on their own, each
+        with whether it may not change yet, for the host pass."""
+        now, hold_s, idle_s, unload_s = timing
+        apart: list[_Asleep] = []
+        used = gpu.used
+        spare = [(r, h) for r in gpu.members if r.eligible for h in r.held if h not in r.committed]
+        spare.sort(
+            key=lambda x: (
+                now - x[0].held[x[1]].since >= hold_s,  # may not change yet: first
+                *self._order(x[0], x[1], levels, now),
+            )
+        )
+        for rep, h in spare:
+            holding = rep.held[h]
+            idle = now if holding.idle_since is None else holding.idle_since
+            if now - holding.since < hold_s:
+                rep.held[h] = replace(holding, idle_since=idle)
+                used += rep.gpu_cost(h, holding)
+                self._count[h] = self._count.get(h, 0) + 1
+                if rep.host_cost(h, holding):
+                    apart.append((rep, h, True))
+                continue
+            limit = self.limit.get(h, 0)
+            if limit and self._count.get(h, 0) >= limit:
+                self._drop(rep, h, f"{rep.rid}: max_replicas {limit} → unload", changes)
+                continue
+            new = replace(holding, idle_since=idle)
+            asleep = now - max(holding.since, idle)  # adopted asleep: from now on
+            cost = rep.gpu_cost(h, holding)
+            if cost and used + cost > gpu.cap:
+                if (
+                    holding.state is Hold.LOADED
+                    and rep.sleeps_apart(h)
+                    and rep.present.get(h) is ModelState.READY
+                ):  # a load still under way is cut short (a sleep would wait for it)
+                    rep.held[h] = Holding(Hold.SLEEPING, now, idle, holding.version)
+                    changes.append((h, f"{rep.rid}: GPU memory needed → sleep"))
+                    self._count[h] = self._count.get(h, 0) + 1
+                    apart.append((rep, h, False))
+                else:
+                    self._drop(rep, h, f"{rep.rid}: memory needed → unload", changes)
+                continue
+            if holding.state is Hold.SLEEPING and not cost:
+                pass  # asleep on its own: only host memory unloads it
+            elif holding.state is Hold.SLEEPING and asleep >= unload_s:
+                self._drop(rep, h, f"{rep.rid}: asleep {asleep:.0f} s → unload", changes)
+                continue
+            elif holding.state is Hold.LOADED and now - idle >= idle_s:
+                if rep.wake_s(h) > 0:
+                    new = Holding(Hold.SLEEPING, now, idle, holding.version)
+                    changes.append((h, f"{rep.rid}: no need for {now - idle:.0f} s → sleep"))
+                elif now - idle >= idle_s + unload_s:
+                    why = f"{rep.rid}: no need for {now - idle:.0f} s (cannot sleep) → unload"
+                    self._drop(rep, h, why, changes)
+                    continue
+            rep.held[h] = new
+            used += rep.gpu_cost(h, new)
+            self._count[h] = self._count.get(h, 0) + 1
+            if rep.host_cost(h, new):
+                apart.append((rep, h, False))
+        return apart
+
+    def _settle_host(
+        self,
+        host: Memory,
+        entries: list[_Asleep],
+        copies: set[tuple[str, str]],
+        levels: Levels,
+        now: float,
+        changes: list[tuple[str, str]],
+    ) -> None:
+        """One node's servers asleep on their own (see ``settle``)."""
+        used = host.used
+        entries = sorted(
+            entries,
+            key=lambda x: (
+                not x[2],
+                (x[0].rid, x[1]) in copies,
+                *self._order(x[0], x[1], levels, now),
+            ),
+        )
+        for rep, h, fixed in entries:
+            mem = rep.host_cost(h, rep.held[h])
+            if not fixed and used + mem > host.cap:
+                self._drop(rep, h, f"{rep.rid}: host memory needed → unload", changes)
+                self._count[h] -= 1
+                continue
+            used += mem
+
+    def _spare_copies(self, apart: Mapping[int, list[_Asleep]]) -> set[tuple[str, str]]:
         """(replica id, model) asleep on its own where the model is also awake elsewhere,
         or asleep on an earlier replica: host memory keeps one copy of each model first."""
         awake = {m for r in self.reps for m, h in r.held.items() if h.state is Hold.LOADED}
