@@ -51,15 +51,15 @@ _PRESENT = {
 
 @dataclass(slots=True)
 class Memory:
-    """A memory budget the replicas in ``members`` share: the GPUs they run on (replicas
-    whose GPUs have the same uuids share them), or a node's host memory for sleeping
-    weights."""
+    """A memory budget several replicas share: the GPUs they run on (replicas whose GPUs
+    have the same uuids share them), or a node's host memory for sleeping weights."""
 
     cap: float
     """What models may take (``inf``: none reported, so none is checked)."""
     used: float = 0.0
     """Taken by models committed to needs, and by what ineligible members keep."""
     members: list[Replica] = field(default_factory=list)
+    """The replicas on these GPUs (GPU budgets only: ``fits`` and ``settle`` walk them)."""
 
 
 @dataclass(slots=True)
@@ -248,11 +248,11 @@ class Pool:
         changes: list[tuple[str, str]] = []
         apart: dict[int, list[_Asleep]] = {}
         timing = (now, hold_s, idle_s, unload_s)
-        for gpu in self._memories(lambda r: r.gpu):
+        for gpu in self._budgets(lambda r: r.gpu):
             for rep, h, fixed in self._settle_gpu(gpu, levels, timing, changes):
                 apart.setdefault(id(rep.host), []).append((rep, h, fixed))
         copies = self._spare_copies(apart)
-        for host in self._memories(lambda r: r.host):
+        for host in self._budgets(lambda r: r.host):
             self._settle_host(host, apart.get(id(host), []), copies, levels, now, changes)
         return changes
 
@@ -368,7 +368,7 @@ class Pool:
             if first.get(m) != rep.rid
         }
 
-    def _memories(self, which: Callable[[Replica], Memory]) -> list[Memory]:
+    def _budgets(self, which: Callable[[Replica], Memory]) -> list[Memory]:
         """The distinct budgets of the replicas, in replica order."""
         seen: dict[int, Memory] = {}
         for rep in self.reps:
@@ -435,7 +435,7 @@ def build_pool(
     mem_reserve: float,
     max_failures: int,
     default_load_s: float,
-    host_sleep_ratio: float = 0.0,
+    host_sleep_ratio: float,
 ) -> Pool:
     """The pool for one run: what each replica holds (as last asked, else as observed)."""
     names = set(managed)
@@ -462,7 +462,6 @@ def build_pool(
             fleet_mem=fleet_mem,
         )
         rep.gpu.members.append(rep)
-        rep.host.members.append(rep)
         prev = prev_holdings.get(rid)
         node_prev = prev_desired.get(rec.node, {})
         present = {mi.name: mi for mi in rec.models if mi.name in names}
