@@ -11,9 +11,12 @@ one server per model (vLLM: one model per server), all sharing its memory: aslee
 server's weights are in host memory (``--host-ratio``, 2x the GPU's) and its GPU memory is
 free. ``--one-server``: one server per node serves every model instead, and sleeps only as
 a whole, so a model asleep on it keeps its GPU memory (the layout before shared GPUs).
-Demand (``coldstart_trace``): a seeded trace per model over compressed days of 600 s
-(steady Poisson, a daily peak, periodic bursts, rare requests). The first ``--learn-days``
-are learning; requests after them are measured.
+Demand (``coldstart_trace``): a seeded trace per model over compressed days of 600 s.
+Popularity is Zipf (``--zipf``, exponent 1.5: the most popular model takes 43 % of the
+requests, the least 0.2 %) over ``--rate`` requests per second in all (2); each model's
+share comes as one of four shapes: steady Poisson (the most popular ranks), a daily peak,
+periodic bursts, or the Poisson tail (the least popular ranks). The first
+``--learn-days`` are learning; requests after them are measured.
 
 Each tick the simulated agents carry out what the policy asks: a load ends ``load_s`` after
 it started, a wake ``wake_s`` after; sleeping and unloading are instant (memory freed).
@@ -48,6 +51,7 @@ keeping models resident ahead of demand may cost at most 10 % more GPU time).
     python -m bench.coldstart                 # 6 days, seed 1
     python -m bench.coldstart --smoke         # 3 short days, 12 models (tests)
     python -m bench.coldstart --seed 7 --days 8 --pin
+    python -m bench.coldstart --zipf 1.0 --rate 1   # flatter popularity, fewer requests
     python -m bench.coldstart --seed 2 --explain   # also: why each of aixds' waits began
 
 ``--explain`` sorts aixds' waits by how they began (the first request that found its model
@@ -66,7 +70,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from bench.coldstart_trace import GB, KINDS, ModelSpec, Trace, make_models, make_trace
+from bench.coldstart_trace import (
+    GB,
+    KINDS,
+    TOTAL_RATE,
+    ZIPF_S,
+    ModelSpec,
+    Trace,
+    make_models,
+    make_trace,
+)
 from controlplane.decide.forecast import DemandHistory, ForecastConfig, forecast, new_history
 from controlplane.decide.forecast import observe as observe_demand
 from controlplane.decide.placement import ModelDemand, Placement, PlacementConfig, place
@@ -642,6 +655,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--days", type=int, default=6, help="compressed days in all (6)")
     ap.add_argument("--learn-days", type=int, default=2, help="unmeasured days first (2)")
     ap.add_argument("--models", type=int, default=40)
+    ap.add_argument(
+        "--zipf", type=float, default=ZIPF_S, help="Zipf exponent of popularity (%(default)s)"
+    )
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=TOTAL_RATE,
+        help="requests per second over all models, on average (%(default)s)",
+    )
     ap.add_argument("--replicas", type=int, default=6)
     ap.add_argument("--gpu-gb", type=int, default=80)
     ap.add_argument("--base-ttft", type=float, default=0.3, help="TTFT of a warm model (s)")
@@ -675,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models_n, days, learn, replicas = 12, 3, 1, 3
     end_s = int(days * fc.day_s)
     measure_from = learn * fc.day_s
-    models = make_models(models_n, args.seed)
+    models = make_models(models_n, args.seed, args.zipf, args.rate)
     trace = make_trace(models, end_s, fc.day_s, args.seed)
     nodes = fleet_nodes(replicas)
     gpu = args.gpu_gb * GB

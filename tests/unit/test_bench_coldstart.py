@@ -4,6 +4,7 @@ simulated agents, the seeded trace, and the smoke run's last line."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -27,10 +28,10 @@ from bench.coldstart import (
     score,
     why_waited,
 )
-from bench.coldstart_trace import GB, ModelSpec, make_models, make_trace
+from bench.coldstart_trace import GB, ModelSpec, make_models, make_trace, zipf_shares
 
-ONE = [ModelSpec("a", "rare", 40 * GB, load_s=9.75)]
-TWO = [*ONE, ModelSpec("b", "rare", 40 * GB, load_s=9.75)]
+ONE = [ModelSpec("a", "tail", 40 * GB, load_s=9.75)]
+TWO = [*ONE, ModelSpec("b", "tail", 40 * GB, load_s=9.75)]
 
 
 def test_waits_and_ttft_by_hand_reactive() -> None:
@@ -110,7 +111,7 @@ def test_trace_is_seeded_and_shaped() -> None:
     models = make_models(20, 3)
     a, b = make_trace(models, 1200, 600, 3), make_trace(models, 1200, 600, 3)
     assert a == b and a != make_trace(models, 1200, 600, 4)
-    assert {m.kind for m in models} == {"steady", "daily", "periodic", "rare"}
+    assert {m.kind for m in models} == {"steady", "daily", "periodic", "tail"}
     for m in models:
         assert 8 * GB <= m.mem_bytes <= 40 * GB and 15 <= m.load_s <= 60
         ats = a[m.name]
@@ -120,6 +121,34 @@ def test_trace_is_seeded_and_shaped() -> None:
             day2 = [x - 600 for x in ats if x >= 600]
             assert day1 and day2
             assert abs(min(day1) - min(day2)) < 30
+
+
+def test_popularity_is_zipf_with_steady_models_first_and_the_tail_last() -> None:
+    models = make_models(40, 5, zipf_s=1.5, total_rate=2.0)
+    ranks = sorted(m.rank for m in models)
+    assert ranks == list(range(1, 41))
+    assert sum(m.rate for m in models) == pytest.approx(2.0)
+    by_rank = sorted(models, key=lambda m: m.rank)
+    for a, b in itertools.pairwise(by_rank):  # rate ~ rank ** -1.5
+        assert a.rate / b.rate == pytest.approx((b.rank / a.rank) ** 1.5)
+    kinds = [m.kind for m in by_rank]
+    assert kinds[:6] == ["steady"] * 6 and kinds[-12:] == ["tail"] * 12
+    assert make_models(40, 6, 1.5, 2.0) != models  # the order within a band is seeded
+    assert zipf_shares(3, 1.0) == pytest.approx([6 / 11, 3 / 11, 2 / 11])
+
+
+def test_each_shape_spreads_its_zipf_rate_over_the_run() -> None:
+    models = make_models(40, 2, zipf_s=1.0, total_rate=5.0)
+    end = 12_000.0
+    trace = make_trace(models, end, 600, 2)
+    for m in models:
+        n = len(trace[m.name])
+        if m.kind == "periodic":  # at least one request a burst
+            assert n >= end / 200 - 1
+            if m.rate * 90 >= 3:
+                assert n == pytest.approx(m.rate * end, rel=0.35)
+        else:
+            assert n == pytest.approx(m.rate * end, rel=0.35), m
 
 
 def test_why_a_wait_began_by_hand() -> None:
@@ -133,17 +162,17 @@ def test_why_a_wait_began_by_hand() -> None:
     }
     episodes = [("a", 100.5), ("a", 200.5), ("a", 300.5), ("b", 400.5), ("b", 500.5)]
     why = why_waited(episodes, marks, specs)
-    assert why == {"rare": {WHY[0]: 1, WHY[4]: 1, WHY[1]: 1, WHY[2]: 1, WHY[3]: 1}}
+    assert why == {"tail": {WHY[0]: 1, WHY[4]: 1, WHY[1]: 1, WHY[2]: 1, WHY[3]: 1}}
 
 
 def test_explain_counts_every_wait_that_began() -> None:
     # 0.5 begins a wait (3.0 waits on the same load); 100.5 finds it asleep: another
     aixds = Aixds(FORECAST, PLACEMENT, explain=True)
-    slow_wake = [ModelSpec("a", "rare", 40 * GB, load_s=9.75, wake_s=3.0)]
+    slow_wake = [ModelSpec("a", "tail", 40 * GB, load_s=9.75, wake_s=3.0)]
     st = run(aixds, "aixds", slow_wake, {"a": [0.5, 3.0, 100.5]}, fleet_nodes(1), 80 * GB, 110, 0.0)
     assert st.episodes == [("a", 0.5), ("a", 100.5)]
     why = why_waited(st.episodes, aixds.marks, {"a": slow_wake[0]})
-    assert why["rare"][WHY[0]] == 2  # nothing foresaw either request
+    assert why["tail"][WHY[0]] == 2  # nothing foresaw either request
 
 
 def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -162,7 +191,7 @@ def test_smoke_last_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_sleep_then_wake_through_real_place() -> None:
     # Loaded for 0.5 (ready at 10.75); no need once the 60 s keep-alive and the 10 s
     # scale-down are over: asleep. 100.5 wakes it (wake 3 s from the tick 101: wait 3.5).
-    slow_wake = [ModelSpec("a", "rare", 40 * GB, load_s=9.75, wake_s=3.0)]
+    slow_wake = [ModelSpec("a", "tail", 40 * GB, load_s=9.75, wake_s=3.0)]
     st = run(
         Aixds(FORECAST, PLACEMENT), "aixds", slow_wake, {"a": [0.5, 100.5]},
         fleet_nodes(1), 80 * GB, 110, 0.0,
@@ -190,7 +219,7 @@ def test_last_line_ratios_are_the_issues() -> None:
 def test_a_server_asleep_on_its_own_frees_the_gpu_and_wakes_instead_of_a_reload() -> None:
     # two 40 GB models on one 80 GB GPU (72 GB usable): not both awake. a sleeps after its
     # keep-alive; b then loads next to it; a's second request wakes it (b asleep by then)
-    two = [ModelSpec(m, "rare", 40 * GB, load_s=9.75, wake_s=1.0) for m in "ab"]
+    two = [ModelSpec(m, "tail", 40 * GB, load_s=9.75, wake_s=1.0) for m in "ab"]
     trace = {"a": [0.5, 200.5], "b": [100.5]}
 
     def once(layout: Layout) -> Stats:
