@@ -15,7 +15,8 @@ awake, else asleep (a wake is fast), else to the zone with fewest of it and ther
 fastest load; ties by replica id. It must fit the replica's GPU memory (less a reserve) next
 to what that replica keeps: a model the replica holds is evicted only for a need of a higher
 level (pinned, then priority, then demand: a model with requests waiting or served now
-(a recent rate of ``active_rps``, or a request within the forecast's active gap) outranks
+(a recent rate of ``active_rps``, a request within the forecast's active gap, or a
+time-of-day profile that expects a request within the model's reload time) outranks
 one only the forecast wants, so a pre-warmed model never keeps a waiting one out; a request
 held ``starving_after_s`` outranks a model served now; a model the forecast expects a
 request for (``Forecast.expected``: a representative idle-time histogram's window, or a
@@ -85,8 +86,11 @@ class PlacementConfig:
     default_load_s: float = 60.0
     """The load time assumed where a replica does not report one (for ranking only)."""
     active_rps: float = 0.2
-    """A model whose recent rate (a decaying average) is at least this, or that had a
-    request within the forecast's active gap (``Forecast.active``), serves requests now:
+    """A model whose recent rate (a decaying average) is at least this, that had a
+    request within the forecast's active gap (``Forecast.active``), or whose time-of-day
+    profile expects at least one request within the time to reload it
+    (``Forecast.expected_rate`` x its fastest load: unloaded, it would be asked for again
+    before it could be back), serves requests now:
     it keeps its memory against needs of the same priority; otherwise only the forecast
     keeps it, and requests waiting for another model may take its place. The decaying
     average alone dips under the bound between a steady model's Poisson arrivals:
@@ -205,8 +209,10 @@ def place(
     regions = sorted({o.record.region for o in fleet.values()})
     needs: list[_Need] = []
     reasons: dict[str, list[str]] = {m: [] for m in managed}
+    reloads = _reload_s(fleet, cfg.default_load_s)
     for m in managed:
-        needs += _needs(m, intent, demand.get(m, ModelDemand()), regions, cfg, reasons[m])
+        d = demand.get(m, ModelDemand())
+        needs += _needs(m, intent, d, regions, cfg, reasons[m], reloads.get(m, cfg.default_load_s))
     needs.sort()
     levels = _levels(needs)
     wanted: dict[str, dict[str, int]] = {m: {} for m in managed}
@@ -278,6 +284,7 @@ def _needs(
     regions: list[str],
     cfg: PlacementConfig,
     reasons: list[str],
+    reload_s: float,
 ) -> list[_Need]:
     p = _placement(intent, m)
     named = {r for r in p.min_resident if r}
@@ -305,6 +312,10 @@ def _needs(
         extra = max(0, p.max_replicas - pinned)
         reasons.append(f"max_replicas {p.max_replicas}")
     serving = rate >= cfg.active_rps or (d.forecast is not None and d.forecast.active)
+    due = d.forecast.expected_rate * reload_s if d.forecast is not None else 0.0
+    if not serving and due >= 1.0:
+        serving = True  # unloaded, it would be asked for again before it could be back
+        reasons.append(f"{due:.1f} requests expected within a {reload_s:.0f} s reload")
     starving = d.waiting > 0 and d.waited_s >= cfg.starving_after_s
     if starving:
         reasons.append(f"held {d.waited_s:.0f} s: outranks models served now")
@@ -312,6 +323,16 @@ def _needs(
     urgency = 0 if starving else 1 if d.waiting > 0 or serving else 2 if expected else 3
     out = [_Need(0, -p.priority, i, urgency, m, r) for r, n in pins.items() for i in range(n)]
     out += [_Need(1, -p.priority, i, urgency, m, None) for i in range(extra)]
+    return out
+
+
+def _reload_s(fleet: FleetView, default: float) -> dict[str, float]:
+    """Per model, the fastest load a replica reports for it (``default`` where none does)."""
+    out: dict[str, float] = {}
+    for o in fleet.values():
+        for a in o.record.available:
+            load = a.load_s if a.load_s > 0 else default
+            out[a.name] = min(out.get(a.name, load), load)
     return out
 
 

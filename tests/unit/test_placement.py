@@ -170,6 +170,26 @@ def test_a_model_with_a_request_seconds_ago_is_serving_though_its_rate_dipped() 
     assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("unloaded", "loaded")
 
 
+def test_a_model_expected_again_within_its_reload_keeps_its_memory_between_requests() -> None:
+    """Found by bench.coldstart on a Zipf trace: a popular steady model (0.17 req/s,
+    a 56 s load) between two requests was only "expected", so one waiting request of a
+    model used once in minutes took its memory, and the popular one waited a reload."""
+    between = Forecast(True, "pre-warm", 60.0, 10.0, True, 0.05, 0.0, 0.02, 15.0, expected=True)
+    f = fleet(rep("n1/s", av("a", 40, load=40.0), av("b", 40), loaded=(("a", READY),)))
+    demand = {"a": ModelDemand(rate=0.02, forecast=between), "b": ModelDemand(waiting=1)}
+    p = place(f, Intent(), demand, None, 0.0, CFG)  # 0.05 req/s x 40 s: 2 requests
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("loaded", "-")
+    assert "2.0 requests expected within a 40 s reload" in p.decisions["a"].reasons
+    seldom = replace(between, expected_rate=0.02)  # 0.8 of a request: it gives way
+    demand["a"] = ModelDemand(rate=0.02, forecast=seldom)
+    p = place(f, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("unloaded", "loaded")
+    fast = fleet(rep("n1/s", av("a", 40, load=10.0), av("b", 40), loaded=(("a", READY),)))
+    demand["a"] = ModelDemand(rate=0.02, forecast=between)  # 0.5 within a 10 s reload
+    p = place(fast, Intent(), demand, None, 0.0, CFG)
+    assert (state(p, "n1/s", "a"), state(p, "n1/s", "b")) == ("unloaded", "loaded")
+
+
 def test_a_request_held_past_the_starving_bound_takes_a_served_models_memory() -> None:
     f = fleet(rep("n1/s", av("a", 40), av("b", 40), loaded=(("a", READY),)))
     demand = {"a": ModelDemand(rate=0.5), "b": ModelDemand(waiting=1, waited_s=30.0)}
