@@ -42,11 +42,12 @@ def test_waits_and_ttft_by_hand_reactive() -> None:
         fleet_nodes(1), 80 * GB, 40, 0.0,
     )  # fmt: skip
     assert st.waits == [10.25, 7.75, 0.0]
+    assert st.on_load == [True, True, False]
     assert st.loads == 1 and st.wakes == 0 and st.censored == 0
     assert st.resident_s == 39  # ticks 1..39
     r = score(st, 0.3)
     assert r.requests == 3
-    assert r.waited_pct == pytest.approx(200 / 3)
+    assert r.waited_pct == pytest.approx(200 / 3) and r.on_load_pct == pytest.approx(200 / 3)
     assert r.p50 == pytest.approx(8.05) and r.p99 == pytest.approx(10.55)
     assert r.wait_mean == pytest.approx(9.0) and r.wait_p99 == pytest.approx(10.25)
 
@@ -197,14 +198,21 @@ def test_sleep_then_wake_through_real_place() -> None:
         fleet_nodes(1), 80 * GB, 110, 0.0,
     )  # fmt: skip
     assert st.waits == [10.25, 3.5]
+    assert st.on_load == [True, False]  # the second waited on a wake, not a load
     assert st.loads == 1 and st.wakes == 1
+    r = score(st, 0.3)
+    assert r.waited_pct == 100.0 and r.on_load_pct == 50.0
 
 
 def test_last_line_ratios_are_the_issues() -> None:
-    """X: aixds waited; Y: aixds TTFT p99 / warm's; Z: aixds resident model-s / reactive's."""
+    """X: aixds waited on a load; Y: aixds TTFT p99 / warm's; Z: aixds resident model-s /
+    reactive's."""
 
-    def row(policy: str, waited: float, p99: float, resident: float) -> Row:
-        return Row(policy, 100, waited, 0.3, p99, 0.0, 0.0, resident, 0.0, 0, 0, 0)
+    def row(policy: str, on_load: float, p99: float, resident: float) -> Row:
+        return Row(
+            policy, 100, on_load + 2.0, 0.3, p99, 0.0, 0.0, resident, 0.0, 0, 0, 0,
+            on_load_pct=on_load,
+        )  # fmt: skip
 
     rows = {
         "warm": row("warm", 0.0, 0.3, 9000.0),
