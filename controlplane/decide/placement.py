@@ -209,10 +209,10 @@ def place(
     regions = sorted({o.record.region for o in fleet.values()})
     needs: list[_Need] = []
     reasons: dict[str, list[str]] = {m: [] for m in managed}
-    reloads = _reload_s(fleet, cfg.default_load_s)
+    reloads = _Reloads(fleet, cfg.default_load_s)
     for m in managed:
         d = demand.get(m, ModelDemand())
-        needs += _needs(m, intent, d, regions, cfg, reasons[m], reloads.get(m, cfg.default_load_s))
+        needs += _needs(m, intent, d, regions, cfg, reasons[m], reloads)
     needs.sort()
     levels = _levels(needs)
     wanted: dict[str, dict[str, int]] = {m: {} for m in managed}
@@ -284,7 +284,7 @@ def _needs(
     regions: list[str],
     cfg: PlacementConfig,
     reasons: list[str],
-    reload_s: float,
+    reloads: _Reloads,
 ) -> list[_Need]:
     p = _placement(intent, m)
     named = {r for r in p.min_resident if r}
@@ -312,10 +312,12 @@ def _needs(
         extra = max(0, p.max_replicas - pinned)
         reasons.append(f"max_replicas {p.max_replicas}")
     serving = rate >= cfg.active_rps or (d.forecast is not None and d.forecast.active)
-    due = d.forecast.expected_rate * reload_s if d.forecast is not None else 0.0
-    if not serving and due >= 1.0:
-        serving = True  # unloaded, it would be asked for again before it could be back
-        reasons.append(f"{due:.1f} requests expected within a {reload_s:.0f} s reload")
+    if not serving and d.forecast is not None and d.forecast.expected_rate > 0:
+        reload_s = reloads.of(m)
+        due = d.forecast.expected_rate * reload_s
+        if due >= 1.0:  # unloaded, it would be asked for again before it could be back
+            serving = True
+            reasons.append(f"{due:.1f} requests expected within a {reload_s:.0f} s reload")
     starving = d.waiting > 0 and d.waited_s >= cfg.starving_after_s
     if starving:
         reasons.append(f"held {d.waited_s:.0f} s: outranks models served now")
@@ -326,14 +328,22 @@ def _needs(
     return out
 
 
-def _reload_s(fleet: FleetView, default: float) -> dict[str, float]:
-    """Per model, the fastest load a replica reports for it (``default`` where none does)."""
-    out: dict[str, float] = {}
-    for o in fleet.values():
-        for a in o.record.available:
-            load = a.load_s if a.load_s > 0 else default
-            out[a.name] = min(out.get(a.name, load), load)
-    return out
+class _Reloads:
+    """Per model, the fastest load a replica reports for it (``default`` where none does);
+    indexed on first use (most runs ask for none)."""
+
+    def __init__(self, fleet: FleetView, default: float) -> None:
+        self._fleet, self._default = fleet, default
+        self._fastest: dict[str, float] | None = None
+
+    def of(self, model: str) -> float:
+        if self._fastest is None:
+            self._fastest = {}
+            for o in self._fleet.values():
+                for a in o.record.available:
+                    load = a.load_s if a.load_s > 0 else self._default
+                    self._fastest[a.name] = min(self._fastest.get(a.name, load), load)
+        return self._fastest.get(model, self._default)
 
 
 def _levels(needs: list[_Need]) -> dict[str, Level]:
