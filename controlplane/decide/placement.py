@@ -209,10 +209,8 @@ def place(
     regions = sorted({o.record.region for o in fleet.values()})
     needs: list[_Need] = []
     reasons: dict[str, list[str]] = {m: [] for m in managed}
-    reloads = _Reloads(fleet, cfg.default_load_s)
     for m in managed:
-        d = demand.get(m, ModelDemand())
-        needs += _needs(m, intent, d, regions, cfg, reasons[m], reloads)
+        needs += _needs(m, intent, demand.get(m, ModelDemand()), regions, cfg, reasons[m], pool)
     needs.sort()
     levels = _levels(needs)
     wanted: dict[str, dict[str, int]] = {m: {} for m in managed}
@@ -284,7 +282,7 @@ def _needs(
     regions: list[str],
     cfg: PlacementConfig,
     reasons: list[str],
-    reloads: _Reloads,
+    pool: Pool,
 ) -> list[_Need]:
     p = _placement(intent, m)
     named = {r for r in p.min_resident if r}
@@ -313,7 +311,7 @@ def _needs(
         reasons.append(f"max_replicas {p.max_replicas}")
     serving = rate >= cfg.active_rps or (d.forecast is not None and d.forecast.active)
     if not serving and d.forecast is not None and d.forecast.expected_rate > 0:
-        reload_s = reloads.of(m)
+        reload_s = pool.reload_s(m)
         due = d.forecast.expected_rate * reload_s
         if due >= 1.0:  # unloaded, it would be asked for again before it could be back
             serving = True
@@ -326,24 +324,6 @@ def _needs(
     out = [_Need(0, -p.priority, i, urgency, m, r) for r, n in pins.items() for i in range(n)]
     out += [_Need(1, -p.priority, i, urgency, m, None) for i in range(extra)]
     return out
-
-
-class _Reloads:
-    """Per model, the fastest load a replica reports for it (``default`` where none does);
-    indexed on first use (most runs ask for none)."""
-
-    def __init__(self, fleet: FleetView, default: float) -> None:
-        self._fleet, self._default = fleet, default
-        self._fastest: dict[str, float] | None = None
-
-    def of(self, model: str) -> float:
-        if self._fastest is None:
-            self._fastest = {}
-            for o in self._fleet.values():
-                for a in o.record.available:
-                    load = a.load_s if a.load_s > 0 else self._default
-                    self._fastest[a.name] = min(self._fastest.get(a.name, load), load)
-        return self._fastest.get(model, self._default)
 
 
 def _levels(needs: list[_Need]) -> dict[str, Level]:

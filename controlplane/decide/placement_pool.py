@@ -189,6 +189,13 @@ class Pool:
             r for zone in self.loaders(model, region) for r in zone
         ]
 
+    def reload_s(self, model: str) -> float:
+        """The fastest load of ``model`` an eligible replica that lists it reports
+        (``default_load_s`` where none does)."""
+        d = self.default_load_s
+        reps = self.candidates(model, None)
+        return min((r.load_s(model, d) for r in reps if model in r.available), default=d)
+
     def free_for(self, rep: Replica, model: str) -> bool:
         """``rep`` does not hold ``model`` for a need yet, and no other replica of its node
         holds it."""
