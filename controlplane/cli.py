@@ -242,7 +242,8 @@ def _placement_args(c: Any) -> None:
         default=2.0,
         metavar="X",
         help="host memory for the weights of servers asleep on their own (one model per "
-        "server), x the node's GPU memory (2)",
+        "server), x the node's GPU memory, on nodes whose agent publishes none "
+        "(aixds agent --host-memory) (2)",
     )
 
 

@@ -45,6 +45,8 @@ class AgentConfig:
     lock_ttl_s: float = 15.0
     """TTL of the node lock; refreshed every third of it."""
     exec_timing: ExecTiming = field(default_factory=ExecTiming)
+    host_mem_bytes: int = 0
+    """``--host-memory``: what the node's sleeping weights may take (0: not reported)."""
     available: Mapping[str, tuple[AvailableModel, ...]] = field(default_factory=dict)
     """``--available SERVER=MODEL[:GB[:LOAD_S]],...``: by replica name, what a server can
     load on demand when it cannot say itself (real vLLM; see ``servers.ondemand``)."""
@@ -59,4 +61,5 @@ class AgentConfig:
             address=spec.address or spec.host,
             port=spec.port,
             kind=spec.kind,
+            host_mem_bytes=self.host_mem_bytes,
         )

@@ -21,6 +21,7 @@ from controlplane.agent.config import AgentConfig
 from controlplane.agent.gpus.selection import parse_server_gpus
 from controlplane.agent.gpus.source import GpuSource
 from controlplane.agent.gpus.wiring import GPU_SOURCES, NodeGpus
+from controlplane.agent.host_memory import host_memory_bytes
 from controlplane.agent.lock import LockHeld, lock_key
 from controlplane.agent.node import EXIT_LOCK, GpuProvider, SharedGpu, run_node
 from controlplane.agent.placement.converge import ExecTiming
@@ -163,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
             call_timeout_s=args.load_timeout,
             wake_warmup_s=args.wake_warmup,
         ),
+        host_mem_bytes=host_memory_bytes(args.host_memory, args.gpu),
         available=available,
     )
 
@@ -209,6 +211,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gpu", default="none", choices=GPU_SOURCES, help="GPU telemetry source (%(default)s)"
+    )
+    p.add_argument(
+        "--host-memory",
+        default="auto",
+        metavar="GIB|auto|off",
+        help="host memory the node's sleeping model weights may take, GiB; auto: 80 %% of "
+        "the node's RAM with --gpu nvml, else not published (the control plane then assumes "
+        "--host-sleep-ratio x the GPU memory) (%(default)s)",
     )
     p.add_argument(
         "--server-gpus",

@@ -40,6 +40,8 @@ class Target:
     address: str
     port: int
     kind: ServerKind
+    host_mem_bytes: int = 0
+    """Host memory the node's sleeping weights may take (0: not reported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ def build_record(
         failures=probe.failures,
         available=probe.available,
         sleeping=bool(probe.sleeping),
+        host_mem_bytes=target.host_mem_bytes,
         lost=probe.lost,
     )
 

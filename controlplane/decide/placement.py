@@ -26,8 +26,8 @@ seeds 1-3), and never within ``hold_s`` of its last change.
 
 GPU memory is counted per GPU: replicas of a node whose GPUs have the same uuid share
 it. A server asleep on its own (one model, ``wake_s > 0``: vLLM's level-1 sleep moves the
-weights to host memory) takes none; it takes host memory, ``host_sleep_ratio`` times the
-node's GPU memory in all.
+weights to host memory) takes none; it takes host memory: what the node's agent publishes
+(``ReplicaRecord.host_mem_bytes``), else ``host_sleep_ratio`` times the node's GPU memory.
 
 What no need keeps goes to sleep after ``scale_down_after_s`` (where its server can sleep:
 ``wake_s > 0``) and is unloaded ``unload_after_s`` later, or at once when its memory is
@@ -105,8 +105,9 @@ class PlacementConfig:
     host_sleep_ratio: float = 2.0
     """Host memory for the weights of servers asleep on their own (one model each: vLLM's
     level-1 sleep moves them off the GPU), as a multiple of the node's GPU memory (an
-    8 x H100 node has 2 TB: 3.2x its 640 GB). Asleep, such a model takes host memory, not
-    GPU memory, and is unloaded only when that memory is needed."""
+    8 x H100 node has 2 TB: 3.2x its 640 GB), on nodes whose agent publishes none
+    (``aixds agent --host-memory``). Asleep, such a model takes host memory, not GPU
+    memory, and is unloaded only when that memory is needed."""
     max_load_failures: int = 3
     """A replica that failed to load a model this many times in a row is not asked again
     (a permanent failure counts at once)."""

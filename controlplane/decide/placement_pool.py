@@ -504,7 +504,8 @@ def _memories(
 
     Replicas of one node whose GPUs share a uuid share one budget: the sum of those GPUs'
     memory, less the reserve. A replica whose GPUs have no uuid has its own. A node's host
-    budget is ``host_sleep_ratio`` times its GPUs' memory."""
+    budget is what its agent publishes (``ReplicaRecord.host_mem_bytes``, the largest of its
+    records), else ``host_sleep_ratio`` times its GPUs' memory."""
     parent: dict[tuple[str, str], tuple[str, str]] = {}
 
     def root(k: tuple[str, str]) -> tuple[str, str]:
@@ -539,11 +540,19 @@ def _memories(
             gpus[k] = Memory(b * (1 - mem_reserve) if b > 0 else math.inf)
             node_bytes[rec.node] = node_bytes.get(rec.node, 0) + b
         by_rid[rid] = gpus[k]
+    published: dict[str, int] = {}
+    for o in fleet.values():
+        rec = o.record
+        published[rec.node] = max(published.get(rec.node, 0), rec.host_mem_bytes)
     hosts = {
-        o.record.node: Memory(
-            host_sleep_ratio * node_bytes[o.record.node] if node_bytes[o.record.node] else math.inf
+        node: Memory(
+            float(published[node])
+            if published[node]
+            else host_sleep_ratio * node_bytes[node]
+            if node_bytes[node]
+            else math.inf
         )
-        for o in fleet.values()
+        for node in published
     }
     return by_rid, hosts
 

@@ -31,6 +31,8 @@ SCHEMA_VERSION = 1
 MAX_RECORD_BYTES = 256 * 1024
 MAX_MODELS = 256
 MAX_GPUS = 64
+MAX_HOST_BYTES = 1 << 50
+"""1 PiB: more host memory than any node has."""
 
 
 class RecordError(ValueError):
@@ -107,6 +109,8 @@ def encode_record(rec: ReplicaRecord) -> str:
         ]
     if rec.sleeping:
         doc["sleeping"] = True
+    if rec.host_mem_bytes:  # optional: older readers ignore the key
+        doc["host_mem_bytes"] = rec.host_mem_bytes
     if rec.lost:  # optional: older readers ignore the key
         doc["lost"] = [{"name": n, "version": v} for n, v in rec.lost]
     return json.dumps(doc, separators=(",", ":"), allow_nan=False)
@@ -159,6 +163,9 @@ def decode_record(raw: str | bytes) -> ReplicaRecord:
         failures=tuple(_failure(f) for f in failures_raw),
         available=tuple(_available(a) for a in available_raw),
         sleeping=_bool(doc, "sleeping", default=False),
+        host_mem_bytes=int(
+            _num(doc, "host_mem_bytes", lo=0, hi=MAX_HOST_BYTES, default=0, integer=True)
+        ),
         lost=tuple(_lost(m) for m in lost_raw),
     )
 

@@ -157,6 +157,10 @@ class ReplicaRecord:
     """Models this replica can load on demand (loaded ones may be listed too)."""
     sleeping: bool = False
     """The server sleeps (its models are published ``sleeping``)."""
+    host_mem_bytes: int = 0
+    """Host memory the node's sleeping weights may take (``aixds agent --host-memory``;
+    every replica of a node carries the node's value); 0: not reported, so the control plane
+    assumes ``--host-sleep-ratio`` times the node's GPU memory."""
     lost: tuple[tuple[str, str], ...] = ()
     """``(name, version)`` the server served until it stopped answering, while its agent
     still runs (bounded by the agent's ``--lost-hold``): the control plane keeps the replica

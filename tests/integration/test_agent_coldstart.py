@@ -1,7 +1,8 @@
 """Cold start end to end on one node: the agent (in-process, with a real redis-server) and
 the project's fake vLLM server with models on demand and sleep mode.
 
-A desired entry without ``path`` for an available model loads it (published loading ->
+The record carries the node's host memory for sleeping weights (``--host-memory``). A
+desired entry without ``path`` for an available model loads it (published loading ->
 warming -> ready, ``available[].load_s`` the measured load); desired ``sleeping`` drains
 and sleeps the server (record ``sleeping``, GPU memory down); desired ``loaded`` wakes it
 within the wake time (published warming, then ready).
@@ -65,7 +66,9 @@ async def test_load_on_demand_sleep_and_wake(redis_srv: RedisServer) -> None:
             got = await rec()
             return got is not None and seen[-1] == (state, sleeping)
 
-        agent_cfg = replace(config(servers=(f"vllm={fake.url}",)), exec_timing=TIMING)
+        agent_cfg = replace(
+            config(servers=(f"vllm={fake.url}",)), exec_timing=TIMING, host_mem_bytes=96 * GiB
+        )
         async with node_agent(redis_srv.url, agent_cfg) as task:
             await eventually(lambda: _has_available(rec))
             r.hset(key, "qwen", json.dumps({"server": server}))  # no path: by name
@@ -77,6 +80,7 @@ async def test_load_on_demand_sleep_and_wake(redis_srv: RedisServer) -> None:
             assert got is not None
             (avail,) = [a for a in got.available if a.name == "qwen"]
             assert avail.name == "qwen" and avail.mem_bytes == 10 * GiB
+            assert got.host_mem_bytes == 96 * GiB  # --host-memory, for placement
             assert LOAD_S - 0.05 <= avail.load_s <= LOAD_S + 0.4  # measured, not the 0.6 hint
             assert await gpu_used_gib(fake.url) == pytest.approx(26, abs=0.01)
 

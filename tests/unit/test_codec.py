@@ -185,3 +185,20 @@ def test_a_bad_available_entry_refuses_the_record(entry: object) -> None:
     doc["available"] = [entry]
     with pytest.raises(RecordError):
         decode_record(json.dumps(doc))
+
+
+def test_host_memory_round_trips_and_is_optional() -> None:
+    rec = dataclasses.replace(REC, host_mem_bytes=1600 << 30)
+    raw = encode_record(rec)
+    assert json.loads(raw)["host_mem_bytes"] == 1600 << 30
+    assert decode_record(raw) == rec
+    assert "host_mem_bytes" not in json.loads(encode_record(REC))  # 0: not reported
+    assert decode_record(encode_record(REC)).host_mem_bytes == 0
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, True, "80", 1 << 60])
+def test_a_bad_host_memory_refuses_the_record(value: object) -> None:
+    doc = json.loads(encode_record(REC))
+    doc["host_mem_bytes"] = value
+    with pytest.raises(RecordError, match="host_mem_bytes"):
+        decode_record(json.dumps(doc))

@@ -504,6 +504,26 @@ def test_host_memory_keeps_the_most_recently_needed_asleep() -> None:
     assert "n1/a: host memory needed → unload" in p.decisions["a"].reasons
 
 
+def test_the_host_memory_a_node_publishes_wins_over_the_ratio() -> None:
+    """The agent publishes its node's budget for sleeping weights in every record; placement
+    uses it (the largest of the node's records) instead of ``host_sleep_ratio`` x GPU."""
+
+    def run(f: dict[str, ObservedReplica]) -> list[str]:
+        p: Placement | None = None
+        for t, m in ((0.0, "a"), (100.0, "b"), (200.0, "c"), (300.0, "d")):
+            p = place(f if p is None else acted(f, p), Intent(), waiting(m), p, t, CFG)
+        assert p is not None
+        return [state(p, f"n1/{m}", m) for m in "abcd"]
+
+    f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
+    assert run(f) == ["sleeping", "sleeping", "sleeping", "loaded"]  # 2 x 80 GB: all fit
+    published = {
+        rid: replace(o, record=replace(o.record, host_mem_bytes=(40 if rid == "n1/b" else 0) * GB))
+        for rid, o in f.items()
+    }
+    assert run(published) == ["unloaded", "unloaded", "sleeping", "loaded"]  # 40 GB: one
+
+
 def test_host_memory_keeps_first_the_model_the_forecast_expects_soonest() -> None:
     cfg = replace(CFG, host_sleep_ratio=1.0)
     f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
