@@ -18,8 +18,12 @@ share comes as one of four shapes: steady Poisson (the most popular ranks), a da
 periodic bursts, or the Poisson tail (the least popular ranks). The first
 ``--learn-days`` are learning; requests after them are measured.
 
-Each tick the simulated agents carry out what the policy asks: a load ends ``load_s`` after
-it started, a wake ``wake_s`` after; sleeping and unloading are instant (memory freed).
+Each tick the simulated agents carry out what the policy asks, as the real agent does: a
+load ends ``load_s`` after it started, a wake ``wake_s`` after; a ready model is drained
+(``DRAIN_S``, the agent's ``--drain``) before it goes to sleep (its wake time) or is unloaded
+(``UNLOAD_S``), and a load or a wake on a GPU starts only once the sleeps and unloads under
+way there are done (the weights coming up never meet those going down). Memory being
+freed counts as resident.
 A request is *waited* when no replica has its model awake when it arrives; it is held until
 the first replica of its model is ready. Its TTFT is ``--base-ttft`` (0.3 s) plus that wait.
 It waited *on a load* when that replica was loading the model (not waking it from sleep,
@@ -101,6 +105,11 @@ from controlplane.intent import Intent, ModelPlacement
 
 SERVER = "vllm-8000"
 HOLD_S = 120.0
+DRAIN_S = 2.0
+"""What an agent waits before it puts a ready server to sleep or unloads it (``--drain``:
+Envoy drains it first)."""
+UNLOAD_S = 1.0
+"""An unload's own time, after the drain (a sleep takes the model's wake time)."""
 """The activator's default bound on holding a request (``aixds serve --hold``)."""
 LAST_LINE = "cold start: waited {x:.1f}%, TTFT p99 vs warm {y:.2f}x, resident vs reactive {z:.2f}x"
 
@@ -135,11 +144,13 @@ def server_of(model: str, layout: Layout) -> str:
 
 @dataclass(slots=True)
 class Slot:
-    """One model on one replica: ``loading``/``waking`` (until ``done_at``), ``ready`` or
-    ``sleeping``."""
+    """One model on one replica: ``loading``/``waking`` (from ``start`` until ``done_at``),
+    ``ready`` or ``sleeping``."""
 
     state: str
     done_at: float = -math.inf
+    start: float = -math.inf
+    """A load or wake asked for while the GPU still frees memory starts once it is free."""
 
 
 @dataclass
@@ -188,6 +199,11 @@ class Sim:
         self.last_used: dict[str, float] = {}
         self.measure_from = measure_from
         self.stats = Stats(policy)
+        self.now = 0.0
+        """The tick the policy acts in (``run`` sets it)."""
+        self.freeing: dict[str, list[float]] = {n: [] for n, _ in nodes}
+        """Per node, when each sleep or unload under way frees its GPU memory: as the
+        agent does, a load or a wake on that GPU starts only after them all."""
 
     def _measured(self, t: float) -> bool:
         return t >= self.measure_from
@@ -200,19 +216,38 @@ class Sim:
 
     # -- agents --------------------------------------------------------------------------
 
+    def _start(self, node: str, t: float) -> float:
+        """When a load or wake asked for at ``t`` starts on ``node``: once the sleeps and
+        unloads under way there are done (the agent's rule: the weights coming up never
+        meet those going down)."""
+        pending = [f for f in self.freeing[node] if f > t]
+        self.freeing[node] = pending
+        return max(pending, default=t)
+
     def load(self, node: str, m: str, t: float) -> None:
-        self.slots[node][m] = Slot("loading", t + self.specs[m].load_s)
+        start = self._start(node, t)
+        self.slots[node][m] = Slot("loading", start + self.specs[m].load_s, start)
         self.stats.loads += self._measured(t)
 
     def wake(self, node: str, m: str, t: float) -> None:
-        self.slots[node][m] = Slot("waking", t + self.specs[m].wake_s)
+        start = self._start(node, t)
+        self.slots[node][m] = Slot("waking", start + self.specs[m].wake_s, start)
         self.stats.wakes += self._measured(t)
 
     def sleep(self, node: str, m: str) -> None:
+        """A ready model: drained, then asleep (its server's GPU memory free once the sleep
+        is done, where the server serves it alone)."""
         self.slots[node][m] = Slot("sleeping")
+        if self.layout.per_model:
+            self.freeing[node].append(self.now + DRAIN_S + self.specs[m].wake_s)
 
     def unload(self, node: str, m: str) -> None:
-        self.slots[node].pop(m, None)
+        """Drained if it serves, then unloaded; its GPU memory is free after both."""
+        s = self.slots[node].pop(m, None)
+        if s is None or (s.state == "sleeping" and self.layout.per_model):
+            return  # asleep on its own: host memory only
+        done = max(self.now, s.start) + (DRAIN_S if s.state == "ready" else 0.0) + UNLOAD_S
+        self.freeing[node].append(done)
 
     def used(self, node: str) -> int:
         """GPU memory taken on ``node`` (asleep, a server of its own holds none)."""
@@ -282,7 +317,9 @@ class Sim:
             asleep = (
                 sum(s.state == "sleeping" for s in slots.values()) if self.layout.per_model else 0
             )
-            self.stats.resident_s += len(slots) - asleep
+            waiting = sum(s.start > t for s in slots.values())  # for memory being freed
+            freeing = sum(f > t for f in self.freeing[node])
+            self.stats.resident_s += len(slots) - asleep - waiting + freeing
             self.stats.asleep_s += asleep
             self.stats.overcommit_s += self.used(node) > self.gpu_bytes
             self.stats.overcommit_s += self.asleep_bytes(node) > host
@@ -356,6 +393,7 @@ def run(
         return sim.stats
     i, counts = 0, {m.name: 0 for m in models}
     for t in range(end_s):
+        sim.now = t
         decide(sim, t, counts)
         sim.account(t)
         counts = dict.fromkeys(counts, 0)
@@ -547,7 +585,8 @@ def why_waited(
 
 
 def apply_desired(sim: Sim, p: Placement, t: float) -> None:
-    """What an agent does with its node's desired entries (no entry: unloaded)."""
+    """What an agent does with its node's desired entries (no entry: unloaded): unloads and
+    sleeps first, so that the loads and wakes wait for the memory they free."""
     for node, slots in sim.slots.items():
         want = p.desired.get(node, {})
         for m, s in list(slots.items()):
@@ -556,7 +595,9 @@ def apply_desired(sim: Sim, p: Placement, t: float) -> None:
                 sim.unload(node, m)
             elif d.sleeping and s.state == "ready":
                 sim.sleep(node, m)
-            elif not d.sleeping and s.state == "sleeping":
+        for m, s in list(slots.items()):
+            d = want.get(m)
+            if d is not None and not d.sleeping and s.state == "sleeping":
                 sim.wake(node, m, t)
         for m, d in want.items():
             if d.loaded and d.server == server_of(m, sim.layout) and m not in slots:

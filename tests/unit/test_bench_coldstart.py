@@ -69,13 +69,14 @@ def test_warm_never_waits_and_measures_after_learning() -> None:
 
 
 def test_lru_eviction_when_memory_is_needed() -> None:
-    # a: held 0.5, loaded 1..10.75. b at 30.5: 40 + 40 GB > 72 GB, a is evicted at 31, b
-    # ready at 40.75 (wait 10.25). a again at 45.5: evicts b at 46, ready at 55.75.
+    # a: held 0.5, loaded 1..10.75. b at 30.5: 40 + 40 GB > 72 GB, a is evicted at 31
+    # (drained 2 s, unloaded in 1: its memory free at 34), b ready at 43.75 (wait 13.25).
+    # a again at 45.5: evicts b at 46, loads from 49, ready at 58.75.
     st = run(
         reactive(60.0, 0.1), "reactive", TWO, {"a": [0.5, 45.5], "b": [30.5]},
         fleet_nodes(1), 80 * GB, 60, 0.0,
     )  # fmt: skip
-    assert st.waits == [10.25, 10.25, 10.25]
+    assert st.waits == [10.25, 13.25, 13.25]
     assert st.loads == 3 and st.overcommit_s == 0
 
 
@@ -86,18 +87,19 @@ def test_still_held_at_the_end_counts_until_the_end() -> None:
 
 def test_the_oracle_loads_just_in_time_and_unloads_when_a_reload_would_come_in_time() -> None:
     # a at 20.5: loading starts at the tick 9 (9.75 s + 2 s early), ready at 18.75; no
-    # next request: unloaded at the tick 21 (ticks 9..20 resident).
+    # next request: unloaded at the tick 21, its memory free at 24 (ticks 9..23 resident).
     st = run(oracle({"a": [20.5]}, 0.1), "oracle", ONE, {"a": [20.5]}, fleet_nodes(1), 80 * GB,
              40, 0.0)  # fmt: skip
-    assert st.waits == [0.0] and st.loads == 1 and st.resident_s == 12
+    assert st.waits == [0.0] and st.loads == 1 and st.resident_s == 15
 
 
 def test_the_oracle_waits_for_room_it_does_not_evict() -> None:
     # 40 + 40 GB > 72 GB: b (due at 35.5) cannot load while a is needed at 30.5; a goes at
-    # the tick 31, b is ready at 40.75 (wait 5.25). With two replicas nobody waits.
+    # the tick 31 (its memory free at 34), b is ready at 43.75 (wait 8.25). With two
+    # replicas nobody waits.
     trace = {"a": [20.5, 30.5], "b": [35.5]}
     st = run(oracle(trace, 0.1), "oracle", TWO, trace, fleet_nodes(1), 80 * GB, 50, 0.0)
-    assert st.waits == [0.0, 0.0, 5.25] and st.loads == 2 and st.overcommit_s == 0
+    assert st.waits == [0.0, 0.0, 8.25] and st.loads == 2 and st.overcommit_s == 0
     st = run(oracle(trace, 0.1), "oracle", TWO, trace, fleet_nodes(2), 80 * GB, 50, 0.0)
     assert st.waits == [0.0, 0.0, 0.0]
 
@@ -242,5 +244,23 @@ def test_a_server_asleep_on_its_own_frees_the_gpu_and_wakes_instead_of_a_reload(
     assert apart.overcommit_s == 0 and apart.asleep_s > 0
     shared = once(Layout(per_model=False))  # asleep, a keeps its GPU memory: reloaded
     assert (shared.loads, shared.wakes) == (3, 0)
-    assert shared.waits == [10.25, 10.25, 10.25]
+    assert shared.waits == [10.25, 11.25, 11.25]  # each load waits the other's unload (1 s)
     assert shared.overcommit_s == 0 and shared.asleep_s == 0
+
+
+def test_a_swap_waits_for_the_drain_and_the_sleep_it_needs() -> None:
+    """As the agent does: a load or a wake on a GPU starts once the sleeps and unloads
+    under way there are done (drain 2 s, then the sleep: the wake time, or the unload 1 s)."""
+    two = [ModelSpec(m, "tail", 40 * GB, load_s=9.75, wake_s=1.0) for m in "ab"]
+    st = run(
+        Aixds(FORECAST, PLACEMENT), "aixds", two, {"a": [0.5, 30.5], "b": [20.5]},
+        fleet_nodes(1), 80 * GB, 60, 0.0,
+    )  # fmt: skip
+    # a ready at 10.75; b at 20.5: a goes to sleep at the tick 21 (free at 24), b loads
+    # from 24, ready at 33.75 (wait 13.25); a at 30.5: b (loading, then ready at 34) goes
+    # to sleep at 34 (free at 37), a wakes from 37, ready at 38 (wait 7.5, on a wake)
+    assert st.waits == [10.25, 13.25, 7.5]
+    assert st.on_load == [True, True, False]
+    assert (st.loads, st.wakes, st.overcommit_s) == (2, 1, 0)
+    # GPU model-seconds: a 1..20 and freeing 21..23, b 24..33 and freeing 34..36, a 37..59
+    assert st.resident_s == 20 + 3 + 10 + 3 + 23
