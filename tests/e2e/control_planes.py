@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.e2e.fleet import Edge
+from tests.metrics import metric, scrape
 from tests.support import Proc, Procs, RedisServer, free_port, wait_port
 
 TOKEN = "e2e-token"
@@ -38,12 +39,7 @@ class ControlPlane:
         return next((s for s in streams if s["node_id"] == node_id), None)
 
     def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.api}/metrics", timeout=2).text
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == name:
-                return float(value)
-        raise KeyError(name)
+        return metric(scrape(f"{self.api}/metrics", timeout=2), name)
 
 
 class ControlPlanes:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.e2e.fleet import AGENT_TTL_S, Fleet, Load, chat
+from tests.metrics import metric_sum, scrape
 from tests.support import Procs, RedisServer, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -22,12 +23,12 @@ def fleet(procs: Procs, redis_srv: RedisServer) -> Iterator[Fleet]:
     yield f
 
 
-def metric(api: str, name: str) -> float:
-    total = 0.0
-    for line in httpx.get(f"{api}/metrics", timeout=3).text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+def nacks(api: str) -> float:
+    return metric_sum(scrape(f"{api}/metrics"), "aixds_xds_nacks_total")
+
+
+def cds_pushes(api: str) -> float:
+    return metric_sum(scrape(f"{api}/metrics"), "aixds_xds_pushes_total", type="cds")
 
 
 JSON = {"content-type": "application/json"}
@@ -123,12 +124,12 @@ def test_invalid_resource_is_nacked_not_resent_and_last_good_keeps_serving(fleet
     with Load(edge.url, "llama", concurrency=4) as load:
         r = httpx.post(f"{fleet.api}/v1/test/invalid-xds", json={"enabled": True})
         assert r.status_code == 200
-        wait_until(lambda: metric(fleet.api, "aixds_xds_nacks_total") >= 1, 10, what="a NACK")
+        wait_until(lambda: nacks(fleet.api) >= 1, 10, what="a NACK")
         assert edge.stat("cluster_manager.cds.update_rejected") >= 1
-        pushes = metric(fleet.api, 'aixds_xds_pushes_total{type="cds"}')
+        pushes = cds_pushes(fleet.api)
         time.sleep(1.5)  # resyncs and ticks happen; the NACKed version must not be re-sent
-        assert metric(fleet.api, 'aixds_xds_pushes_total{type="cds"}') == pushes
-        assert metric(fleet.api, "aixds_xds_nacks_total") == 1
+        assert cds_pushes(fleet.api) == pushes
+        assert nacks(fleet.api) == 1
         assert edge.dynamic_versions() == good  # Envoy kept the last good clusters
         xds = httpx.get(f"{fleet.api}/v1/xds").json()
         assert any(xds["nacks"].values()), xds

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.fleet import Edge, Fleet, Load, Replica
+from tests.metrics import metric_sum, scrape
 from tests.support import Procs, RedisServer, free_port, wait_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -113,11 +114,9 @@ def api(fleet: Fleet, method: str, path: str, body: Any = None, *, auth: bool = 
     return r.json()
 
 
-def metric(fleet: Fleet, line_prefix: str) -> float:
-    for line in httpx.get(f"{fleet.api}/metrics", timeout=3).text.splitlines():
-        if line.startswith(line_prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+def metric(fleet: Fleet, name: str, **labels: str) -> float:
+    """``name``'s value on the control plane (0 while the series does not exist)."""
+    return metric_sum(scrape(f"{fleet.api}/metrics"), name, **labels)
 
 
 def wait_hosts(edge: Edge, cluster: str, n: int) -> None:
@@ -311,7 +310,7 @@ def test_failing_canary_is_rolled_back_automatically(fleet: Fleet) -> None:
     assert failed and all(s.status == 500 and s.replica in v2_ids for s in failed), failed[:5]
     assert all(s.status == 200 for s in after)
     # visible in metrics and logs
-    assert metric(fleet, 'aixds_rollbacks_total{model="llama",trigger="auto"}') == 1.0
+    assert metric(fleet, "aixds_rollbacks_total", model="llama", trigger="auto") == 1.0
     assert fleet.serve_proc is not None
     log_text = fleet.serve_proc.log.read_text()
     assert "AUTOMATIC ROLLBACK of llama from v2 to v1" in log_text
@@ -537,7 +536,7 @@ def test_a_bigger_new_version_takes_no_traffic_until_a_rollout(fleet: Fleet) -> 
     with httpx.Client(base_url=edge.url, timeout=10) as c:
         served = {c.post("/v1/chat/completions", json=BODY).headers["x-replica"] for _ in range(20)}
     assert served <= {r.replica_id for r in green}, served
-    assert metric(fleet, 'aixds_serving_version_fallback{model="llama"}') == 1.0
+    assert metric(fleet, "aixds_serving_version_fallback", model="llama") == 1.0
     p = subprocess.run(
         [sys.executable, "-m", "controlplane", "status", "--api", fleet.api],
         capture_output=True, text=True, timeout=30,
@@ -554,7 +553,7 @@ def test_a_bigger_new_version_takes_no_traffic_until_a_rollout(fleet: Fleet) -> 
         what="traffic back on v1",
     )
     wait_until(
-        lambda: metric(fleet, 'aixds_serving_version_fallback{model="llama"}') == 0.0,
+        lambda: metric(fleet, "aixds_serving_version_fallback", model="llama") == 0.0,
         5,
         what="fallback gauge back to 0",
     )

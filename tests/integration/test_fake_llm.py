@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.agent.servers.vllm import parse_metrics
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import FakeLLMServer
 from controlplane.sim.openai_format import TOKENS
+from tests.metrics import metric
 from tests.support import Procs, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,6 @@ def sse_events(body: str) -> list[str]:
     events = body.split("\n\n")[:-1]
     assert all(e.startswith("data: ") for e in events), events
     return [e[len("data: ") :] for e in events]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    raise AssertionError(f"{name}{labels} not in /metrics")
 
 
 async def test_chat_completion_json() -> None:

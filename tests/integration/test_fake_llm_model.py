@@ -20,7 +20,7 @@ import pytest
 from controlplane.sim.app import FakeLLMConfig
 from controlplane.sim.fake_llm import CRASH_EXIT_CODE, FakeLLMServer
 from controlplane.sim.simgpu import GiB, GpuSpec
-from tests.integration.test_fake_llm import metric
+from tests.metrics import metric
 from tests.support import Procs, free_port, wait_until
 
 pytestmark = pytest.mark.integration
