@@ -105,12 +105,12 @@ from controlplane.intent import Intent, ModelPlacement
 
 SERVER = "vllm-8000"
 HOLD_S = 120.0
+"""The activator's default bound on holding a request (``aixds serve --hold``)."""
 DRAIN_S = 2.0
 """What an agent waits before it puts a ready server to sleep or unloads it (``--drain``:
 Envoy drains it first)."""
 UNLOAD_S = 1.0
 """An unload's own time, after the drain (a sleep takes the model's wake time)."""
-"""The activator's default bound on holding a request (``aixds serve --hold``)."""
 LAST_LINE = "cold start: waited {x:.1f}%, TTFT p99 vs warm {y:.2f}x, resident vs reactive {z:.2f}x"
 
 FORECAST = ForecastConfig(
