@@ -145,7 +145,20 @@ def format_placement(doc: dict[str, Any]) -> str:
                 f" {f['prewarm_s']:g} s, {f['recent_rps']:g} req/s now)"
             )
         lines.extend(f"    {r}" for r in d["reasons"])
+    nodes = decision.get("nodes") or {}  # absent in a decision written before it was kept
+    if nodes:
+        lines.append("memory per node (GPU: models loaded or loading; host: servers asleep):")
+    for node, n in nodes.items():
+        host = f"{_gib(n['host_used_bytes'])}/{_gib(n['host_bytes'])} GiB"
+        lines.append(
+            f"  {node}: GPU {_gib(n['gpu_used_bytes'])}/{_gib(n['gpu_bytes'])} GiB, "
+            f"host {host} ({'from its agent' if n['host_from'] == 'agent' else 'ratio'})"
+        )
     return "\n".join(lines)
+
+
+def _gib(b: float | None) -> str:
+    return "?" if b is None else f"{b / (1 << 30):.0f}"
 
 
 def format_models(doc: dict[str, Any]) -> str:

@@ -48,7 +48,15 @@ from types import MappingProxyType
 
 from controlplane.decide.eligibility import drained, gpu_faulty, is_fresh
 from controlplane.decide.forecast import Forecast
-from controlplane.decide.placement_pool import Hold, Holding, Level, Pool, Replica, build_pool
+from controlplane.decide.placement_pool import (
+    Hold,
+    Holding,
+    Level,
+    NodeMemory,
+    Pool,
+    Replica,
+    build_pool,
+)
 from controlplane.fleet.desired import Desired
 from controlplane.fleet.model import FleetView
 from controlplane.intent import Intent, ModelPlacement
@@ -58,6 +66,7 @@ __all__ = [
     "Holding",
     "ModelDecision",
     "ModelDemand",
+    "NodeMemory",
     "Placement",
     "PlacementConfig",
     "place",
@@ -159,6 +168,9 @@ class Placement:
     holdings: Mapping[str, Mapping[str, Holding]] = field(default_factory=_no_holdings)
     """Per replica id, per model: what it is asked to hold and since when."""
     decisions: Mapping[str, ModelDecision] = field(default_factory=lambda: MappingProxyType({}))
+    memory: Mapping[str, NodeMemory] = field(default_factory=lambda: MappingProxyType({}))
+    """Per node, the GPU and host memory its models take once this run's decisions are
+    carried out, and what they may take."""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -243,6 +255,7 @@ def place(
         at=now,
         desired=pool.desired(),
         holdings=pool.holdings(),
+        memory=pool.memory(),
         decisions=MappingProxyType(
             {
                 m: ModelDecision(

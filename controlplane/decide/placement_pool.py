@@ -60,6 +60,23 @@ class Memory:
     """Taken by models committed to needs, and by what ineligible members keep."""
     members: list[Replica] = field(default_factory=list)
     """The replicas on these GPUs (GPU budgets only: ``fits`` and ``settle`` walk them)."""
+    published: bool = False
+    """A host budget the node's agent published (else ``host_sleep_ratio`` x its GPUs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMemory:
+    """One node's memory as a ``place`` run left it (bytes; ``None``: not known)."""
+
+    gpu_used: float
+    """GPU memory its models take: loaded, loading, or asleep where that keeps it."""
+    gpu_cap: float | None
+    """GPU memory models may take (its GPUs less the reserve)."""
+    host_used: float
+    """Host memory the weights of its servers asleep on their own take."""
+    host_cap: float | None
+    host_published: bool
+    """``host_cap`` is what the node's agent published (``--host-memory``), not the ratio."""
 
 
 @dataclass(slots=True)
@@ -330,6 +347,7 @@ class Pool:
             self._count[h] = self._count.get(h, 0) + 1
             if rep.host_cost(h, new):
                 apart.append((rep, h, False))
+        gpu.used = used
         return apart
 
     def _settle_host(
@@ -358,6 +376,7 @@ class Pool:
                 self._count[h] -= 1
                 continue
             used += mem
+        host.used = used
 
     def _spare_copies(self, apart: Mapping[int, list[_Asleep]]) -> set[tuple[str, str]]:
         """(replica id, model) asleep on its own where the model is also awake elsewhere,
@@ -395,6 +414,28 @@ class Pool:
     def _drop(self, rep: Replica, model: str, why: str, changes: list[tuple[str, str]]) -> None:
         rep.unloads[model] = rep.held.pop(model).version
         changes.append((model, why))
+
+    def memory(self) -> Mapping[str, NodeMemory]:
+        """Per node, its GPU and host memory once ``settle`` ran (GPU budgets of one node
+        added up)."""
+        gpus: dict[str, dict[int, Memory]] = {}
+        hosts: dict[str, Memory] = {}
+        for rep in self.reps:
+            gpus.setdefault(rep.node, {})[id(rep.gpu)] = rep.gpu
+            hosts[rep.node] = rep.host
+        out = {}
+        for node in sorted(hosts):
+            budgets = gpus[node].values()
+            cap = sum(b.cap for b in budgets)
+            host = hosts[node]
+            out[node] = NodeMemory(
+                gpu_used=sum(b.used for b in budgets),
+                gpu_cap=cap if math.isfinite(cap) else None,
+                host_used=host.used,
+                host_cap=host.cap if math.isfinite(host.cap) else None,
+                host_published=host.published,
+            )
+        return MappingProxyType(out)
 
     def holders(self, model: str, state: Hold) -> tuple[str, ...]:
         return tuple(
@@ -550,7 +591,8 @@ def _memories(
             if published[node]
             else host_sleep_ratio * node_bytes[node]
             if node_bytes[node]
-            else math.inf
+            else math.inf,
+            published=published[node] > 0,
         )
         for node in published
     }

@@ -336,7 +336,17 @@ def decision_doc(
                 "peak_in_s": None if f.peak_in_s is None else round(f.peak_in_s, 1),
             },
         }
-    return {"at": result.at, "decided_by": owner, "models": models}
+    nodes = {
+        node: {
+            "gpu_used_bytes": round(mem.gpu_used),
+            "gpu_bytes": None if mem.gpu_cap is None else round(mem.gpu_cap),
+            "host_used_bytes": round(mem.host_used),
+            "host_bytes": None if mem.host_cap is None else round(mem.host_cap),
+            "host_from": "agent" if mem.host_published else "ratio",
+        }
+        for node, mem in result.memory.items()
+    }
+    return {"at": result.at, "decided_by": owner, "models": models, "nodes": nodes}
 
 
 def _same(have: str | None, want: str) -> bool:

@@ -188,6 +188,7 @@ def test_a_model_loaded_nowhere_is_placed_on_demand_slept_when_idle_and_woken(
     ).stdout
     assert f"  {COLD}: 1 awake, 0 asleep" in status, status
     assert "forecast:" in status, status
+    assert f"  {rep.replica_id.split('/')[0]}: GPU " in status, status  # memory per node
 
     # 2. Idle past the keep-alive and the scale-down: the server sleeps (its base model is
     # idle too); the next request wakes it, far faster than a load.

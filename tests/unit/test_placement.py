@@ -524,6 +524,22 @@ def test_the_host_memory_a_node_publishes_wins_over_the_ratio() -> None:
     assert run(published) == ["unloaded", "unloaded", "sleeping", "loaded"]  # 40 GB: one
 
 
+def test_the_placement_says_what_memory_each_node_has_left() -> None:
+    f = one_gpu(("a", 40), ("b", 40), loaded=("a",))
+    p = place(f, Intent(), waiting("a"), None, 0.0, CFG)
+    mem = p.memory["n1"]
+    assert (mem.gpu_used, mem.gpu_cap) == (40 * GB, 72 * GB)  # 80 GB less the 10 % reserve
+    assert (mem.host_used, mem.host_cap, mem.host_published) == (0, 160 * GB, False)
+    p = place(acted(f, p), Intent(), waiting("b"), p, 100.0, CFG)  # a: no need, past hold_s
+    mem = p.memory["n1"]
+    assert (mem.gpu_used, mem.host_used) == (40 * GB, 40 * GB)  # a asleep, b loaded
+    published = {
+        rid: replace(o, record=replace(o.record, host_mem_bytes=64 * GB)) for rid, o in f.items()
+    }
+    mem = place(published, Intent(), waiting("a"), None, 0.0, CFG).memory["n1"]
+    assert (mem.host_cap, mem.host_published) == (64 * GB, True)
+
+
 def test_host_memory_keeps_first_the_model_the_forecast_expects_soonest() -> None:
     cfg = replace(CFG, host_sleep_ratio=1.0)
     f = one_gpu(("a", 30), ("b", 30), ("c", 30), ("d", 60))
