@@ -116,6 +116,14 @@ class PlacementMetrics:
             ["model"],
             registry=registry,
         )
+        self.memory = Gauge(
+            "aixds_placement_memory_bytes",
+            "Per node, GPU or host memory (memory: gpu, host) its models take once the last "
+            "decision is carried out, or may take (of: used, usable; host: for the weights "
+            "of servers asleep on their own)",
+            ["node", "memory", "of"],
+            registry=registry,
+        )
         self.leader = Gauge(
             "aixds_placement_leader",
             "1 while this control-plane replica decides model placement (holds the lock)",
@@ -162,6 +170,7 @@ class PlacementLoop:
         self._counted_until = 0
         self._saved_at = 0.0
         self._labels: set[str] = set()
+        self._memory_labels: set[tuple[str, str, str]] = set()
 
     async def run(self) -> None:
         if not self._s.enabled:
@@ -289,6 +298,20 @@ class PlacementLoop:
             for state in ("awake", "sleeping"):
                 self._m.replicas.remove(m, state)
         self._labels = seen
+        shown: set[tuple[str, str, str]] = set()
+        for node, mem in result.memory.items():
+            for labels, value in (
+                ((node, "gpu", "used"), mem.gpu_used),
+                ((node, "gpu", "usable"), mem.gpu_cap),
+                ((node, "host", "used"), mem.host_used),
+                ((node, "host", "usable"), mem.host_cap),
+            ):
+                if value is not None:  # unknown: no sample
+                    self._m.memory.labels(*labels).set(value)
+                    shown.add(labels)
+        for labels in self._memory_labels - shown:
+            self._m.memory.remove(*labels)
+        self._memory_labels = shown
 
 
 def managed_models(fleet: FleetView, intent: Intent) -> set[str]:

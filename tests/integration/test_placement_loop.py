@@ -71,6 +71,7 @@ async def test_one_replica_places_and_the_next_goes_on_from_its_history(
     view = fleet(offering(replica("gpu-1/vllm-8000", expires_at=1e12), AvailableModel("qwen")))
     clock = [1000.0]
     clients = [connect(redis_srv.url) for _ in range(2)]
+    registries = [CollectorRegistry() for _ in range(2)]
     loops = [
         PlacementLoop(
             c,
@@ -78,7 +79,7 @@ async def test_one_replica_places_and_the_next_goes_on_from_its_history(
             Intent,
             RedisLoadStore(c),
             RedisLock(c, schema.PLACEMENT_LOCK_KEY, f"cp-{i}", ttl_s=5.0),
-            PlacementMetrics(CollectorRegistry()),
+            PlacementMetrics(registries[i]),
             clock=lambda: clock[0],
         )
         for i, c in enumerate(clients)
@@ -97,6 +98,12 @@ async def test_one_replica_places_and_the_next_goes_on_from_its_history(
         assert decision["models"]["qwen"]["waiting"] == 2
         assert not any("outranks" in r for r in decision["models"]["qwen"]["reasons"])
         assert loops[1].histories is None  # the second never acted
+        node = decision["nodes"]["gpu-1"]
+        assert node["host_from"] == "ratio"
+        used = registries[0].get_sample_value(
+            "aixds_placement_memory_bytes", {"node": "gpu-1", "memory": "gpu", "of": "used"}
+        )
+        assert used == node["gpu_used_bytes"]
 
         await loops[0].leave()  # as on shutdown: histories saved, lock given up
         await r.delete(schema.waiting_key("activator-x"))
