@@ -573,6 +573,7 @@ def _memories(
         group_bytes[root(k)] = group_bytes.get(root(k), 0) + b
     gpus: dict[tuple[str, str], Memory] = {}
     by_rid: dict[str, Memory] = {}
+    published: dict[str, int] = {}
     for rid, o in fleet.items():
         rec = o.record
         k = root(first[rid])
@@ -581,22 +582,20 @@ def _memories(
             gpus[k] = Memory(b * (1 - mem_reserve) if b > 0 else math.inf)
             node_bytes[rec.node] = node_bytes.get(rec.node, 0) + b
         by_rid[rid] = gpus[k]
-    published: dict[str, int] = {}
-    for o in fleet.values():
-        rec = o.record
         published[rec.node] = max(published.get(rec.node, 0), rec.host_mem_bytes)
     hosts = {
-        node: Memory(
-            float(published[node])
-            if published[node]
-            else host_sleep_ratio * node_bytes[node]
-            if node_bytes[node]
-            else math.inf,
-            published=published[node] > 0,
-        )
+        node: _host_budget(published[node], node_bytes[node], host_sleep_ratio)
         for node in published
     }
     return by_rid, hosts
+
+
+def _host_budget(published: int, gpu_bytes: int, ratio: float) -> Memory:
+    """A node's host memory for sleeping weights: what its agent published, else ``ratio``
+    times its GPUs' memory (unbounded when neither is known)."""
+    if published:
+        return Memory(float(published), published=True)
+    return Memory(ratio * gpu_bytes if gpu_bytes else math.inf)
 
 
 def _holding(

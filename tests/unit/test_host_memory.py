@@ -3,6 +3,7 @@ publishes of it."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,6 @@ def test_a_bad_value_says_what_is_wrong(value: str) -> None:
 
 
 def test_the_flag_reaches_every_record_of_the_node() -> None:
-    import argparse
-
     p = argparse.ArgumentParser()
     configure_parser(p)
     base = ["--redis", "redis://127.0.0.1:1/0", "--node", "n1", "--region", "eu", "--zone", "z"]
