@@ -335,7 +335,7 @@ class Sim:
         }
         states = {
             "loading": ModelState.LOADING,
-            "waking": ModelState.LOADING,
+            "waking": ModelState.SLEEPING,  # as the agent reports a waking server
             "ready": ModelState.READY,
             "sleeping": ModelState.SLEEPING,
         }

@@ -10,19 +10,20 @@ server's fixed base model) is never touched. Per model, the replicas it needs:
   beyond it).
 
 The needs are served in order: pinned before unpinned, then higher ``priority``, then each
-model's first replica before anyone's second. A need goes to the replica that has the model
-awake, else asleep (a wake is fast), else to the zone with fewest of it and there the
-fastest load; ties by replica id. It must fit the replica's GPU memory (less a reserve) next
-to what that replica keeps: a model the replica holds is evicted only for a need of a higher
-level (pinned, then priority, then demand: a model with requests waiting or served now
-(a recent rate of ``active_rps``, a request within the forecast's active gap, or a
-time-of-day profile that expects a request within the model's reload time) outranks
-one only the forecast wants, so a pre-warmed model never keeps a waiting one out; a request
-held ``starving_after_s`` outranks a model served now; a model the forecast expects a
-request for (``Forecast.expected``: a representative idle-time histogram's window, or a
-recurring peak) outranks one kept only by the fixed keep-alive after a request that
-predicts nothing: ``bench.coldstart`` waited 3.2 / 8.8 / 7.8 % -> 2.6 / 8.4 / 6.7 % on
-seeds 1-3), and never within ``hold_s`` of its last change.
+model's first replica before anyone's second. A need goes to the replica that holds the
+model and would serve it soonest (awake; else the sooner of a wake and the rest of a load
+under way, so a wake that becomes possible takes over from a long load), else to the zone
+with fewest of it and there the fastest load; ties by replica id. It must fit the replica's
+GPU memory (less a reserve) next to what that replica keeps: a model the replica holds is
+evicted only for a need of a higher level (pinned, then priority, then demand: a model with
+requests waiting or served now (a recent rate of ``active_rps``, a request within the
+forecast's active gap, or a time-of-day profile that expects a request within the model's
+reload time) outranks one only the forecast wants, so a pre-warmed model never keeps a
+waiting one out; a request held ``starving_after_s`` outranks a model served now; a model
+the forecast expects a request for (``Forecast.expected``: a representative idle-time
+histogram's window, or a recurring peak) outranks one kept only by the fixed keep-alive
+after a request that predicts nothing: ``bench.coldstart`` waited 3.2 / 8.8 / 7.8 % -> 2.6
+/ 8.4 / 6.7 % on seeds 1-3), and never within ``hold_s`` of its last change.
 
 GPU memory is counted per GPU: replicas of a node whose GPUs have the same uuid share
 it. A server asleep on its own (one model, ``wake_s > 0``: vLLM's level-1 sleep moves the
@@ -355,7 +356,8 @@ def _choose(
     now: float,
     hold_s: float,
 ) -> Replica | None:
-    """The replica for ``need``: awake, else asleep (fastest wake), else a load in the zone
+    """The replica for ``need``: one that holds the model and serves it soonest (awake, else
+    the fastest wake or the load under way with the least left), else a load in the zone
     with fewest of the model (fastest load); ties by replica id."""
     m = need.model
     best: tuple[int, int, float, str] | None = None
@@ -363,8 +365,8 @@ def _choose(
     for rep in pool.holders_of(m, need.region):
         if not pool.free_for(rep, m):
             continue
-        asleep = rep.held[m].state is Hold.SLEEPING
-        key = (int(asleep), pool.in_zone(m, rep), rep.wake_s(m) if asleep else 0.0, rep.rid)
+        back = rep.ready_in(m, now, pool.default_load_s)
+        key = (int(back > 0), pool.in_zone(m, rep), back, rep.rid)
         if (best is None or key < best) and pool.fits(rep, m, need.level, levels, now, hold_s):
             best, chosen = key, rep
     if chosen is not None:

@@ -116,6 +116,21 @@ class Replica:
         a = self.available.get(model)
         return a.wake_s if a is not None else 0.0
 
+    def ready_in(self, model: str, now: float, default_load_s: float) -> float:
+        """Seconds until the held ``model`` serves here: 0 awake (ready or warming), a wake
+        asleep or waking (the agent reports a waking server as sleeping), else what is left
+        of the load under way."""
+        held = self.held[model]
+        state = self.present.get(model)
+        if held.state is Hold.SLEEPING:
+            return self.wake_s(model)
+        if state in (ModelState.READY, ModelState.WARMING):
+            return 0.0
+        took = now - held.since
+        if state is ModelState.SLEEPING:
+            return max(0.0, self.wake_s(model) - took)
+        return max(0.0, self.load_s(model, default_load_s) - took)
+
     def sleeps_apart(self, model: str) -> bool:
         """Asleep, ``model`` frees its GPU memory: its server sleeps (a wake time) and
         serves no other model (sleep is per server: vLLM's level 1 moves the weights to

@@ -247,6 +247,33 @@ def test_a_sleeping_replica_is_woken_before_any_load() -> None:
     assert state(p, "n2/s", "m") == "loaded"
 
 
+def test_a_wake_takes_over_from_a_load_that_would_take_longer() -> None:
+    loading = rep("n1/s", av("m", load=60.0))
+    p0 = place(fleet(loading), Intent(), waiting("m"), None, 0.0, CFG)
+    assert state(p0, "n1/s", "m") == "loaded"  # a 60 s load starts at 0
+    f = fleet(
+        rep("n1/s", av("m", load=60.0), loaded=(("m", ModelState.LOADING),)),
+        rep("n2/s", av("m", wake=1.0), loaded=(("m", ModelState.SLEEPING),)),
+    )
+    # 5 s in, 55 s of load are left: the copy asleep on n2 is woken (about 1 s)
+    p = place(f, Intent(), waiting("m"), p0, 5.0, CFG)
+    assert state(p, "n2/s", "m") == "loaded"
+    # 59.5 s in, the load is done sooner than a wake: n2 is left asleep
+    p = place(f, Intent(), waiting("m"), p0, 59.5, CFG)
+    assert (state(p, "n1/s", "m"), state(p, "n2/s", "m")) == ("loaded", "sleeping")
+    # a server being woken (published as sleeping until it is awake) counts its wake only
+    waking = fleet(
+        rep("n1/s", av("m", load=60.0), loaded=(("m", ModelState.LOADING),)),
+        rep("n2/s", av("m", wake=1.0), loaded=(("m", ModelState.SLEEPING),)),
+        rep("n3/s", av("m", wake=2.0), loaded=(("m", ModelState.SLEEPING),)),
+    )
+    p1 = place(waking, Intent(), waiting("m"), p0, 5.0, CFG)
+    assert [state(p1, f"n{i}/s", "m") for i in (2, 3)] == ["loaded", "sleeping"]
+    # 0.5 s later n2 still says sleeping: half a second of its wake is left, not a load
+    p2 = place(waking, Intent(), waiting("m"), p1, 5.5, CFG)
+    assert [state(p2, f"n{i}/s", "m") for i in (2, 3)] == ["loaded", "sleeping"]
+
+
 def test_an_awake_replica_is_used_before_a_sleeping_one() -> None:
     f = fleet(
         rep("n1/s", av("m"), loaded=(("m", ModelState.SLEEPING),)),
