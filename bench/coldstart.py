@@ -22,8 +22,10 @@ Each tick the simulated agents carry out what the policy asks, as the real agent
 load ends ``load_s`` after it started, a wake ``wake_s`` after; a ready model is drained
 (``DRAIN_S``, the agent's ``--drain``) before it goes to sleep (its wake time) or is unloaded
 (``UNLOAD_S``), and a load or a wake on a GPU starts only once the sleeps and unloads under
-way there are done (the weights coming up never meet those going down). Memory being
-freed counts as resident.
+way there are done (the weights coming up never meet those going down). A load or a wake
+under way is not cancelled (a server's load call runs to its end): an unload asked for
+meanwhile follows it, and holds back the GPU's other loads and wakes until then. Memory
+being freed counts as resident. A waking server is reported sleeping, as the agent does.
 A request is *waited* when no replica has its model awake when it arrives; it is held until
 the first replica of its model is ready. Its TTFT is ``--base-ttft`` (0.3 s) plus that wait.
 It waited *on a load* when that replica was loading the model (not waking it from sleep,
@@ -242,11 +244,15 @@ class Sim:
             self.freeing[node].append(self.now + DRAIN_S + self.specs[m].wake_s)
 
     def unload(self, node: str, m: str) -> None:
-        """Drained if it serves, then unloaded; its GPU memory is free after both."""
+        """Drained if it serves, then unloaded; its GPU memory is free after both. A load or
+        a wake under way is not cancelled (a server's load call runs to its end): the
+        unload follows it."""
         s = self.slots[node].pop(m, None)
         if s is None or (s.state == "sleeping" and self.layout.per_model):
             return  # asleep on its own: host memory only
-        done = max(self.now, s.start) + (DRAIN_S if s.state == "ready" else 0.0) + UNLOAD_S
+        busy = s.state in ("loading", "waking")
+        start = max(self.now, s.done_at if busy else s.start)
+        done = start + (DRAIN_S if s.state == "ready" else 0.0) + UNLOAD_S
         self.freeing[node].append(done)
 
     def used(self, node: str) -> int:

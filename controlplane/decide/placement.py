@@ -11,19 +11,22 @@ server's fixed base model) is never touched. Per model, the replicas it needs:
 
 The needs are served in order: pinned before unpinned, then higher ``priority``, then each
 model's first replica before anyone's second. A need goes to the replica that holds the
-model and would serve it soonest (awake; else the sooner of a wake and the rest of a load
-under way, so a wake that becomes possible takes over from a long load), else to the zone
-with fewest of it and there the fastest load; ties by replica id. It must fit the replica's
-GPU memory (less a reserve) next to what that replica keeps: a model the replica holds is
-evicted only for a need of a higher level (pinned, then priority, then demand: a model with
-requests waiting or served now (a recent rate of ``active_rps``, a request within the
-forecast's active gap, or a time-of-day profile that expects a request within the model's
-reload time) outranks one only the forecast wants, so a pre-warmed model never keeps a
-waiting one out; a request held ``starving_after_s`` outranks a model served now; a model
-the forecast expects a request for (``Forecast.expected``: a representative idle-time
+model awake or loading it, else asleep (a wake is fast); for a model with requests waiting,
+to the one that serves them soonest (awake, else the sooner of a wake and the rest of a
+load under way, so a wake that becomes possible takes over from a long load); else to the
+zone with fewest of it and there the fastest load; ties by replica id. It must fit the
+replica's GPU memory (less a reserve) next to what that replica keeps: a model the replica
+holds is evicted only for a need of a higher level (pinned, then priority, then demand: a
+model with requests waiting or served now (a recent rate of ``active_rps``, a request
+within the forecast's active gap, or a time-of-day profile that expects a request within
+the model's reload time) outranks one only the forecast wants, so a pre-warmed model never
+keeps a waiting one out; a request held ``starving_after_s`` outranks a model served now; a
+model the forecast expects a request for (``Forecast.expected``: a representative idle-time
 histogram's window, or a recurring peak) outranks one kept only by the fixed keep-alive
 after a request that predicts nothing: ``bench.coldstart`` waited 3.2 / 8.8 / 7.8 % -> 2.6
-/ 8.4 / 6.7 % on seeds 1-3), and never within ``hold_s`` of its last change.
+/ 8.4 / 6.7 % on seeds 1-3), and never within ``hold_s`` of its last change nor while its
+load is under way (a server's load call runs to its end: unloading it frees nothing sooner;
+up to twice its load time).
 
 GPU memory is counted per GPU: replicas of a node whose GPUs have the same uuid share
 it. A server asleep on its own (one model, ``wake_s > 0``: vLLM's level-1 sleep moves the
@@ -226,11 +229,12 @@ def place(
     for m in managed:
         needs += _needs(m, intent, demand.get(m, ModelDemand()), regions, cfg, reasons[m], pool)
     needs.sort()
+    waiting = frozenset(m for m in managed if demand.get(m, ModelDemand()).waiting > 0)
     levels = _levels(needs)
     wanted: dict[str, dict[str, int]] = {m: {} for m in managed}
     unplaced: dict[str, int] = dict.fromkeys(managed, 0)
     for need in needs:
-        rep = _choose(pool, need, levels, now, cfg.hold_s)
+        rep = _choose(pool, need, levels, now, cfg.hold_s, waiting)
         m = need.model
         if rep is None:
             unplaced[m] += 1
@@ -355,18 +359,24 @@ def _choose(
     levels: Mapping[str, Level],
     now: float,
     hold_s: float,
+    waiting: frozenset[str],
 ) -> Replica | None:
-    """The replica for ``need``: one that holds the model and serves it soonest (awake, else
-    the fastest wake or the load under way with the least left), else a load in the zone
-    with fewest of the model (fastest load); ties by replica id."""
+    """The replica for ``need``: one that holds the model awake or loading it, else the
+    fastest wake; for a model with requests waiting, the one that serves it soonest (awake,
+    else the fastest wake or the load under way with the least left); else a load in the
+    zone with fewest of the model (fastest load); ties by replica id."""
     m = need.model
     best: tuple[int, int, float, str] | None = None
     chosen: Replica | None = None
     for rep in pool.holders_of(m, need.region):
         if not pool.free_for(rep, m):
             continue
-        back = rep.ready_in(m, now, pool.default_load_s)
-        key = (int(back > 0), pool.in_zone(m, rep), back, rep.rid)
+        asleep = rep.held[m].state is Hold.SLEEPING
+        if m in waiting:  # requests are held: whichever serves them first
+            back = rep.ready_in(m, now, pool.default_load_s)
+        else:  # ahead of demand: a load under way ends in time, no second copy for it
+            back = rep.wake_s(m) if asleep else 0.0
+        key = (int(asleep or back > 0), pool.in_zone(m, rep), back, rep.rid)
         if (best is None or key < best) and pool.fits(rep, m, need.level, levels, now, hold_s):
             best, chosen = key, rep
     if chosen is not None:

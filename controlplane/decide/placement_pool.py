@@ -131,6 +131,21 @@ class Replica:
             return max(0.0, self.wake_s(model) - took)
         return max(0.0, self.load_s(model, default_load_s) - took)
 
+    def fixed(self, model: str, now: float, hold_s: float, default_load_s: float) -> bool:
+        """``model`` may not go down here yet: within ``hold_s`` of its last change, or a
+        load under way (a server's load call runs to its end: unloading it frees nothing
+        sooner, and the agent holds back the other servers of its GPU meanwhile), up to
+        twice its load time (a load that hangs is let go)."""
+        held = self.held[model]
+        took = now - held.since
+        if took < hold_s:
+            return True
+        return (
+            held.state is Hold.LOADED
+            and self.present.get(model) is ModelState.LOADING
+            and took < 2 * self.load_s(model, default_load_s)
+        )
+
     def sleeps_apart(self, model: str) -> bool:
         """Asleep, ``model`` frees its GPU memory: its server sleeps (a wake time) and
         serves no other model (sleep is per server: vLLM's level 1 moves the weights to
@@ -251,7 +266,9 @@ class Pool:
                 if (other is rep and h == model) or h in other.committed:
                     continue
                 lv = levels.get(h)
-                if now - holding.since < hold_s or (lv is not None and lv >= level):
+                if other.fixed(h, now, hold_s, self.default_load_s) or (
+                    lv is not None and lv >= level
+                ):
                     used += other.gpu_cost(h, holding)
         return used <= rep.gpu.cap
 
@@ -310,14 +327,14 @@ class Pool:
         spare = [(r, h) for r in gpu.members if r.eligible for h in r.held if h not in r.committed]
         spare.sort(
             key=lambda x: (
-                now - x[0].held[x[1]].since >= hold_s,  # may not change yet: first
+                not x[0].fixed(x[1], now, hold_s, self.default_load_s),  # may not change yet: first
                 *self._order(x[0], x[1], levels, now),
             )
         )
         for rep, h in spare:
             holding = rep.held[h]
             idle = now if holding.idle_since is None else holding.idle_since
-            if now - holding.since < hold_s:
+            if rep.fixed(h, now, hold_s, self.default_load_s):
                 rep.held[h] = replace(holding, idle_since=idle)
                 used += rep.gpu_cost(h, holding)
                 self._count[h] = self._count.get(h, 0) + 1
@@ -336,7 +353,7 @@ class Pool:
                     holding.state is Hold.LOADED
                     and rep.sleeps_apart(h)
                     and rep.present.get(h) is ModelState.READY
-                ):  # a load still under way is cut short (a sleep would wait for it)
+                ):  # only a ready server sleeps; a load that hangs is unloaded
                     rep.held[h] = Holding(Hold.SLEEPING, now, idle, holding.version)
                     changes.append((h, f"{rep.rid}: GPU memory needed → sleep"))
                     self._count[h] = self._count.get(h, 0) + 1

@@ -11,12 +11,14 @@ import pytest
 
 from bench.coldstart import (
     FORECAST,
+    PER_MODEL,
     PLACEMENT,
     WHY,
     Aixds,
     Layout,
     Mark,
     Row,
+    Sim,
     Stats,
     fleet_nodes,
     last_line,
@@ -264,3 +266,17 @@ def test_a_swap_waits_for_the_drain_and_the_sleep_it_needs() -> None:
     assert (st.loads, st.wakes, st.overcommit_s) == (2, 1, 0)
     # GPU model-seconds: a 1..20 and freeing 21..23, b 24..33 and freeing 34..36, a 37..59
     assert st.resident_s == 20 + 3 + 10 + 3 + 23
+
+
+def test_a_load_asked_to_unload_runs_to_its_end_and_holds_the_gpu_until_then() -> None:
+    """As the agent does: a server's load call is not cancelled; the unload follows it, and
+    another load or wake on that GPU starts only once both are done."""
+    two = [ModelSpec(m, "tail", 40 * GB, load_s=10.0, wake_s=1.0) for m in "ab"]
+    sim = Sim(two, fleet_nodes(1), 80 * GB, 0.0, "test", PER_MODEL)
+    sim.load("gpu-0", "a", 0.0)
+    sim.now = 2.0
+    sim.unload("gpu-0", "a")  # 8 s of load left, then 1 s to unload
+    assert sim.freeing["gpu-0"] == [11.0]
+    sim.load("gpu-0", "b", 3.0)
+    assert sim.slots["gpu-0"]["b"].start == 11.0
+    assert sim.slots["gpu-0"]["b"].done_at == 21.0

@@ -261,6 +261,9 @@ def test_a_wake_takes_over_from_a_load_that_would_take_longer() -> None:
     # 59.5 s in, the load is done sooner than a wake: n2 is left asleep
     p = place(f, Intent(), waiting("m"), p0, 59.5, CFG)
     assert (state(p, "n1/s", "m"), state(p, "n2/s", "m")) == ("loaded", "sleeping")
+    # loaded ahead of demand (no request waits), the load ends in time: no second copy
+    p = place(f, Intent(), {"m": ModelDemand(rate=0.5)}, p0, 5.0, CFG)
+    assert (state(p, "n1/s", "m"), state(p, "n2/s", "m")) == ("loaded", "sleeping")
     # a server being woken (published as sleeping until it is awake) counts its wake only
     waking = fleet(
         rep("n1/s", av("m", load=60.0), loaded=(("m", ModelState.LOADING),)),
@@ -272,6 +275,28 @@ def test_a_wake_takes_over_from_a_load_that_would_take_longer() -> None:
     # 0.5 s later n2 still says sleeping: half a second of its wake is left, not a load
     p2 = place(waking, Intent(), waiting("m"), p1, 5.5, CFG)
     assert [state(p2, f"n{i}/s", "m") for i in (2, 3)] == ["loaded", "sleeping"]
+
+
+def test_a_load_under_way_is_left_to_finish_when_no_need_keeps_it() -> None:
+    # a server's load call runs to its end: unloading it frees nothing sooner, and the
+    # agent holds back the other servers of its GPU meanwhile
+    p0 = place(fleet(rep("n1/s", av("m", load=100.0))), Intent(), waiting("m"), None, 0.0, CFG)
+    f = fleet(
+        rep("n1/s", av("m", load=100.0), loaded=(("m", ModelState.LOADING),)),
+        rep("n2/s", av("m"), loaded=(("m", READY),)),  # woken meanwhile
+    )
+    p = place(f, Intent(), waiting("m"), p0, CFG.hold_s + CFG.scale_down_after_s + 1, CFG)
+    assert (state(p, "n1/s", "m"), state(p, "n2/s", "m")) == ("loaded", "loaded")
+    assert p.decisions["m"].wanted == {"us": 1}  # n1 is spare, not needed
+    # nor is it evicted for a need of a higher level
+    big = fleet(
+        rep("n1/s", av("m", 40, load=100.0), av("hot", 40), loaded=(("m", ModelState.LOADING),)),
+    )
+    p = place(big, pins(hot=ModelPlacement(min_resident={"us": 1})), {}, p0, 150.0, CFG)
+    assert (state(p, "n1/s", "m"), state(p, "n1/s", "hot")) == ("loaded", "-")
+    # a load that hangs (twice its load time) is let go like any spare model
+    p = place(big, pins(hot=ModelPlacement(min_resident={"us": 1})), {}, p0, 200.0, CFG)
+    assert (state(p, "n1/s", "m"), state(p, "n1/s", "hot")) == ("unloaded", "loaded")
 
 
 def test_an_awake_replica_is_used_before_a_sleeping_one() -> None:
