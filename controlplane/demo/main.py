@@ -32,6 +32,7 @@ from controlplane.demo.regions import (
     control_app,
     fleet_yaml,
 )
+from controlplane.demo.swap import SwapDemo, start_swap_node, swap_bursts, swap_lines
 from controlplane.embedded_http import EmbeddedServer
 from controlplane.proc_guard import interrupt_on_stop_signals, leave_terminal, stop_requested
 
@@ -217,42 +218,30 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
             port, speed = free_port(), SPEEDS[(len(replicas)) % len(SPEEDS)]
             zone = f"{region}-{ZONES[i % len(ZONES)]}"
             node = f"{region}-gpu{i + 1}"
-            server = group.aixds(
+            server = group.fake_llm(
                 f"llm-{node}",
-                "fake-llm",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--model",
+                port,
                 MODEL,
-                "--version",
-                "v1",
+                f"{node}/vllm-{port}",
                 "--speed",
                 str(speed),
-                "--replica-id",
-                f"{node}/vllm-{port}",
                 "--available",
                 f"{COLD_MODEL}:20:{COLD_LOAD_MS}",
             )
-            agent = group.aixds(
-                f"agent-{node}",
-                "agent",
-                "--redis",
-                redis_url,
-                "--node",
+            agent = group.agent(
                 node,
-                "--region",
+                redis_url,
                 region,
-                "--zone",
                 zone,
                 "--server",
                 f"vllm=http://127.0.0.1:{port}",
-                "--gpu",
-                "sim",
                 "--reference-tps",
                 str(REFERENCE_TPS),
             )
             dr.nodes += [server, agent]
             replicas.append(DemoReplica(f"{node}/vllm-{port}", region, zone, port, speed))
+    # one region only: a lost region would take the shared GPU's agent and Redis with it
+    swap = None if multi else start_swap_node(group, regions[0], ports[regions[0]].redis_url)
     edges: list[DemoEdge] = []
     for n, region in enumerate(regions):
         port = _port_or_free(args.listen_port + n) if args.listen_port else free_port()
@@ -297,6 +286,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
         asyncio.create_task(_load(e, rate, served, stop), name=f"load-{e.region}") for e in edges
     ]
     tasks.append(asyncio.create_task(_cold_bursts(edges[0], cold, stop), name="cold-bursts"))
+    if swap is not None:
+        tasks.append(asyncio.create_task(swap_bursts(edges[0].port, swap, stop), name="swap"))
     control: Control | None = None
     if multi:
         ctl = RegionControl(group, demo_regions)
@@ -317,7 +308,8 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     print("\n".join(dashboard_lines(control.apis if control else {"": api_url})), flush=True)
     tasks.append(
         asyncio.create_task(
-            _table(api_url, edges, replicas, served, cold, curl, control, stop), name="table"
+            _table(api_url, edges, replicas, served, cold, swap, curl, control, stop),
+            name="table",
         )
     )
     if args.duration > 0:
@@ -473,6 +465,7 @@ async def _table(
     replicas: list[DemoReplica],
     served: deque[Served],
     cold: deque[ColdServed],
+    swap: SwapDemo | None,
     curl: str,
     control: Control | None,
     stop: asyncio.Event,
@@ -536,6 +529,7 @@ async def _table(
                 " (1.00: every chat stayed where its prompt is cached)",
                 *(await _region_lines(c, control, replicas, recent) if control else []),
                 *_cold_lines(fleet, cold, placement),
+                *(swap_lines(fleet, swap) if swap is not None else []),
                 "speed: the fake server's setting; meas: the decode speed its agent measured"
                 " (per running sequence: a fuller batch reads lower); hit%: prefix-cache hits",
                 "w@edge: EDS weight/priority each edge Envoy has now (its admin /clusters);"

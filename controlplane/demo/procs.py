@@ -97,6 +97,21 @@ class ProcessGroup:
     def aixds(self, name: str, *args: str) -> Child:
         return self.start(name, [sys.executable, "-m", "controlplane", *args])
 
+    def fake_llm(self, name: str, port: int, model: str, replica_id: str, *args: str) -> Child:
+        """A fake vLLM on 127.0.0.1:``port`` serving ``model`` v1 (``args``: more flags)."""
+        listen = f"127.0.0.1:{port}"
+        return self.aixds(
+            name, "fake-llm", "--listen", listen, "--model", model, "--version", "v1",
+            "--replica-id", replica_id, *args,
+        )  # fmt: skip
+
+    def agent(self, node: str, redis_url: str, region: str, zone: str, *args: str) -> Child:
+        """The agent of ``node`` with a simulated GPU (``args``: its servers, more flags)."""
+        return self.aixds(
+            f"agent-{node}", "agent", "--redis", redis_url, "--node", node,
+            "--region", region, "--zone", zone, "--gpu", "sim", *args,
+        )  # fmt: skip
+
     def redis(self, port: int, name: str = "redis", *, replica_of: int | None = None) -> Child:
         """A redis-server on ``port`` keeping nothing on disk, in its own directory (a
         replica's full sync writes an RDB file there); ``replica_of``: a replica of the

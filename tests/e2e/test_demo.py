@@ -38,6 +38,7 @@ def test_demo_runs_serves_and_cleans_up(tmp_path: Path) -> None:
     assert last.count("/vllm-") == 3
     assert "errors in last 5 s: 0" in last
     assert "cold start: qwen (any replica can load it in 8 s)" in last
+    assert "shared GPU: phi and gemma (40 GB each, a server each) on one 80 GB GPU" in last
     assert "stopping every process the demo started" in out.stdout
     # every child is gone: nothing listens on the ports the demo logged
     pids = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout
