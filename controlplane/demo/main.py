@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from controlplane.demo.bursts import BurstServed, burst, last_burst
 from controlplane.demo.procs import ProcessGroup, free_port, wait_port
 from controlplane.demo.regions import (
     REGION_NAMES,
@@ -281,7 +282,7 @@ async def _demo(args: argparse.Namespace, group: ProcessGroup, log_dir: Path) ->
     if stop_requested():  # a stop signal whose KeyboardInterrupt was lost while starting
         stop.set()
     served: deque[Served] = deque(maxlen=200_000)
-    cold: deque[ColdServed] = deque(maxlen=100)
+    cold: deque[BurstServed] = deque(maxlen=100)
     tasks = [
         asyncio.create_task(_load(e, rate, served, stop), name=f"load-{e.region}") for e in edges
     ]
@@ -407,46 +408,23 @@ async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asynci
                 t.add_done_callback(inflight.discard)
 
 
-ColdServed = tuple[float, float, int, str]
-"""(monotonic time, seconds the request took, status, x-aixds-waited-ms or "")."""
-
-
-async def _cold_bursts(edge: DemoEdge, cold: deque[ColdServed], stop: asyncio.Event) -> None:
-    """Every ``COLD_BURST_EVERY_S``, three requests for ``COLD_MODEL`` (from 10 s in)."""
-    url = f"http://127.0.0.1:{edge.port}/v1/chat/completions"
-    body = {"model": COLD_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+async def _cold_bursts(edge: DemoEdge, cold: deque[BurstServed], stop: asyncio.Event) -> None:
+    """Every ``COLD_BURST_EVERY_S``, a burst of requests for ``COLD_MODEL`` (from 10 s in)."""
     async with httpx.AsyncClient(timeout=150) as client:
-
-        async def one() -> None:
-            t = time.monotonic()
-            try:
-                r = await client.post(url, json=body)
-                waited = r.headers.get("x-aixds-waited-ms", "")
-                cold.append((t, time.monotonic() - t, r.status_code, waited))
-            except httpx.HTTPError:
-                cold.append((t, time.monotonic() - t, 0, ""))
-
         await asyncio.sleep(10.0)
         while not stop.is_set():
-            await asyncio.gather(one(), one(), one())
+            cold.extend(await burst(client, edge.port, COLD_MODEL))
             await asyncio.sleep(COLD_BURST_EVERY_S)
 
 
-def _cold_lines(fleet: dict[str, Any], cold: deque[ColdServed], placement: Any) -> list[str]:
+def _cold_lines(fleet: dict[str, Any], cold: deque[BurstServed], placement: Any) -> list[str]:
     where = []
     for rid, rec in sorted(fleet.items()):
         state = next((m["state"] for m in rec.get("models", ()) if m["name"] == COLD_MODEL), None)
         if state:
             where.append(f"{rid.split('/')[0]} {state}")
-    last = list(cold)[-3:]
-    if last:
-        took = max(x[1] for x in last)
-        held = [x[3] for x in last if x[3]]
-        how = f"held {max(map(int, held)) / 1000:.1f} s by the activator" if held else "warm"
-        codes = ",".join(str(x[2]) for x in last)
-        burst = f"last burst: {len(last)} requests, {took:.1f} s ({how}), status {codes}"
-    else:
-        burst = "first burst 10 s after start"
+    last = last_burst(cold, COLD_MODEL)
+    how = f"last burst: {last}" if last else "first burst 10 s after start"
     reasons = ""
     with contextlib.suppress(KeyError, TypeError):
         d = placement["decision"]["models"][COLD_MODEL]
@@ -454,7 +432,7 @@ def _cold_lines(fleet: dict[str, Any], cold: deque[ColdServed], placement: Any) 
     return [
         f"cold start: {COLD_MODEL} (any replica can load it in {COLD_LOAD_MS / 1000:g} s),"
         f" bursts every {COLD_BURST_EVERY_S:g} s: {', '.join(where) or 'loaded nowhere'}",
-        f"  {burst}",
+        f"  {how}",
         f"  placement: {reasons or '-'}",
     ]
 
@@ -464,7 +442,7 @@ async def _table(
     edges: list[DemoEdge],
     replicas: list[DemoReplica],
     served: deque[Served],
-    cold: deque[ColdServed],
+    cold: deque[BurstServed],
     swap: SwapDemo | None,
     curl: str,
     control: Control | None,

@@ -12,13 +12,14 @@ burst of each waited.
 from __future__ import annotations
 
 import asyncio
-import time
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from controlplane.demo.bursts import BurstServed, burst, last_burst
 from controlplane.demo.procs import ProcessGroup, free_port
 
 SWAP_MODELS = ("phi", "gemma")
@@ -31,21 +32,10 @@ SWAP_FIRST_S = 12.0
 """The first burst, after the fleet has settled."""
 
 
-@dataclass(frozen=True, slots=True)
-class SwapServed:
-    at: float
-    """Monotonic time the request was sent."""
-    model: str
-    took: float
-    status: int
-    waited_ms: str
-    """``x-aixds-waited-ms``: how long the activator held it ("" if it was not held)."""
-
-
 @dataclass
 class SwapDemo:
     node: str
-    served: deque[SwapServed] = field(default_factory=lambda: deque(maxlen=60))
+    served: deque[BurstServed] = field(default_factory=lambda: deque(maxlen=60))
 
 
 def start_swap_node(group: ProcessGroup, region: str, redis_url: str) -> SwapDemo:
@@ -75,32 +65,13 @@ def start_swap_node(group: ProcessGroup, region: str, redis_url: str) -> SwapDem
 
 
 async def swap_bursts(edge_port: int, demo: SwapDemo, stop: asyncio.Event) -> None:
-    """Every ``SWAP_EVERY_S``, three requests for the next of ``SWAP_MODELS`` in turn."""
-    url = f"http://127.0.0.1:{edge_port}/v1/chat/completions"
+    """Every ``SWAP_EVERY_S``, a burst of requests for the next of ``SWAP_MODELS`` in turn."""
     async with httpx.AsyncClient(timeout=150) as client:
-
-        async def one(model: str) -> None:
-            body: dict[str, Any] = {
-                "model": model,
-                "messages": [{"role": "user", "content": "hi"}],
-                "max_tokens": 8,
-            }
-            t = time.monotonic()
-            try:
-                r = await client.post(url, json=body)
-                waited = r.headers.get("x-aixds-waited-ms", "")
-                demo.served.append(
-                    SwapServed(t, model, time.monotonic() - t, r.status_code, waited)
-                )
-            except httpx.HTTPError:
-                demo.served.append(SwapServed(t, model, time.monotonic() - t, 0, ""))
-
         await asyncio.sleep(SWAP_FIRST_S)
-        turn = 0
-        while not stop.is_set():
-            model = SWAP_MODELS[turn % len(SWAP_MODELS)]
-            turn += 1
-            await asyncio.gather(one(model), one(model), one(model))
+        for model in itertools.cycle(SWAP_MODELS):
+            if stop.is_set():
+                return
+            demo.served.extend(await burst(client, edge_port, model))
             await asyncio.sleep(SWAP_EVERY_S)
 
 
@@ -116,15 +87,8 @@ def swap_lines(fleet: dict[str, Any], demo: SwapDemo) -> list[str]:
         f"shared GPU: {' and '.join(SWAP_MODELS)} ({SWAP_GIB} GB each, a server each) on one"
         f" 80 GB GPU of {demo.node}, bursts alternate every {SWAP_EVERY_S:g} s: {now_}"
     ]
+    first = f"first burst {SWAP_FIRST_S:g}-{SWAP_FIRST_S + SWAP_EVERY_S:g} s after start"
     for model in SWAP_MODELS:
-        burst = [s for s in demo.served if s.model == model][-3:]
-        if not burst:
-            first = f"{SWAP_FIRST_S:g}-{SWAP_FIRST_S + SWAP_EVERY_S:g}"
-            lines.append(f"  {model}: first burst {first} s after start")
-            continue
-        held = [int(s.waited_ms) for s in burst if s.waited_ms.isdigit()]
-        how = f"held {max(held) / 1000:.1f} s by the activator" if held else "it was awake"
-        codes = ",".join(str(s.status) for s in burst)
-        took = max(s.took for s in burst)
-        lines.append(f"  {model}: last burst {took:.1f} s ({how}), status {codes}")
+        last = last_burst(demo.served, model)
+        lines.append(f"  {model}: " + (f"last burst: {last}" if last else first))
     return lines
