@@ -366,7 +366,7 @@ class FakeLLM:
                     return  # the connection just ends, as when a real server restarts
                 out = [w.role()] if sent == 0 and req.chat else []
                 out += [
-                    w.token(i, "length" if i + 1 == req.max_tokens else None)
+                    w.token(req.first + i, "length" if i + 1 == req.max_tokens else None)
                     for i in range(sent, n)
                 ]
                 sent = n

@@ -47,6 +47,10 @@ class GenRequest:
     include_usage: bool = False
     prompt: str = ""
     """The prompt as ``prompt_tokens`` tokens of ``CHARS_PER_TOKEN`` characters each."""
+    first: int = 0
+    """Index of the first output token: a request that continues the fake's own output
+    (see ``own_tokens``) goes on where that output stopped, as a deterministic model
+    would."""
 
 
 def parse_request(
@@ -63,6 +67,7 @@ def parse_request(
     if model is not None and not isinstance(model, str):
         raise BadRequest("'model' must be a string")
     prompt = _chat_prompt(doc.get("messages")) if chat else _completion_prompt(doc.get("prompt"))
+    first = _continued(doc, chat)
     prompt_tokens = len(prompt) // CHARS_PER_TOKEN
     limit = doc.get("max_completion_tokens") if chat else None
     if limit is None:
@@ -94,7 +99,52 @@ def parse_request(
         stream=stream,
         include_usage=opts.get("include_usage") is True,
         prompt=prompt,
+        first=first,
     )
+
+
+def _continued(doc: dict[str, Any], chat: bool) -> int:
+    """How many of the fake's output tokens the request continues: a completion prompt
+    that ends with them, or (chat) a last assistant message that does, with vLLM's
+    ``continue_final_message`` set."""
+    if not chat:
+        prompt = doc.get("prompt")
+        return own_tokens(prompt) if isinstance(prompt, str) else 0
+    cont = doc.get("continue_final_message", False)
+    if not isinstance(cont, bool):
+        raise BadRequest("'continue_final_message' must be a boolean")
+    if not cont:
+        return 0
+    if doc.get("add_generation_prompt", True) is not False:
+        # vLLM's own check: the two cannot both be true (its default is true).
+        raise BadRequest(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        )
+    last = doc["messages"][-1]
+    if last.get("role") != "assistant" or not isinstance(last.get("content"), str):
+        return 0
+    return own_tokens(last["content"])
+
+
+_WORD_INDEX = {w.strip(): i for i, w in enumerate(TOKENS)}
+
+
+def own_tokens(s: str) -> int:
+    """The largest ``k`` such that ``s`` ends with ``text(0, k)`` (0 when none)."""
+    words = s.split(" ")
+    # Walk back over the trailing words that follow each other in the output's cycle;
+    # ``k`` is the longest such run that starts at the output's first word.
+    k = 0
+    expect: int | None = None
+    # words[0] precedes the first space: not an output token
+    for run, w in enumerate(reversed(words[1:]), start=1):
+        i = _WORD_INDEX.get(w)
+        if i is None or (expect is not None and i != expect):
+            break
+        if i == 0:
+            k = run
+        expect = (i - 1) % len(TOKENS)
+    return k
 
 
 _PAD = "\0"
@@ -170,7 +220,7 @@ def completion_body(
     if req.chat:
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text(0, tokens)},
+            "message": {"role": "assistant", "content": text(req.first, req.first + tokens)},
             "logprobs": None,
             "finish_reason": finish,
             "stop_reason": None,
@@ -178,7 +228,7 @@ def completion_body(
     else:
         choice = {
             "index": 0,
-            "text": text(0, tokens),
+            "text": text(req.first, req.first + tokens),
             "logprobs": None,
             "finish_reason": finish,
             "stop_reason": None,
