@@ -43,6 +43,13 @@ from controlplane.xds.route import (
 
 STREAM_IDLE_TIMEOUT_S = 600
 """Fallback for routes without their own idle_timeout (every model route sets one)."""
+DELAYED_CLOSE_MS = 100
+"""How long Envoy waits for a client's FIN after closing its connection. Envoy's default,
+1 s, is what a client whose stream was cut (its server died mid-answer, HTTP/1.1) waited
+to see the connection end: measured 1.1 s from the kill to the resuming client's notice,
+against ~0.1 s with 100 ms. Local replies come after the whole body is read (the
+json_to_metadata filter buffers it), so the grace that protects a client still sending
+is not needed for them."""
 
 
 def _request_error(value: str) -> Any:
@@ -115,6 +122,7 @@ def _hcm(lis: ListenerIR) -> Any:
         )
     )
     h.stream_idle_timeout.FromSeconds(STREAM_IDLE_TIMEOUT_S)
+    h.delayed_close_timeout.FromMilliseconds(DELAYED_CLOSE_MS)
     return h
 
 
