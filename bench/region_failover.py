@@ -1,6 +1,7 @@
 """Region loss under load: three regions, streaming load through region a's edge Envoy.
 
-    python -m bench.region_failover [--quick] [--seed N] [--rate R] [--logs DIR]
+    python -m bench.region_failover [--quick] [--seed N] [--rate R] [--client resume|plain]
+                                    [--logs DIR]
 
 Regions a, b, c (distances a-b 10, a-c 50, b-c 40), each with its own redis-server, its
 own ``aixds serve --region R`` reading all three registries, and fake vLLM replicas whose
@@ -18,9 +19,15 @@ replica that served it (``x-replica``, mapped to its region). Phases:
 3. half: half of a's model servers are killed (a's Redis stays): the share kept in a vs
    spilled to b, next to Envoy's priority math (overprovisioning factor 1.4).
 
-Failed = status other than 200, a broken stream or a transport error, whatever the
-phase; a stream cut because its own server was killed mid-response counts too (listed
-apart). The last line is exactly ``region loss: failed X/Y, evacuated in Z.ZZ s``.
+The load reads each stream through aixds's resuming client (``controlplane.client``,
+``--client resume``, the default): a stream cut because its server was killed
+mid-response is resumed through the same edge (prompt + the text received, the rest of
+the tokens), and the request counts as served when the stitched answer is complete and
+exactly the text an uncut stream gives. Failed = a first answer other than 200, a
+transport error, a stream that could not be completed or whose text differs, whatever
+the phase. The report also says how many streams were cut and what a plain client (one
+that does not resume; ``--client plain`` runs one) would have lost. The last line is
+exactly ``region loss: failed X/Y, evacuated in Z.ZZ s``.
 Run it alone on the machine (it starts ~30 processes).
 """
 
@@ -41,7 +48,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.routing_load import Outcome, fetch, loop_start, sleep_until
+import httpx
+
+from bench.routing_load import REQUEST_TIMEOUT_S, Outcome, fetch, loop_start, sleep_until
+from controlplane.client import ResumingStream, StreamFailed
+from controlplane.sim.openai_format import text
 from tests.e2e.fleet import Edge
 from tests.e2e.regions_fleet import Regions
 from tests.support import Procs
@@ -72,14 +83,52 @@ QUICK = Shape(replicas=2, rate=15.0, warm_s=3.0, loss_s=8.0, return_s=15.0, half
 
 
 @dataclass
+class StreamOutcome(Outcome):
+    cut: str = ""
+    """Why the first request's stream ended early ('' when it was not cut)."""
+    resumes: int = 0
+
+    def row(self) -> list[object]:
+        return [*super().row(), self.cut, self.resumes]
+
+
+async def fetch_resuming(http: httpx.AsyncClient, o: StreamOutcome, t_ref: float) -> None:
+    """One streamed completion read by ``ResumingStream``; fills ``o`` (status and
+    replica of the first request; error only when the answer was not completed)."""
+    loop = asyncio.get_running_loop()
+    body = {"model": MODEL, "prompt": "a" * (4 * o.prompt), "max_tokens": o.output}
+    s = ResumingStream(http, "/v1/completions", body, max_resumes=3)
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            async for _ in s:
+                if o.ttft < 0:
+                    o.ttft = loop.time() - t_ref
+        o.e2e = loop.time() - t_ref
+        if s.received.text != text(0, o.output):
+            o.error = f"answer differs: {s.received.tokens} of {o.output} tokens"
+    except StreamFailed as e:
+        o.error = str(e)[:120]
+    except TimeoutError:
+        o.error = "timeout"
+    finally:
+        if s.attempts:
+            o.status = s.attempts[0].status
+            o.replica = s.attempts[0].headers.get("x-replica", "")
+            o.cut = s.attempts[0].error
+            o.resumes = s.resumes
+
+
+@dataclass
 class FixedRateLoad:
     """Open loop in a thread of its own: one streamed completion every 1/rate s to
     ``port``, 20-40 output tokens each (seeded). ``outcomes[i].at`` is the scheduled send
-    time in seconds after ``start``."""
+    time in seconds after ``start``. ``resume``: read each stream with the resuming
+    client (``StreamOutcome``s) instead of a plain one."""
 
     port: int
     rate: float
     seed: int
+    resume: bool = False
     start: float = 0.0
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -103,15 +152,24 @@ class FixedRateLoad:
         t0 = loop_start(self.start, loop)
         rng = random.Random(self.seed)
         tasks: list[asyncio.Task[None]] = []
-        i = 0
-        while not self._stop.is_set():
-            at = i / self.rate
-            await sleep_until(loop, t0 + at)
-            o = Outcome(at=at, target=0, prompt=8, output=rng.randint(20, 40))
-            self.outcomes.append(o)
-            tasks.append(asyncio.create_task(fetch(self.port, o, t0 + at)))
-            i += 1
-        await asyncio.gather(*tasks)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}", limits=limits
+        ) as http:
+            i = 0
+            while not self._stop.is_set():
+                at = i / self.rate
+                await sleep_until(loop, t0 + at)
+                o = StreamOutcome(at=at, target=0, prompt=8, output=rng.randint(20, 40))
+                self.outcomes.append(o)
+                fetching = (
+                    fetch_resuming(http, o, t0 + at)
+                    if self.resume
+                    else fetch(self.port, o, t0 + at)
+                )
+                tasks.append(asyncio.create_task(fetching))
+                i += 1
+            await asyncio.gather(*tasks)
 
 
 def served(o: Outcome, region_of: dict[str, str]) -> str:
@@ -168,9 +226,14 @@ def _fmt(x: float | None) -> str:
 
 
 def report(
-    outcomes: Sequence[Outcome], ev: Events, region_of: dict[str, str], stats: dict[str, int]
+    outcomes: Sequence[Outcome],
+    ev: Events,
+    region_of: dict[str, str],
+    stats: dict[str, int],
+    resumed: bool = False,
 ) -> tuple[int, int, float | None]:
-    """Print the table; returns (failed, total, evacuation time)."""
+    """Print the table; returns (failed, total, evacuation time). ``resumed``: the load
+    read its streams with the resuming client."""
     rows = sorted(outcomes, key=lambda o: o.at)
     phases = [
         ("warm", 0.0, ev.kill),
@@ -186,7 +249,10 @@ def report(
         print(f"{name:<8} {len(ph):>8} {c['failed']:>7}   {share}")
     failed = [o for o in rows if o.error]
     kills = (ev.kill, ev.half)
-    cut = [o for o in failed if any(o.at < k < o.at + max(o.e2e, 0.0) + 0.05 for k in kills)]
+    if resumed:
+        cut = [o for o in rows if isinstance(o, StreamOutcome) and o.cut]
+    else:
+        cut = [o for o in failed if any(o.at < k < o.at + max(o.e2e, 0.0) + 0.05 for k in kills)]
     # Requests sent within MARGIN_S of the next event may be cut by it: not this phase's.
     loss_end, back_end = ev.back - MARGIN_S, ev.half - MARGIN_S
     evac = settle_time([(o.at, served(o, region_of) == "b") for o in rows], ev.kill, loss_end)
@@ -197,7 +263,22 @@ def report(
     healthy = (ev.a_replicas - ev.half_killed) / max(1, ev.a_replicas)
     print()
     print(f"failed requests:           {len(failed)}/{len(rows)}", end="")
-    print(f" ({len(cut)} in flight when a kill hit, cut mid-response)")
+    if resumed:
+        saved = [o for o in cut if not o.error]
+        print(f" (streams cut mid-response: {len(cut)}, {len(saved)} of them resumed)")
+        plain = len({id(o) for o in failed} | {id(o) for o in cut})
+        print(f"a plain client (no resume): {plain}/{len(rows)} failed")
+        for o in cut[:4]:
+            print(f"  cut at {o.at - ev.kill:+.3f} s after the kill: {o.cut[:70]}")
+        whole = sorted(o.e2e for o in rows if not o.error and o not in cut)
+        took = sorted(o.e2e for o in saved)
+        if whole and took:
+            print(
+                f"  resumed streams took {took[len(took) // 2]:.2f} s (median), "
+                f"{took[-1]:.2f} s (max); uncut streams {whole[len(whole) // 2]:.2f} s (median)"
+            )
+    else:
+        print(f" ({len(cut)} in flight when a kill hit, cut mid-response)")
     for o in failed[:8]:
         print(f"  at {o.at - ev.kill:+.3f} s after the kill: {o.error} (status {o.status})")
     print(f"evacuated to b (99 %/1 s): {_fmt(evac)}")
@@ -222,7 +303,7 @@ ENVOY_STATS = (
 )
 
 
-def run(shape: Shape, seed: int, logs: Path) -> int:
+def run(shape: Shape, seed: int, logs: Path, resume: bool = True) -> int:
     procs = Procs(logs)
     regions = Regions(procs, logs)
     try:
@@ -234,7 +315,7 @@ def run(shape: Shape, seed: int, logs: Path) -> int:
         regions["a"].wait_routable(edge, MODEL, shape.replicas * len(regions.names), 30)
         region_of = regions.region_of()
         a_reps = regions["a"].replicas
-        load = FixedRateLoad(edge.port, shape.rate, seed)
+        load = FixedRateLoad(edge.port, shape.rate, seed, resume)
         ev = Events(a_replicas=len(a_reps), half_killed=len(a_reps) // 2)
         load.begin()
         time.sleep(0.2 + shape.warm_s)
@@ -253,7 +334,7 @@ def run(shape: Shape, seed: int, logs: Path) -> int:
             json.dumps({"events": ev.__dict__, "rows": [o.row() for o in load.outcomes]})
         )
         stats = {k.removeprefix("cluster.llama@v1."): edge.stat(k) for k in ENVOY_STATS}
-        failed, total, evac = report(load.outcomes, ev, region_of, stats)
+        failed, total, evac = report(load.outcomes, ev, region_of, stats, resume)
     finally:
         regions.stop()
     evac_s = float("nan") if evac is None else evac
@@ -266,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="2 replicas a region, shorter phases")
     p.add_argument("--seed", type=int, default=1, help="output lengths (default 1)")
     p.add_argument("--rate", type=float, default=0.0, help="requests/s (default 25, quick 15)")
+    p.add_argument(
+        "--client",
+        choices=("resume", "plain"),
+        default="resume",
+        help="resume: aixds's resuming client (default); plain: a client that does not resume",
+    )
     p.add_argument("--logs", type=Path, help="keep process logs here (default: a temp dir)")
     a = p.parse_args(argv)
     shape = QUICK if a.quick else FULL
@@ -273,9 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         shape = Shape(**{**shape.__dict__, "rate": a.rate})
     logs = a.logs or Path(tempfile.mkdtemp(prefix="aixds-region-failover-"))
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"region failover: {json.dumps(shape.__dict__)}, seed {a.seed}, logs {logs}")
+    print(
+        f"region failover: {json.dumps(shape.__dict__)}, seed {a.seed}, "
+        f"client {a.client}, logs {logs}"
+    )
     try:
-        return run(shape, a.seed, logs)
+        return run(shape, a.seed, logs, a.client == "resume")
     finally:
         if a.logs is None:
             shutil.rmtree(logs, ignore_errors=True)

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from controlplane.client import ResumingStream, StreamFailed
 from controlplane.demo.bursts import BurstServed, burst, last_burst
 from controlplane.demo.procs import ProcessGroup, free_port, wait_port
 from controlplane.demo.regions import (
@@ -361,7 +362,7 @@ async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:
     raise RuntimeError("the edge Envoy never routed a request; see the logs")
 
 
-Served = tuple[float, str, int, str, str]
+Served = tuple[float, str, int, str, str, int]
 """(monotonic time, replica that answered, status, chat user or "", edge's region)."""
 CHAT_USERS = 24
 """Half the demo's requests are turns of one of these chats (the OpenAI body field
@@ -374,7 +375,10 @@ def _chat_prompt(user: int) -> str:
 
 
 async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asyncio.Event) -> None:
-    """Open-loop Poisson arrivals at ``rate``/s; records (time, replica, status)."""
+    """Open-loop Poisson arrivals at ``rate``/s, each a chat answer streamed through the
+    resuming client (a stream cut by a lost server is resumed on another); records (time,
+    replica that finished it, status, user, edge region, resumes). Status 200: the answer
+    completed."""
     rng = random.Random(7)
     url = f"http://127.0.0.1:{edge.port}/v1/chat/completions"
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
@@ -393,12 +397,16 @@ async def _load(edge: DemoEdge, rate: float, served: deque[Served], stop: asynci
                 user = f"chat-{edge.region}-{k}"
                 body["user"] = user
                 body["messages"].insert(0, {"role": "system", "content": _chat_prompt(k)})
+            s = ResumingStream(client, url, body)
             try:
-                r = await client.post(url, json=body)
-                rid = r.headers.get("x-replica", "?")
-                served.append((time.monotonic(), rid, r.status_code, user, edge.region))
+                await s.text()
+                status = 200
+            except StreamFailed:
+                status = next((a.status for a in s.attempts if a.status != 200), 0)
             except httpx.HTTPError:
-                served.append((time.monotonic(), "?", 0, user, edge.region))
+                status = 0
+            rid = s.attempts[-1].headers.get("x-replica", "?") if s.attempts else "?"
+            served.append((time.monotonic(), rid, status, user, edge.region, s.resumes))
 
         while not stop.is_set():
             await asyncio.sleep(rng.expovariate(rate))
@@ -465,13 +473,14 @@ async def _table(
                 continue
             now = time.monotonic()
             recent = [s for s in served if now - s[0] <= 5.0]
-            window = [(rid, st) for _, rid, st, _, _ in recent]
+            window = [(rid, st) for _, rid, st, _, _, _ in recent]
             share = Counter(rid for rid, st in window if st == 200)
             homes: dict[str, set[str]] = {}
-            for _, rid, st, user, _ in recent:
+            for _, rid, st, user, _, _ in recent:
                 if user and st == 200:
                     homes.setdefault(user, set()).add(rid)
             errors = sum(1 for _, st in window if st != 200)
+            resumed = sum(1 for *_, n in recent if n)
             total = max(1, sum(share.values()))
             lines = [
                 "\x1b[2J\x1b[H",
@@ -501,7 +510,8 @@ async def _table(
             rps = len(window) / 5.0
             lines += [
                 "",
-                f"requests/s: {rps:.1f}   errors in last 5 s: {errors}",
+                f"requests/s: {rps:.1f}   errors in last 5 s: {errors}   streams cut and"
+                f" resumed by the client: {resumed}",
                 f"chat sessions (body 'user') in the last 5 s: {len(homes)}, replicas per"
                 f" session {sum(map(len, homes.values())) / max(1, len(homes)):.2f}"
                 " (1.00: every chat stayed where its prompt is cached)",
@@ -536,7 +546,8 @@ async def _region_lines(
     home = next(iter(control.apis))
     lines = [f"regions (each with its own Redis and control plane; intent home {home}):"]
     for edge_region in control.apis:
-        mine = [(rid, st) for _, rid, st, _, e in recent if e == edge_region]
+        mine = [(rid, st) for _, rid, st, _, e, _ in recent if e == edge_region]
+        resumed = sum(1 for *_, e, n in recent if e == edge_region and n)
         ok = Counter(region_of.get(rid, "?") for rid, st in mine if st == 200)
         total = max(1, sum(ok.values()))
         where = ", ".join(f"{r} {100 * n / total:.0f}%" for r, n in sorted(ok.items())) or "-"
@@ -545,7 +556,8 @@ async def _region_lines(
         view = " ".join(f"{r}:{v}" for r, v in sorted(seen.items())) or "?"
         lines.append(
             f"  {edge_region:<9} {states[edge_region].upper():<5} edge served from: {where};"
-            f" errors {errors}; its control plane sees registries {view}, intent rev {revision}"
+            f" errors {errors}, streams resumed {resumed}; its control plane sees registries"
+            f" {view}, intent rev {revision}"
         )
     return lines
 

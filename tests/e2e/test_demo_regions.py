@@ -44,10 +44,19 @@ class Screens:
         screens = self.complete()
         return screens[-1] if screens else ""
 
-    def region_line(self, region: str) -> str:
-        """The region's line under "regions" (not a replica row, which starts alike)."""
+    def region_line(self, region: str, screen: str | None = None) -> str:
+        """The region's line under "regions" (not a replica row, which starts alike), in
+        ``screen`` (default: the last)."""
         line = re.compile(rf"^\s+{re.escape(region)}\s+(UP|LOST)\s")
-        return next((ln for ln in self.last().splitlines() if line.match(ln)), "")
+        text = self.last() if screen is None else screen
+        return next((ln for ln in text.splitlines() if line.match(ln)), "")
+
+
+def errors_resumed(line: str) -> tuple[int, int]:
+    """``errors 0, streams resumed 5`` -> (0, 5)."""
+    m = re.search(r"errors (\d+), streams resumed (\d+)", line)
+    assert m, line
+    return int(m.group(1)), int(m.group(2))
 
 
 def served_from(line: str) -> dict[str, int]:
@@ -104,6 +113,7 @@ def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
         wait_until(lambda: all(_drained(u) == [] for u in apis.values()), 15,
                    what="the undo in every region")  # fmt: skip
 
+        before = len(screens.complete())
         r = httpx.post(f"{base}/us-east/lose", timeout=10)
         assert r.status_code == 200 and r.json()["us-east"] == "lost", r.text
 
@@ -114,6 +124,13 @@ def test_three_regions_lose_one_and_restore_it(tmp_path: Path) -> None:
             return share.get("us-east", 0) == 0 and share.get("eu-west", 0) >= 80
 
         wait_until(evacuated, 40, what="us-east's edge served from eu-west")
+        # No request of us-east's edge failed through the loss: the streams its servers
+        # were answering were resumed in eu-west by the demo's resuming client.
+        seen = [
+            errors_resumed(screens.region_line("us-east", sc)) for sc in screens.complete()[before:]
+        ]
+        print(f"us-east's edge through the loss (errors, streams resumed): {seen}")
+        assert seen and all(errors == 0 for errors, _ in seen), seen
         # the others see us-east's registry lost (grace 4 s)
         wait_until(lambda: "us-east:lost" in screens.region_line("eu-west"), 20,
                    what="eu-west's control plane to see us-east lost")  # fmt: skip

@@ -6,7 +6,9 @@ not streamed, so one cut by the kill is retried by Envoy as long as no response 
 been sent. A response whose headers had left the killed server (it writes headers and body
 separately) cannot be retried: seen once in CI ("received 0 bytes, expected 409"). So the
 bound is: only requests in flight at the kill, cut after their headers, may fail (at most
-the load's concurrency), and every request started after the kill succeeds. The canary
+the load's concurrency), and every request started after the kill succeeds. The
+streaming test reads answers through the resuming client (``controlplane.client``): the
+streams the kill cuts are finished in b, with the text an uncut stream gives. The canary
 test checks that a session keeps its version (same split, same hash) through a's edge
 and b's edge, before and after a's loss, and that its affinity key picks the same replica
 in b from either edge.
@@ -14,6 +16,8 @@ in b from either edge.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from controlplane.client import ResumingStream, StreamFailed
+from controlplane.sim.openai_format import text
 from tests.e2e.fleet import Edge, Fleet, Load, prime
 from tests.e2e.regions_fleet import Regions
 from tests.support import Procs, wait_until
@@ -71,6 +77,74 @@ def test_region_loss_under_load_fails_nothing_and_moves_to_the_nearest(
         assert abs(t - t_kill) < 1.0 and "complete message body" in what, load.failures
     # a second after the kill every new request is served from b (a's nearest), none from c
     assert {region_of[r] for r, n in after.items() if n > 0} == {"b"}, after
+
+
+STREAM_TOKENS = 40
+
+
+async def _streams(edge: Edge, regions: Regions, workers: int) -> list[ResumingStream]:
+    """``workers`` clients streaming chat answers (40 tokens, ~0.45 s each) one after
+    another through a's edge with the resuming client; a's replicas and Redis are killed
+    once every worker has finished one answer and started the next, then the workers go on
+    for 2 s more. Returns every stream, failed ones included."""
+    done: list[ResumingStream] = []
+    started = [0] * workers
+    second = asyncio.Event()
+    stop = asyncio.Event()
+    body = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+
+    async def worker(i: int, http: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            s = ResumingStream(http, "/v1/chat/completions", {**body, "max_tokens": STREAM_TOKENS})
+            started[i] += 1
+            if min(started) == 2:
+                second.set()
+            done.append(s)
+            with contextlib.suppress(StreamFailed):
+                await s.text()
+
+    async with httpx.AsyncClient(base_url=edge.url, timeout=30) as http:
+        tasks = [asyncio.create_task(worker(i, http)) for i in range(workers)]
+        await asyncio.wait_for(second.wait(), 10)
+        await asyncio.sleep(0.1)  # a few tokens into the second answer of each worker
+        await asyncio.to_thread(regions.kill, "a")
+        await asyncio.sleep(2.0)
+        stop.set()
+        await asyncio.gather(*tasks)
+    return done
+
+
+def test_streams_cut_by_a_region_loss_are_resumed_in_the_nearest(regions: Regions) -> None:
+    """Streams answering when their region dies are cut; the resuming client completes
+    each one through the same edge (served by b now), into exactly the text an uncut
+    stream gives. A plain client would have lost every cut stream."""
+    regions.start()
+    regions.start_serve()
+    slow = ("--ttft-ms", "5", "--tpot-ms", "10", "--max-running", "16")
+    for r, n in (("a", 2), ("b", 2), ("c", 1)):
+        regions.add_replicas(r, n, server_args=slow)
+    edge = regions.add_edge("a")
+    regions["a"].wait_routable(edge, "llama", 5)
+    region_of = regions.region_of()
+
+    streams = asyncio.run(_streams(edge, regions, workers=6))
+
+    def region(s: ResumingStream, attempt: int) -> str:
+        return region_of.get(s.attempts[attempt].headers.get("x-replica", ""), "?")
+
+    failed = [s.attempts for s in streams if s.received.text != text(0, STREAM_TOKENS)]
+    assert not failed, failed[:3]
+    cut = [s for s in streams if s.cut]
+    print(f"{len(streams)} streams, {len(cut)} cut and resumed")
+    # Every worker was mid-answer on a at the kill: six streams cut, none lost.
+    assert len(cut) >= 4, [s.attempts for s in streams]
+    for s in cut:
+        assert region(s, 0) == "a" and region(s, -1) == "b", s.attempts
+        assert 0 < s.attempts[0].tokens < STREAM_TOKENS
+        assert sum(a.tokens for a in s.attempts) == STREAM_TOKENS
+    # The streams begun after the kill went to b without a resume.
+    after = streams[len(streams) - 6 :]
+    assert all(region(s, 0) == "b" and not s.cut for s in after), [s.attempts for s in after]
 
 
 def _api(fleet: Fleet, method: str, path: str, body: Any = None) -> Any:
