@@ -86,6 +86,9 @@ class ClusterIR:
 class WeightedClusterIR:
     cluster: str
     weight: int
+    version: str = ""
+    """The model version the cluster serves: answered in the ``x-aixds-version`` response
+    header ('' for none, e.g. the activator)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,10 @@ class ModelRouteIR:
     hashed on the key so each session keeps one replica (and one version)."""
     session_key_header: str = ""
     """The header that carries a session key for affinity (with ``affinity_clusters``)."""
+    regions_differ: str = ""
+    """Non-empty when the live regions do not all serve the same versions of this model
+    name (``decide.region_diff``): answered in the ``x-aixds-regions-differ`` response
+    header, e.g. ``eu-west=v1; us-east=v1,v2``."""
     activator: bool = False
     """The model is cold (loadable, served nowhere): ``clusters`` is the activator, which
     holds each request until a replica is ready (``decide.cold``). The route tells it the

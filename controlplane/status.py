@@ -49,8 +49,11 @@ def print_status(api: str, token: str = "", ca: str = "") -> int:
         print("\n" + "\n".join(format_replication(intent.json())))
     for name, g in groups.items():
         print(f"\nnode group {name}")
+        differ = g.get("regions_differ", {})
         for model, split in g["routes"].items():
             print(f"  route {model}: " + ", ".join(f"{c} {w / 100:.2f}%" for c, w in split.items()))
+            if model in differ:
+                print(f"    regions differ: {differ[model]}")
         for cluster, eps in g["clusters"].items():
             print(f"  cluster {cluster}")
             for e in eps:

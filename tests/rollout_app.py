@@ -98,6 +98,7 @@ class App:
     registry: CollectorRegistry
     audit: Any
     """The ``MemoryAuditLog`` unless ``build(audit=...)`` was given another."""
+    reconciler: Reconciler
 
 
 def build(
@@ -157,4 +158,16 @@ def build(
         redis=redis,
         region_redis=region_redis or {},
     )
-    return App(create_app(ctx), store, intents, watcher, service, guard, lock, loads, reg, audit)
+    return App(
+        create_app(ctx),
+        store,
+        intents,
+        watcher,
+        service,
+        guard,
+        lock,
+        loads,
+        reg,
+        audit,
+        reconciler,
+    )

@@ -120,6 +120,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
                     for rc in st.plan.route_configs
                     for m in rc.models
                 },
+                "regions_differ": {
+                    m.model: m.regions_differ
+                    for rc in st.plan.route_configs
+                    for m in rc.models
+                    if m.regions_differ
+                },
             }
         return {"groups": out}
 

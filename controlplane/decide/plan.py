@@ -12,6 +12,10 @@ draining list is ignored for that model, since an old version beats no version.
 A model that can be loaded but has no serving replica (cold, ``decide.cold``) is routed
 to the activators, which hold its requests until a replica is ready.
 
+A model whose live regions do not all serve the same versions says so in its routes
+(``decide.region_diff``): a session failing over to a region without its version would
+change version.
+
 With session affinity on for the model (the default, ``Intent.affinity_on``), each
 version also gets a session-hash cluster (``decide.affinity``) that requests carrying a
 session key are routed to.
@@ -46,6 +50,7 @@ from controlplane.decide.eligibility import (
 )
 from controlplane.decide.node import EnvoyNode
 from controlplane.decide.priorities import region_priorities
+from controlplane.decide.region_diff import regions_differ
 from controlplane.decide.rollout import Phase, phase
 from controlplane.decide.routes import model_route
 from controlplane.decide.weights import raw_score, weights
@@ -85,7 +90,8 @@ def decide(
     for obs in fresh:
         for m in obs.record.models:
             versions[m.name].add(m.version)
-    prio = region_priorities(node.region, {o.record.region for o in fresh}, intent.region_distance)
+    live_regions = {o.record.region for o in fresh}
+    prio = region_priorities(node.region, live_regions, intent.region_distance)
 
     clusters: list[ClusterIR] = []
     routes: list[ModelRouteIR] = []
@@ -99,6 +105,7 @@ def decide(
         rollout = intent.rollouts.get(model)
         affinity = intent.affinity_on(model)
         serving: dict[str, int] = {}
+        serving_in: dict[str, set[str]] = defaultdict(set)
         for version, cands in by_version.items():
             ph = phases.get(version)
             if ph is Phase.REMOVED:
@@ -116,9 +123,13 @@ def decide(
             n = sum(1 for c in cands if c.health is Health.HEALTHY)
             if n:
                 serving[version] = n
+            for c in cands:
+                if c.health is Health.HEALTHY:
+                    serving_in[c.record.region].add(version)
         route = model_route(model, serving, intent, exclude=frozenset(phases), affinity=affinity)
         if route is not None:
-            routes.append(route)
+            differ = regions_differ(serving_in, live_regions)
+            routes.append(replace(route, regions_differ=differ) if differ else route)
     if intent.activators:
         # The activator cluster stays while no model is cold: removed with the last cold
         # route, Envoy would drop it (CDS first) before the route moved (RDS after), and a

@@ -79,12 +79,13 @@ def model_route(
     return ModelRouteIR(
         model=model,
         clusters=tuple(
-            WeightedClusterIR(cluster_name(model, v), w) for v, w in sorted(split.items())
+            WeightedClusterIR(cluster_name(model, v), w, v) for v, w in sorted(split.items())
         ),
         session_header=intent.session_header if len(split) > 1 else "",
         versions=tuple((v, cluster_name(model, v)) for v in sorted(serving)),
         affinity_clusters=tuple(
-            WeightedClusterIR(affinity_cluster_name(model, v), w) for v, w in sorted(split.items())
+            WeightedClusterIR(affinity_cluster_name(model, v), w, v)
+            for v, w in sorted(split.items())
         )
         if affinity
         else (),

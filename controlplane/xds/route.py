@@ -19,6 +19,10 @@ One virtual host ``*``. Routes, first match wins:
 A cold model (``ModelRouteIR.activator``) has one route per match kind, to the activator
 cluster, with the model and the listener's address added as headers.
 
+Response headers: ``x-aixds-version`` (the version that answered: per weighted cluster
+and on the version routes) and, on every route of a model whose live regions serve
+different versions, ``x-aixds-regions-differ`` (each region's versions).
+
 Retries (virtual host) go to other hosts and other priorities; the route timeout is 0 so
 token streams are bounded only by the idle timeout. Pure: imports protobuf messages only.
 """
@@ -55,6 +59,12 @@ USER_METADATA_KEY = "user"
 SESSION_FILTER_STATE_KEY = "aixds.session.user"
 """Filter state object (an ``envoy.hashable_string``) holding the body's ``user``; the
 listener's ``set_filter_state`` filter sets it, the routes' hash policy reads it."""
+VERSION_HEADER = "x-aixds-version"
+"""Response header: the model version that answered (set per weighted cluster, and on the
+routes a request picks a version with)."""
+REGIONS_DIFFER_HEADER = "x-aixds-regions-differ"
+"""Response header on every route of a model whose versions differ between live regions:
+each region's versions (``ModelRouteIR.regions_differ``)."""
 REQUEST_ERROR_KEY = "request_error"
 """Set in the same namespace by the filter when the body has no ``model`` to copy."""
 NOT_JSON = "not_json"
@@ -157,6 +167,8 @@ def _split(rcfg: RouteConfigIR, clusters: Sequence[WeightedClusterIR], session_h
     for w in clusters:
         cw = wc.clusters.add(name=w.cluster)
         cw.weight.value = w.weight
+        if w.version:
+            cw.response_headers_to_add.append(_overwrite(VERSION_HEADER, w.version))
     if session_header:
         wc.use_hash_policy.value = True
         a.hash_policy.extend(_session_hash(session_header))
@@ -205,13 +217,13 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
         a.cluster = cluster
         if m.session_header:
             a.hash_policy.extend(_session_hash(m.session_header))
-        routes.append(
-            rc.Route(
-                name=f"{m.model}/{by}/version/{version}",
-                match=match(_exact_header(m.version_header, version)),
-                route=a,
-            )
+        pinned = rc.Route(
+            name=f"{m.model}/{by}/version/{version}",
+            match=match(_exact_header(m.version_header, version)),
+            route=a,
         )
+        pinned.response_headers_to_add.append(_overwrite(VERSION_HEADER, version))
+        routes.append(pinned)
     if m.affinity_clusters:
         affinity = _split(rcfg, m.affinity_clusters, m.session_key_header)
         by_header = match(rc.HeaderMatcher(name=m.session_key_header, present_match=True))
@@ -224,6 +236,9 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
             name=f"{m.model}/{by}", match=match(), route=_split(rcfg, m.clusters, m.session_header)
         )
     )
+    if m.regions_differ:
+        for r in routes:
+            r.response_headers_to_add.append(_overwrite(REGIONS_DIFFER_HEADER, m.regions_differ))
     return routes
 
 
@@ -243,16 +258,17 @@ def _to_activator(rcfg: RouteConfigIR, m: ModelRouteIR) -> Any:
     return a
 
 
-def _activator_headers(m: ModelRouteIR) -> list[Any]:
-    def overwrite(key: str, value: str) -> Any:
-        return base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=key, value=value),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
+def _overwrite(key: str, value: str) -> Any:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, value=value),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
 
+
+def _activator_headers(m: ModelRouteIR) -> list[Any]:
     return [
-        overwrite(ACTIVATOR_RETURN_HEADER, "%DOWNSTREAM_LOCAL_ADDRESS%"),
-        overwrite(ACTIVATOR_MODEL_HEADER, m.model),
+        _overwrite(ACTIVATOR_RETURN_HEADER, "%DOWNSTREAM_LOCAL_ADDRESS%"),
+        _overwrite(ACTIVATOR_MODEL_HEADER, m.model),
     ]
 
 

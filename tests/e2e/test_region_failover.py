@@ -9,9 +9,10 @@ bound is: only requests in flight at the kill, cut after their headers, may fail
 the load's concurrency), and every request started after the kill succeeds. The
 streaming test reads answers through the resuming client (``controlplane.client``): the
 streams the kill cuts are finished in b, with the text an uncut stream gives. The canary
-test checks that a session keeps its version (same split, same hash) through a's edge
-and b's edge, before and after a's loss, and that its affinity key picks the same replica
-in b from either edge.
+test checks that while v2 is served in a only, every answer says so
+(``x-aixds-regions-differ``), and that a session keeps its version (same split, same
+hash) through a's edge and b's edge, before and after a's loss, and that its affinity key
+picks the same replica in b from either edge.
 """
 
 from __future__ import annotations
@@ -147,6 +148,13 @@ def test_streams_cut_by_a_region_loss_are_resumed_in_the_nearest(regions: Region
     assert all(region(s, 0) == "b" and not s.cut for s in after), [s.attempts for s in after]
 
 
+def _answer_headers(edge: Edge, version: str = "") -> httpx.Headers:
+    extra = {"x-model-version": version} if version else {}
+    r = httpx.post(f"{edge.url}/v1/chat/completions", json=BODY, headers=extra, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.headers
+
+
 def _api(fleet: Fleet, method: str, path: str, body: Any = None) -> Any:
     r = httpx.request(
         method,
@@ -190,11 +198,30 @@ def test_canary_sessions_keep_version_and_affinity_across_region_loss(
         for r in regions.names:
             regions[r].wait_routable(edges[r], "llama", 4)
             wait_until(lambda r=r: _recorded_stable(regions[r]) == "v1", 10, what="v1 stable")
+        h = _answer_headers(edges["a"])
+        assert h["x-aixds-version"] == "v1" and "x-aixds-regions-differ" not in h, h
+        # v2 in a only: a session on v2 failing over to b would change version, and every
+        # answer for the model says which region serves what
+        regions.add_replicas("a", 1, "llama", "v2", FAST)
         for r in regions.names:
-            regions.add_replicas(r, 1, "llama", "v2", FAST)
+            wait_until(
+                lambda r=r: (
+                    _answer_headers(edges[r]).get("x-aixds-regions-differ") == "a=v1,v2; b=v1"
+                ),
+                20,
+                what="the answers to name b's missing v2",
+            )
+        h = _answer_headers(edges["a"], "v2")
+        assert h["x-aixds-version"] == "v2" and h["x-aixds-regions-differ"] == "a=v1,v2; b=v1"
+        regions.add_replicas("b", 1, "llama", "v2", FAST)
         for r in regions.names:
             wait_until(
                 lambda r=r: len(edges[r].hosts("llama@v2")) == 2, 20, what="v2 in both regions"
+            )
+            wait_until(
+                lambda r=r: "x-aixds-regions-differ" not in _answer_headers(edges[r]),
+                20,
+                what="the header to go once b serves v2",
             )
             doc = _api(regions[r], "POST", "/v1/rollouts/llama", {"to": "v2", "canary_percent": 30})
             assert doc["converged"] and doc["rollout"]["traffic"] == {"v1": 70.0, "v2": 30.0}

@@ -8,9 +8,11 @@ from dataclasses import replace
 import pytest
 from fastapi.testclient import TestClient
 
+from controlplane.decide import EnvoyNode
 from controlplane.fleet.model import ModelFailure
 from controlplane.status import print_status
-from tests.rollout_app import build, default_fleet
+from tests.fleetgen import replica
+from tests.rollout_app import FAR, build, default_fleet
 from tests.unit.httpstub import StubRequest, StubResponse, StubServer
 from tests.unit.test_serving_version import fail_open_app
 
@@ -100,3 +102,21 @@ def test_status_lists_drains(capsys: pytest.CaptureFixture[str]) -> None:
     run_status(forward(c))
     out = capsys.readouterr().out
     assert "\ndrained (intent revision 1):\n  node n2: n2/a\n" in out
+
+
+def test_status_shows_a_model_whose_regions_differ(capsys: pytest.CaptureFixture[str]) -> None:
+    reps = default_fleet()
+    eu = replica("eu1/a", region="eu", zone="eu-a", port=8006, expires_at=FAR)
+    app = build(fleet={**reps, "eu1/a": eu})
+    app.reconciler.add_group("edge/us", EnvoyNode(role="edge", region="us", zone="us-a"))
+    app.reconciler.reconcile_once()
+    c = TestClient(app.app, raise_server_exceptions=False)
+    groups = c.get("/v1/groups").json()["groups"]
+    assert groups["edge/us"]["regions_differ"] == {
+        "llama": "eu=v1; us=v1,v2",
+        "qwen": "eu=-; us=q1",
+    }
+    run_status(forward(c))
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index(next(ln for ln in lines if ln.startswith("  route llama:")))
+    assert lines[at + 1] == "    regions differ: eu=v1; us=v1,v2"
