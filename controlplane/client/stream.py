@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from httpx._client import UseClientDefault
 
 from controlplane.client.continuation import NotResumable, Received, continuation
 
@@ -26,10 +25,11 @@ class Attempt:
     error: str = ""
     """Why it ended before the answer did ('' when it ended the answer)."""
     sent: float = 0.0
+    """``time.monotonic()`` when it was sent."""
     answered: float = 0.0
     """When its response headers came (0: never)."""
     ended: float = 0.0
-    """``time.monotonic()`` when it was sent and when it ended."""
+    """When it ended."""
 
 
 class StreamFailed(Exception):
@@ -50,7 +50,7 @@ class ResumingStream:
     ``StreamFailed`` at once (Envoy has already retried what it could). Once the answer
     has begun, a cut is followed by a resume after ``backoff_s`` (doubling), at most
     ``max_resumes`` times. A cut: the connection closed or reset, a read timeout (no
-    chunk within ``timeout``, the client's by default), and for a resume also a 5xx or a
+    chunk within ``timeout``; None: the client's timeout), and for a resume also a 5xx or a
     transport error. A resume answered with a 4xx fails the stream (that server refuses
     the continuation). After the iteration ``received``, ``attempts`` and ``resumes``
     say what happened."""
@@ -63,7 +63,7 @@ class ResumingStream:
         *,
         headers: Mapping[str, str] | None = None,
         max_resumes: int = 3,
-        timeout: httpx.Timeout | float | UseClientDefault | None = httpx.USE_CLIENT_DEFAULT,
+        timeout: httpx.Timeout | float | None = None,
         backoff_s: float = 0.05,
     ) -> None:
         self._http = http
@@ -71,7 +71,7 @@ class ResumingStream:
         self._body = {**body, "stream": True}
         self._headers = dict(headers or {})
         self._max_resumes = max_resumes
-        self._timeout = timeout
+        self._timeout = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
         self._backoff_s = backoff_s
         self.received = Received(chat=url.rstrip("/").endswith("chat/completions"))
         self.attempts: list[Attempt] = []
