@@ -1,7 +1,8 @@
 """Chaos soak: steady streaming load while a seeded schedule kill -9s and restarts every
 kind of process the fleet has.
 
-    python -m bench.chaos [--minutes 10] [--seed 1] [--rate 8] [--logs DIR]
+    python -m bench.chaos [--minutes 10] [--seed 1] [--rate 8] [--client resume|plain]
+                          [--logs DIR]
     python -m bench.chaos --quick          # 2 minutes, a smoke run
 
 The fleet (as processes, ``tests.e2e.fleet`` and ``tests.e2e.control_planes``): one
@@ -15,12 +16,18 @@ agents re-publish, control planes write their intent back). serve-0 is never kil
 resident memory, sampled every 5 s, is the "serve RSS" (a leak shows there; a restarted
 process would hide it).
 
+The load reads each stream through aixds's resuming client (``--client resume``, the
+default; see ``bench.region_failover``): a stream cut because its model server was killed
+is resumed through the edge, and counts as served when the stitched answer is complete
+and exact. ``--client plain`` reads streams as they come.
+
 Printed: requests and failures by cause (``own replica killed mid-stream``: the request
-was being answered by a model server that was killed then, which nothing can save; any
-other failure counts against the control plane), the schedule, serve-0's RSS over time,
-and the xDS versions the edge Envoy held (clusters, listeners, routes; sampled every 2 s):
-how many distinct ones, and regressions (going back to a version after having left it),
-plus the seconds Envoy had no control plane. The last line is exactly::
+was being answered by a model server that was killed then, which only the client can
+save; any other failure counts against the control plane), the streams cut and resumed,
+the schedule, serve-0's RSS over time, and the xDS versions the edge Envoy held
+(clusters, listeners, routes; sampled every 2 s): how many distinct ones, and regressions
+(going back to a version after having left it), plus the seconds Envoy had no control
+plane. The last line is exactly::
 
     chaos: failed X/Y, serve RSS growth Z MB
 
@@ -44,7 +51,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.region_failover import FixedRateLoad
+from bench.region_failover import FixedRateLoad, StreamOutcome
 from bench.routing_load import Outcome
 from tests.e2e.control_planes import ControlPlanes, envoy_versions
 from tests.e2e.fleet import Edge, Fleet, Replica
@@ -200,12 +207,14 @@ def build(procs: Procs, logs: Path, replicas: int) -> Chaos:
     return Chaos(procs, redis, cps, fleet, edge)
 
 
-def run(duration_s: float, rate: float, seed: int, replicas: int, logs: Path) -> int:
+def run(
+    duration_s: float, rate: float, seed: int, replicas: int, logs: Path, resume: bool = True
+) -> int:
     procs = Procs(logs)
     try:
         ch = build(procs, logs, replicas)
         faults = schedule(seed, duration_s, replicas)
-        load = FixedRateLoad(ch.edge.port, rate, seed)
+        load = FixedRateLoad(ch.edge.port, rate, seed, resume)
         load.begin()
         pending = list(faults)
         restarts: list[tuple[float, Callable[[], None], str]] = []
@@ -246,6 +255,10 @@ def report(ch: Chaos, outcomes: Sequence[Outcome]) -> int:
     print(" (" + ", ".join(f"{n} {c}" for c, n in sorted(causes.items())) + ")" if failed else "")
     for o in [o for o in failed if cause(o, ch.kills) == OTHER][:10]:
         print(f"  at {o.at:.2f} s: status {o.status} {o.error} replica {o.replica or '-'}")
+    cut = [o for o in outcomes if isinstance(o, StreamOutcome) and o.cut]
+    if cut:
+        saved = sum(1 for o in cut if not o.error)
+        print(f"streams cut mid-response: {len(cut)}, {saved} resumed by the client")
     print("serve-0 RSS (MB) every minute: " + " ".join(
         f"{rss / 1e6:.0f}" for t, rss in ch.rss if int(t) % 60 < 5
     ))  # fmt: skip
@@ -268,15 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="fault schedule and load (default 1)")
     p.add_argument("--rate", type=float, default=8.0, help="requests/s (default 8)")
     p.add_argument("--replicas", type=int, default=4, help="model servers (default 4)")
+    p.add_argument(
+        "--client",
+        choices=("resume", "plain"),
+        default="resume",
+        help="resume: aixds's resuming client (default); plain: a client that does not resume",
+    )
     p.add_argument("--logs", type=Path, help="keep process logs here (default: a temp dir)")
     a = p.parse_args(argv)
     minutes = 2.0 if a.quick else a.minutes
     logs = a.logs or Path(tempfile.mkdtemp(prefix="aixds-chaos-"))
     logs.mkdir(parents=True, exist_ok=True)
     print(f"chaos: {minutes} min, {a.rate} req/s, {a.replicas} replicas, seed {a.seed}, "
-          f"logs {logs}", flush=True)  # fmt: skip
+          f"client {a.client}, logs {logs}", flush=True)  # fmt: skip
     try:
-        return run(minutes * 60.0, a.rate, a.seed, a.replicas, logs)
+        return run(minutes * 60.0, a.rate, a.seed, a.replicas, logs, a.client == "resume")
     finally:
         if a.logs is None:
             shutil.rmtree(logs, ignore_errors=True)
