@@ -51,7 +51,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.region_failover import FixedRateLoad, StreamOutcome
+from bench.region_failover import FixedRateLoad, was_cut
 from bench.routing_load import Outcome
 from tests.e2e.control_planes import ControlPlanes, envoy_versions
 from tests.e2e.fleet import Edge, Fleet, Replica
@@ -255,7 +255,7 @@ def report(ch: Chaos, outcomes: Sequence[Outcome]) -> int:
     print(" (" + ", ".join(f"{n} {c}" for c, n in sorted(causes.items())) + ")" if failed else "")
     for o in [o for o in failed if cause(o, ch.kills) == OTHER][:10]:
         print(f"  at {o.at:.2f} s: status {o.status} {o.error} replica {o.replica or '-'}")
-    cut = [o for o in outcomes if isinstance(o, StreamOutcome) and o.cut]
+    cut = [o for o in outcomes if was_cut(o)]
     if cut:
         saved = sum(1 for o in cut if not o.error)
         print(f"streams cut mid-response: {len(cut)}, {saved} resumed by the client")

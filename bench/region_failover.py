@@ -47,6 +47,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 import httpx
 
@@ -172,6 +173,11 @@ class FixedRateLoad:
             await asyncio.gather(*tasks)
 
 
+def was_cut(o: Outcome) -> TypeGuard[StreamOutcome]:
+    """The resuming client's first request of ``o`` ended before the answer did."""
+    return isinstance(o, StreamOutcome) and bool(o.cut)
+
+
 def served(o: Outcome, region_of: dict[str, str]) -> str:
     """The region that served ``o`` completely, or ``"failed"``."""
     return "failed" if o.error else region_of.get(o.replica, "?")
@@ -250,7 +256,7 @@ def report(
     failed = [o for o in rows if o.error]
     kills = (ev.kill, ev.half)
     if resumed:
-        cut = [o for o in rows if isinstance(o, StreamOutcome) and o.cut]
+        cut = [o for o in rows if was_cut(o)]
     else:
         cut = [o for o in failed if any(o.at < k < o.at + max(o.e2e, 0.0) + 0.05 for k in kills)]
     # Requests sent within MARGIN_S of the next event may be cut by it: not this phase's.
@@ -266,11 +272,11 @@ def report(
     if resumed:
         saved = [o for o in cut if not o.error]
         print(f" (streams cut mid-response: {len(cut)}, {len(saved)} of them resumed)")
-        plain = len({id(o) for o in failed} | {id(o) for o in cut})
-        print(f"a plain client (no resume): {plain}/{len(rows)} failed")
-        for o in cut[:4]:
-            print(f"  cut at {o.at - ev.kill:+.3f} s after the kill: {o.cut[:70]}")
-        whole = sorted(o.e2e for o in rows if not o.error and o not in cut)
+        # A plain client fails what failed here and every cut stream that was resumed.
+        print(f"a plain client (no resume): {len(failed) + len(saved)}/{len(rows)} failed")
+        for one in cut[:4]:
+            print(f"  cut at {one.at - ev.kill:+.3f} s after the kill: {one.cut[:70]}")
+        whole = sorted(o.e2e for o in rows if not o.error and not was_cut(o))
         took = sorted(o.e2e for o in saved)
         if whole and took:
             print(

@@ -120,12 +120,11 @@ def decide(
                 name = affinity_cluster_name(model, version)
                 held = frozenset(r for c, r in shed_before if c == name)
                 clusters.append(affinity_cluster(model, version, cands, prio, outlier, held))
-            n = sum(1 for c in cands if c.health is Health.HEALTHY)
-            if n:
-                serving[version] = n
-            for c in cands:
-                if c.health is Health.HEALTHY:
-                    serving_in[c.record.region].add(version)
+            healthy = [c for c in cands if c.health is Health.HEALTHY]
+            if healthy:
+                serving[version] = len(healthy)
+            for c in healthy:
+                serving_in[c.record.region].add(version)
         route = model_route(model, serving, intent, exclude=frozenset(phases), affinity=affinity)
         if route is not None:
             differ = regions_differ(serving_in, live_regions)

@@ -363,7 +363,8 @@ async def _wait_routable(edge: DemoEdge, within_s: float = 30.0) -> None:
 
 
 Served = tuple[float, str, int, str, str, int]
-"""(monotonic time, replica that answered, status, chat user or "", edge's region)."""
+"""(monotonic time, replica that finished the answer, status (200: completed), chat user
+or "", edge's region, resumes of its stream)."""
 CHAT_USERS = 24
 """Half the demo's requests are turns of one of these chats (the OpenAI body field
 ``user``, a session key): each keeps its replica, where its long prompt is cached."""
