@@ -83,8 +83,11 @@ def test_unload_drains_first_then_calls_once() -> None:
     (a,) = c.tick(d, {S: up("lora")}, 2.0)
     assert a.op is Op.UNLOAD
     c.finished(a, None, 2.5)
+    # a probe taken while the call ran still lists it: published as unloading, not ready
+    assert c.published(S, (ModelInfo("lora", "default", R),)) == (ModelInfo("lora", "default", U),)
     assert c.tick(d, {S: up()}, 3.0) == []
     assert c.tracks[(S, "lora")].phase is Phase.GONE
+    assert c.published(S, ()) == ()
 
 
 def test_a_removed_field_stops_management_without_unloading() -> None:

@@ -612,6 +612,11 @@ def _overlay(t: Track, reported: ModelState) -> ModelState | None:
         return ModelState.WARMING if reported is ModelState.READY else reported
     if t.phase in (Phase.DRAINING, Phase.UNLOADING):
         return ModelState.UNLOADING
+    if t.phase is Phase.GONE and not t.want.loaded:
+        # Unloaded by this agent: a probe that still lists it was taken before the call
+        # returned (published READY, the control plane would send it requests again).
+        # A later probe that lists it starts another drain.
+        return ModelState.UNLOADING
     if t.phase is Phase.FAILED and t.failed_op is Op.UNLOAD:
         return ModelState.UNLOADING
     return reported
