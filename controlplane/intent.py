@@ -125,6 +125,9 @@ class Intent:
     """Where the control planes' activators listen (address, port), from the settings
     (not stored): a model that can be loaded but is served nowhere is routed there, and
     its requests wait for a load. Empty: such a model answers 404, as an unknown one."""
+    version_headers: bool = True
+    """fleet.yaml's ``version_headers`` (not stored): answers carry ``x-aixds-version``
+    and ``x-aixds-regions-differ``; False: they name no version or region to clients."""
 
     def affinity_on(self, model: str) -> bool:
         """Whether a session of ``model`` sticks to one replica (see ``docs/affinity.md``)."""
@@ -148,7 +151,7 @@ def set_placement(intent: Intent, model: str, p: ModelPlacement | None) -> Inten
 
 def with_base(stored: Intent, base: Intent) -> Intent:
     """The stored intent with the part that comes from fleet.yaml and the settings (region
-    distances, session header, affinity defaults, activators)."""
+    distances, session header, affinity defaults, activators, version headers)."""
     return replace(
         stored,
         region_distance=base.region_distance,
@@ -156,6 +159,7 @@ def with_base(stored: Intent, base: Intent) -> Intent:
         affinity_base=base.affinity_base,
         affinity_default=base.affinity_default,
         activators=base.activators,
+        version_headers=base.version_headers,
     )
 
 

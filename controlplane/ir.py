@@ -135,6 +135,9 @@ class RouteConfigIR:
     retry: RetryIR = field(default_factory=RetryIR)
     idle_timeout_ms: int = 300_000
     """Stream idle timeout per route; the total timeout is 0 (unbounded) for streaming."""
+    version_headers: bool = True
+    """Answer with ``x-aixds-version`` and ``x-aixds-regions-differ`` (fleet.yaml's
+    ``version_headers``); False: neither reaches a client (they name versions and regions)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,9 @@ class FleetConfig:
     intent_home: str = ""
     """The region whose intent Redis is the writable primary (``intent.home``); empty:
     intent lives in each control plane's local registry (no replication)."""
+    version_headers: bool = True
+    """Answers carry ``x-aixds-version`` and ``x-aixds-regions-differ`` (False: they do not
+    name versions and regions to clients)."""
     region_intent: dict[str, str] = field(default_factory=dict)
     """Each region's intent Redis (``regions.R.intent_redis``): the home's is the primary,
     the others are Redis replicas (``replicaof``) of it."""
@@ -230,6 +233,7 @@ class FleetConfig:
             session_header=self.session_header,
             affinity_base=MappingProxyType(dict(self.affinity_models)),
             affinity_default=self.affinity_default,
+            version_headers=self.version_headers,
         )
 
 
@@ -278,6 +282,7 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
         affinity:                  # session affinity (default: on for every model)
           default: true
           models: {embed-small: false}
+        version_headers: false     # no x-aixds-version / x-aixds-regions-differ in answers
 
     Replicated intent (per-region form only): ``intent: {home: us-east}`` and every region
     an ``intent_redis: URL``; the home's is the primary, the others replicate it.
@@ -291,7 +296,7 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     doc = doc or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    unknown = set(doc) - {"regions", "session_header", "affinity", "intent"}
+    unknown = set(doc) - {"regions", "session_header", "affinity", "intent", "version_headers"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     dist, redis_urls, intent_urls = _regions(path, doc.get("regions", {}))
@@ -300,12 +305,16 @@ def load_fleet_config(path: Path | None) -> FleetConfig:
     if not isinstance(header, str) or not header:
         raise ConfigError(f"{path}: session_header must be a non-empty string")
     default, models = _affinity(path, doc.get("affinity", {}))
+    version_headers = doc.get("version_headers", True)
+    if not isinstance(version_headers, bool):
+        raise ConfigError(f"{path}: version_headers must be true or false")
     return FleetConfig(
         region_distance=dist,
         region_redis=redis_urls,
         session_header=header.lower(),
         affinity_default=default,
         affinity_models=models,
+        version_headers=version_headers,
         intent_home=home,
         region_intent=intent_urls if home else {},
     )

@@ -139,7 +139,13 @@ def decide(
 
     return Plan(
         clusters=tuple(clusters),
-        route_configs=(RouteConfigIR(name=ROUTE_CONFIG_NAME, models=tuple(routes)),),
+        route_configs=(
+            RouteConfigIR(
+                name=ROUTE_CONFIG_NAME,
+                models=tuple(routes),
+                version_headers=intent.version_headers,
+            ),
+        ),
         listeners=(
             ListenerIR(
                 name=LISTENER_NAME,

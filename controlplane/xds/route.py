@@ -21,7 +21,8 @@ cluster, with the model and the listener's address added as headers.
 
 Response headers: ``x-aixds-version`` (the version that answered: per weighted cluster
 and on the version routes) and, on every route of a model whose live regions serve
-different versions, ``x-aixds-regions-differ`` (each region's versions).
+different versions, ``x-aixds-regions-differ`` (each region's versions); neither with
+``RouteConfigIR.version_headers`` False.
 
 Retries (virtual host) go to other hosts and other priorities; the route timeout is 0 so
 token streams are bounded only by the idle timeout. Pure: imports protobuf messages only.
@@ -167,7 +168,7 @@ def _split(rcfg: RouteConfigIR, clusters: Sequence[WeightedClusterIR], session_h
     for w in clusters:
         cw = wc.clusters.add(name=w.cluster)
         cw.weight.value = w.weight
-        if w.version:
+        if w.version and rcfg.version_headers:
             cw.response_headers_to_add.append(_overwrite(VERSION_HEADER, w.version))
     if session_header:
         wc.use_hash_policy.value = True
@@ -222,7 +223,8 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
             match=match(_exact_header(m.version_header, version)),
             route=a,
         )
-        pinned.response_headers_to_add.append(_overwrite(VERSION_HEADER, version))
+        if rcfg.version_headers:
+            pinned.response_headers_to_add.append(_overwrite(VERSION_HEADER, version))
         routes.append(pinned)
     if m.affinity_clusters:
         affinity = _split(rcfg, m.affinity_clusters, m.session_key_header)
@@ -236,7 +238,7 @@ def _model_routes(rcfg: RouteConfigIR, m: ModelRouteIR, by: Literal["header", "b
             name=f"{m.model}/{by}", match=match(), route=_split(rcfg, m.clusters, m.session_header)
         )
     )
-    if m.regions_differ:
+    if m.regions_differ and rcfg.version_headers:
         for r in routes:
             r.response_headers_to_add.append(_overwrite(REGIONS_DIFFER_HEADER, m.regions_differ))
     return routes

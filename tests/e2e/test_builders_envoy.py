@@ -184,6 +184,36 @@ def test_body_and_header_routing(edge: _Edge) -> None:
             assert edge.cluster_for(json={}, headers={"x-model": m.model, **pin}) == cluster
 
 
+def test_answers_name_their_version_unless_turned_off(edge: _Edge) -> None:
+    """``x-aixds-version`` names the version that answered and ``x-aixds-regions-differ``
+    comes on a model whose regions differ; with ``version_headers`` off, no answer carries
+    an ``x-aixds-`` header."""
+    for rcfg in edge.plan.route_configs:
+        for m in rcfg.models:
+            if m.activator:
+                continue
+            version_of = {w.cluster: w.version for w in m.clusters}
+            answers = [
+                edge.client.post("/v1/chat/completions", json={"model": m.model}) for _ in range(6)
+            ] + [
+                edge.client.post("/v1/chat/completions", json={}, headers=h)
+                for h in (
+                    {"x-model": m.model},
+                    *({"x-model": m.model, "x-model-version": v} for v, _ in m.versions),
+                )
+            ]
+            for r in answers:
+                assert r.status_code == 200, r.text
+                if not rcfg.version_headers:
+                    assert not [k for k in r.headers if k.startswith("x-aixds-")], r.headers
+                    continue
+                cluster = r.json()["cluster"]
+                want = version_of.get(cluster) or dict((c, v) for v, c in m.versions).get(cluster)
+                assert r.headers.get("x-aixds-version") == (want or None), (cluster, r.headers)
+                differ = r.headers.get("x-aixds-regions-differ")
+                assert differ == (m.regions_differ or None), r.headers
+
+
 def test_header_wins_over_body(edge: _Edge) -> None:
     models = _models(edge)
     if len(models) < 2:

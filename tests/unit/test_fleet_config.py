@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.intent import Intent, with_base
 from controlplane.settings import ConfigError, FleetConfig, load_fleet_config
 
 NEW = """
@@ -161,3 +162,13 @@ def test_home_intent_redis_may_be_its_registry(tmp_path: Path) -> None:
     text = REPLICATED.replace("redis://10.0.0.2:6379/0", "redis://10.0.0.1:6379/0")
     us = load(tmp_path, text).intent_topology("us-east")
     assert us is not None and us.home_url == "redis://10.0.0.1:6379/0"
+
+
+def test_version_headers_default_on_and_can_be_turned_off(tmp_path: Path) -> None:
+    assert load(tmp_path, NEW).base_intent().version_headers is True
+    cfg = load(tmp_path, NEW + "version_headers: false\n")
+    assert cfg.version_headers is False
+    # fleet.yaml's part of the intent survives the stored intent it is laid over
+    assert with_base(Intent(revision=3), cfg.base_intent()).version_headers is False
+    with pytest.raises(ConfigError, match="version_headers must be true or false"):
+        load(tmp_path, NEW + "version_headers: 'off'\n")
