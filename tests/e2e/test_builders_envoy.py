@@ -192,24 +192,31 @@ def test_answers_name_their_version_unless_turned_off(edge: _Edge) -> None:
         for m in rcfg.models:
             if m.activator:
                 continue
-            version_of = {w.cluster: w.version for w in m.clusters}
-            answers = [
-                edge.client.post("/v1/chat/completions", json={"model": m.model}) for _ in range(6)
-            ] + [
-                edge.client.post("/v1/chat/completions", json={}, headers=h)
-                for h in (
-                    {"x-model": m.model},
-                    *({"x-model": m.model, "x-model-version": v} for v, _ in m.versions),
-                )
+            weighted = {w.cluster: w.version for w in m.clusters}
+            # (answer, the version it must name: the weighted cluster's, or the one pinned)
+            answers: list[tuple[httpx.Response, dict[str, str]]] = [
+                (edge.client.post("/v1/chat/completions", json={"model": m.model}), weighted)
+                for _ in range(6)
             ]
-            for r in answers:
+            answers += [
+                (
+                    edge.client.post(
+                        "/v1/chat/completions",
+                        json={},
+                        headers={"x-model": m.model, "x-model-version": v},
+                    ),
+                    {c: v},
+                )
+                for v, c in m.versions
+            ]
+            for r, version_of in answers:
                 assert r.status_code == 200, r.text
                 if not rcfg.version_headers:
                     assert not [k for k in r.headers if k.startswith("x-aixds-")], r.headers
                     continue
                 cluster = r.json()["cluster"]
-                want = version_of.get(cluster) or dict((c, v) for v, c in m.versions).get(cluster)
-                assert r.headers.get("x-aixds-version") == (want or None), (cluster, r.headers)
+                want = version_of.get(cluster) or None
+                assert r.headers.get("x-aixds-version") == want, (cluster, r.headers)
                 differ = r.headers.get("x-aixds-regions-differ")
                 assert differ == (m.regions_differ or None), r.headers
 
